@@ -1,0 +1,25 @@
+"""vcraft: text-to-video from the command line, compatible with the VideoCrafter checkpoints.
+
+`import vcraft` stays cheap: torch and the models load on first use of the names below.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["TextToVideo", "load_config", "load_preset", "VcraftError"]
+
+
+def __getattr__(name: str):
+    if name == "TextToVideo":
+        from vcraft.api import TextToVideo
+
+        return TextToVideo
+    if name in ("load_config", "load_preset"):
+        from vcraft import config
+
+        return getattr(config, name)
+    if name == "VcraftError":
+        from vcraft.errors import VcraftError
+
+        return VcraftError
+    raise AttributeError(f"module 'vcraft' has no attribute {name!r}")

@@ -1,0 +1,144 @@
+"""Safe checkpoint I/O: official Lightning `.ckpt` (weights only, never arbitrary pickle) and safetensors.
+
+vcraft keeps the official key layout in its own files, so `vcraft convert` only changes the container
+and, optionally, the dtype. Placing the tensors into the modules is strict: every weight of the UNet,
+autoencoder and text encoder must be present with the right shape, and nothing may be left over.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vcraft.errors import VcraftError
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model."
+# Top-level buffers of the reference's LatentDiffusion: all recomputed from the config.
+SCHEDULE_KEYS = {
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "scale_arr",
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors on the CPU without running any code stored in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise VcraftError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)  # memory-mapped; tensors are materialised once, when placed
+        except Exception as exc:
+            raise VcraftError(f"cannot read {path}: not a valid safetensors file ({_first_line(exc)})") from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        raise VcraftError(
+            f"refusing to load {path}: it holds Python objects other than tensors, which could run code "
+            f"({_first_line(exc)}); only plain weight checkpoints are accepted"
+        ) from None
+    except Exception as exc:
+        raise VcraftError(f"cannot read {path}: not a valid PyTorch checkpoint ({_first_line(exc)})") from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise VcraftError(f"{path} is not a state dict of tensors")
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+@dataclass
+class Parts:
+    """A checkpoint split by component, each with its keys relative to that component's module."""
+
+    unet: dict[str, torch.Tensor]
+    vae: dict[str, torch.Tensor]  # LDM layout
+    text: dict[str, torch.Tensor]
+    schedule: dict[str, torch.Tensor]
+
+
+def split_state_dict(state: dict[str, torch.Tensor], source: str) -> Parts:
+    parts = Parts({}, {}, {}, {})
+    unknown = []
+    for key, value in state.items():
+        if key.startswith(UNET_PREFIX):
+            parts.unet[key[len(UNET_PREFIX):]] = value
+        elif key.startswith(VAE_PREFIX):
+            parts.vae[key[len(VAE_PREFIX):]] = value
+        elif key.startswith(TEXT_PREFIX):
+            parts.text[key[len(TEXT_PREFIX):]] = value
+        elif key in SCHEDULE_KEYS:
+            parts.schedule[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise VcraftError(f"{source} is not a VideoCrafter checkpoint: unexpected keys such as '{unknown[0]}'")
+    return parts
+
+
+def place(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str,
+          dtype: torch.dtype | None = None) -> None:
+    """Strictly assign `state` into `module` (typically built on the meta device), converting dtype."""
+    expected = module.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            problems.append(f"{len(wrong)} with another shape (e.g. {k}: {list(state[k].shape)} in the file, "
+                            f"{list(expected[k].shape)} in the model)")
+        raise VcraftError(f"{source} does not fit the {what} of this config: {'; '.join(problems)}")
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def check_schedule(buffers: dict[str, torch.Tensor], alphas_cumprod: torch.Tensor, scale_arr_full: torch.Tensor,
+                   source: str) -> None:
+    """The stored schedule buffers, where present, must be the ones this config computes."""
+    for key, ours in (("alphas_cumprod", alphas_cumprod), ("scale_arr", scale_arr_full)):
+        theirs = buffers.get(key)
+        if theirs is None:
+            continue
+        if theirs.shape != ours.shape or not torch.allclose(theirs.float(), ours.float(), rtol=1e-4, atol=1e-6):
+            raise VcraftError(f"{source} was trained with another noise schedule than this config "
+                              f"({key}: {list(theirs.shape)} values in the file, {list(ours.shape)} here)")
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: str | None = None,
+                    metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as safetensors, atomically (temporary name, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    target = DTYPES[dtype] if dtype else None
+    out = {k: (v.to(target) if target is not None and v.is_floating_point() else v).contiguous()
+           for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(out, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,240 @@
+"""The one config schema of vcraft, its presets, and the reader for original VideoCrafter inference YAMLs.
+
+A vcraft config is plain data: what the model is (`model`) and how to sample by default (`sampling`).
+Everything is validated here, once, by OmegaConf against the dataclasses below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vcraft.errors import VcraftError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PRESET = "vc2-512"
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    attention_resolutions: list[int] = field(default_factory=lambda: [4, 2, 1])
+    num_res_blocks: int = 2
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_head_channels: int = 64
+    transformer_depth: int = 1
+    temporal_transformer_depth: int = 1
+    context_dim: int = 1024
+    use_linear: bool = True
+    temporal_conv: bool = False
+    temporal_attention: bool = True
+    use_relative_position: bool = False
+    use_causal_attention: bool = False
+    temporal_length: int = 16
+    addition_attention: bool = False
+    fps_cond: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class AutoencoderConfig:
+    in_channels: int = 3
+    out_ch: int = 3
+    z_channels: int = 4
+    embed_dim: int = 4
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
+    num_res_blocks: int = 2
+
+
+@dataclass
+class TextEncoderConfig:
+    width: int = 1024
+    heads: int = 16
+    layers: int = 24
+    context_length: int = 77
+    vocab_size: int = 49408
+    embed_dim: int = 1024
+    layer: str = "penultimate"  # or "last"
+
+
+@dataclass
+class ScheduleConfig:
+    timesteps: int = 1000
+    linear_start: float = 0.00085
+    linear_end: float = 0.012
+    use_scale: bool = False
+    scale_a: float = 1.0
+    scale_b: float = 0.3
+    mid_step: int = 400
+    fix_scale_bug: bool = False
+
+
+@dataclass
+class ModelConfig:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    scale_factor: float = 0.18215
+
+
+@dataclass
+class SamplingConfig:
+    frames: int = 16
+    height: int = 320
+    width: int = 512
+    steps: int = 50
+    guidance: float = 12.0
+    eta: float = 1.0
+    fps: int = 28
+    save_fps: int = 10
+
+
+@dataclass
+class Config:
+    name: str = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Where to get the weights, for error messages and the README.
+    weights_url: Optional[str] = None
+
+
+def preset_dir() -> Path:
+    """Presets ship inside the wheel (vcraft/configs) and live at the repository root in a checkout."""
+    packaged = PACKAGE_DIR / "configs"
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parents[1] / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def _validated(data: Any, origin: str) -> Config:
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        raise VcraftError(f"invalid config {origin}: {msg}") from None
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise VcraftError(f"config file not found: {path}")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends: report, do not trace
+        raise VcraftError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, DictConfig):
+        raise VcraftError(f"config {path} is not a YAML mapping")
+    return data
+
+
+def load_preset(name: str) -> Config:
+    path = preset_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise VcraftError(f"unknown model '{name}'; choose one of: {', '.join(preset_names())}")
+    return _validated(_read_yaml(path), str(path))
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
+    """Read a vcraft YAML or an original VideoCrafter inference YAML, then apply `key=value` overrides."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if "model" in data and "target" in data.model:
+        data = OmegaConf.create(_from_videocrafter(data, path))
+    elif "name" not in data:
+        data.name = path.stem
+    return apply_overrides(_validated(data, str(path)), overrides, str(path))
+
+
+def apply_overrides(cfg: Config, overrides: list[str], origin: str = "") -> Config:
+    if not overrides:
+        return cfg
+    for item in overrides:
+        if "=" not in item:
+            raise VcraftError(f"--set expects key=value, got '{item}'")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise VcraftError(f"invalid --set override: {str(exc).splitlines()[0]}") from None
+    return _validated(merged, origin or cfg.name)
+
+
+# --- original VideoCrafter inference YAML ------------------------------------------------------------
+
+# Switches that change the computation but that no official text-to-video model uses; refusing them
+# beats silently computing something else.
+_UNSUPPORTED_UNET = {
+    "use_scale_shift_norm": False, "resblock_updown": False, "tempspatial_aware": False,
+    "use_image_attention": False, "temporal_selfatt_only": True, "conv_resample": True, "dims": 2,
+}
+_IGNORED_UNET = {"use_checkpoint", "use_fp16", "num_heads", "num_classes"}
+
+
+def _from_videocrafter(data: DictConfig, path: Path) -> dict:
+    try:
+        params = OmegaConf.to_container(data.model.params, resolve=True)
+        unet_in = dict(params["unet_config"]["params"])
+        vae_in = dict(params["first_stage_config"]["params"])
+        text_in = dict(params["cond_stage_config"].get("params") or {})
+    except (KeyError, TypeError, AttributeError, OmegaConfBaseException) as exc:
+        raise VcraftError(f"{path} looks like a VideoCrafter config but lacks {exc}") from None
+
+    for key, expected in _UNSUPPORTED_UNET.items():
+        if key in unet_in and unet_in.pop(key) != expected:
+            raise VcraftError(f"{path}: unet setting {key} other than {expected} is not supported")
+    unet = {k: v for k, v in unet_in.items() if k not in _IGNORED_UNET}
+    if params.get("parameterization", "eps") != "eps":
+        raise VcraftError(f"{path}: only epsilon-prediction models are supported")
+    if params.get("uncond_type", "empty_seq") != "empty_seq":
+        raise VcraftError(f"{path}: only uncond_type empty_seq is supported")
+
+    dd = dict(vae_in.get("ddconfig", {}))
+    if dd.get("attn_resolutions"):
+        raise VcraftError(f"{path}: autoencoder attn_resolutions must be empty, as in VideoCrafter")
+    autoencoder = {k: dd[k] for k in ("in_channels", "out_ch", "z_channels", "ch", "ch_mult", "num_res_blocks")
+                   if k in dd}
+    autoencoder["embed_dim"] = vae_in.get("embed_dim", 4)
+
+    text = _open_clip_text_dims(text_in.get("arch", "ViT-H-14"), path)
+    text["layer"] = text_in.get("layer", "penultimate")
+
+    schedule = {k: params[k] for k in ("timesteps", "linear_start", "linear_end", "use_scale", "scale_a",
+                                       "scale_b", "mid_step", "fix_scale_bug") if k in params}
+    latent_hw = params.get("image_size", [40, 64])
+    latent_hw = [latent_hw, latent_hw] if isinstance(latent_hw, int) else latent_hw
+    downsample = 2 ** (len(autoencoder.get("ch_mult", [1, 2, 4, 4])) - 1)
+    return {
+        "name": path.stem,
+        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "schedule": schedule,
+                  "scale_factor": params.get("scale_factor", 0.18215)},
+        "sampling": {"height": latent_hw[0] * downsample, "width": latent_hw[1] * downsample},
+    }
+
+
+def _open_clip_text_dims(arch: str, yaml_path: Path) -> dict:
+    """Text-tower dimensions of an OpenCLIP architecture: open_clip's registry, else a JSON beside the YAML."""
+    beside = yaml_path.parent / "open_clip_config.json"
+    model_cfg = None
+    if beside.is_file():
+        model_cfg = json.loads(beside.read_text()).get(arch)
+    if model_cfg is None:
+        import open_clip  # heavy import; only for configs that name an architecture
+
+        model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise VcraftError(f"unknown OpenCLIP architecture '{arch}': put its config in {beside}")
+    text = model_cfg["text_cfg"]
+    return {"width": text["width"], "heads": text["heads"], "layers": text["layers"],
+            "context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408),
+            "embed_dim": model_cfg["embed_dim"]}

@@ -1,0 +1,166 @@
+"""Transformer layers of the VideoCrafter UNet: spatial (per frame) and temporal (per pixel) attention.
+
+Module and parameter names follow the official checkpoints so their state dicts load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RelativePosition(nn.Module):
+    """Learned embeddings of the clipped offset j - i between two frames (VideoCrafter1)."""
+
+    def __init__(self, head_dim: int, max_offset: int):
+        super().__init__()
+        self.max_offset = max_offset
+        self.embeddings_table = nn.Parameter(torch.empty(2 * max_offset + 1, head_dim))
+
+    def forward(self, length: int) -> torch.Tensor:
+        pos = torch.arange(length, device=self.embeddings_table.device)
+        offset = (pos[None, :] - pos[:, None]).clamp(-self.max_offset, self.max_offset)
+        return self.embeddings_table[offset + self.max_offset]  # [i, j, head_dim]
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when no context is given."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
+                 relative_length: int | None = None):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim))  # index 0 as in the checkpoints
+        if relative_length is not None:
+            self.relative_position_k = RelativePosition(head_dim, relative_length)
+            self.relative_position_v = RelativePosition(head_dim, relative_length)
+        self.relative = relative_length is not None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = (
+            t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            for t in (self.to_q(x), self.to_k(context), self.to_v(context))
+        )
+        if self.relative:
+            out = self._relative_attention(q, k, v, causal)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+    def _relative_attention(self, q, k, v, causal: bool) -> torch.Tensor:
+        # The value-side term needs the attention probabilities themselves, which
+        # scaled_dot_product_attention does not expose; the temporal axis is short (16), so this is cheap.
+        n = q.shape[-2]
+        scale = q.shape[-1] ** -0.5
+        rel_k = self.relative_position_k(n).to(q.dtype)
+        rel_v = self.relative_position_v(n).to(q.dtype)
+        logits = (q @ k.transpose(-1, -2) + torch.einsum("bhid,ijd->bhij", q, rel_k)) * scale
+        if causal:
+            logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        probs = logits.softmax(dim=-1)
+        return probs @ v + torch.einsum("bhij,ijd->bhid", probs, rel_v)
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        # nn.Identity keeps the checkpoint's indices (net.0, net.2): a dropout sat at index 1.
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: attention, second attention (cross, or self when context_dim is None), GEGLU MLP."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None,
+                 relative_length: int | None = None):
+        super().__init__()
+        self.attn1 = Attention(dim, heads, head_dim, relative_length=relative_length)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim, relative_length=relative_length)
+        self.ff = FeedForward(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), causal=causal)
+        x = x + self.attn2(self.norm2(x), context, causal=causal and context is None)
+        return x + self.ff(self.norm3(x))
+
+
+def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a Linear or a 1x1 convolution to channels-last tokens (they are the same map)."""
+    if isinstance(layer, nn.Linear):
+        return layer(x)
+    return F.linear(x, layer.weight.flatten(1), layer.bias)
+
+
+class SpatialTransformer(nn.Module):
+    """Attention over the pixels of each frame, with cross-attention to the text."""
+
+    def __init__(self, channels: int, heads: int, head_dim: int, depth: int, context_dim: int, use_linear: bool):
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)
+        )
+        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape  # n = batch * frames
+        tokens = _project(self.proj_in, self.norm(x).flatten(2).transpose(1, 2))
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        tokens = _project(self.proj_out, tokens)
+        return x + tokens.transpose(1, 2).reshape(n, c, h, w)
+
+
+class TemporalTransformer(nn.Module):
+    """Attention along time, independently at every latent pixel.
+
+    Only the self-attention form is built: every official config sets `temporal_selfatt_only`.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, depth: int, use_linear: bool,
+                 relative_length: int | None = None, causal: bool = False):
+        super().__init__()
+        inner = heads * head_dim
+        self.causal = causal
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(inner, heads, head_dim, None, relative_length) for _ in range(depth)
+        )
+        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv1d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        n, c, h, w = x.shape
+        t = n // batch
+        video = x.view(batch, t, c, h, w).transpose(1, 2)  # GroupNorm statistics span all frames
+        tokens = self.norm(video).permute(0, 3, 4, 2, 1).reshape(batch * h * w, t, c)
+        tokens = _project(self.proj_in, tokens)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, causal=self.causal)
+        tokens = _project(self.proj_out, tokens)
+        out = tokens.view(batch, h, w, t, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)
+        return x + out

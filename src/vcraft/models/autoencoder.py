@@ -1,0 +1,77 @@
+"""The KL autoencoder, applied frame by frame to videos: diffusers' AutoencoderKL plus the latent scale."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from vcraft.config import AutoencoderConfig
+
+
+def diffusers_vae_config(cfg: AutoencoderConfig) -> dict:
+    """diffusers' description of the LDM KL autoencoder with these sizes."""
+    levels = len(cfg.ch_mult)
+    return {
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_ch,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": [cfg.ch * m for m in cfg.ch_mult],
+        "layers_per_block": cfg.num_res_blocks,
+        "latent_channels": cfg.embed_dim,
+        "norm_num_groups": 32,
+    }
+
+
+def convert_ldm_vae_keys(state_dict: dict[str, torch.Tensor], cfg: AutoencoderConfig) -> dict[str, torch.Tensor]:
+    """Rename an LDM-layout autoencoder state dict (no prefix) to diffusers' layout.
+
+    diffusers' own converter does the renaming; it skips keys it does not know, so the caller checks
+    that nothing was lost (the mapping is one to one).
+    """
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    prefixed = {f"first_stage_model.{k}": v for k, v in state_dict.items()}
+    return convert_ldm_vae_checkpoint(prefixed, diffusers_vae_config(cfg))
+
+
+class VideoAutoencoder(nn.Module):
+    """Encodes `[b, 3, t, H, W]` videos in [-1, 1] to scaled latents `[b, c, t, H/8, W/8]` and back."""
+
+    def __init__(self, cfg: AutoencoderConfig, scale_factor: float):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        self.vae = AutoencoderKL(**diffusers_vae_config(cfg))
+        self.scale_factor = scale_factor
+        self.downsample = 2 ** (len(cfg.ch_mult) - 1)
+
+    def encode_moments(self, video: torch.Tensor) -> torch.Tensor:
+        """Per frame, the posterior's mean and log-variance stacked on channels (before clamping)."""
+        b, _, t = video.shape[:3]
+        frames = video.transpose(1, 2).flatten(0, 1)
+        moments = self.vae.quant_conv(self.vae.encoder(frames))
+        return moments.unflatten(0, (b, t)).transpose(1, 2)
+
+    def encode(self, video: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior mean times the scale factor; with `noise`, a posterior sample drawn with it."""
+        mean, logvar = self.encode_moments(video).chunk(2, dim=1)
+        if noise is not None:
+            mean = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+        return self.scale_factor * mean
+
+    def decode_chunks(self, latents: torch.Tensor, chunk: int = 4) -> Iterator[torch.Tensor]:
+        """Decode a few frames at a time (there is no temporal mixing in the VAE), so memory does not
+        grow with the video's length. Yields `[b, 3, chunk, H, W]`, not clamped."""
+        b, _, t = latents.shape[:3]
+        z = latents * (1.0 / self.scale_factor)  # the reference multiplies by the reciprocal
+        for start in range(0, t, chunk):
+            part = z[:, :, start:start + chunk]
+            n = part.shape[2]
+            frames = self.vae.decoder(self.vae.post_quant_conv(part.transpose(1, 2).flatten(0, 1)))
+            yield frames.unflatten(0, (b, n)).transpose(1, 2)
+
+    def decode(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        return torch.cat(list(self.decode_chunks(latents, chunk)), dim=2)

@@ -1,0 +1,200 @@
+"""The VideoCrafter 3D UNet: a 2D latent-diffusion UNet whose levels also mix information along time.
+
+Spatial layers see frames folded into the batch, `[(b t), c, h, w]`; temporal layers (the temporal
+convolutions inside ResBlocks and the temporal transformers) unfold them. Names of modules and
+parameters follow the official checkpoints, including their spelling (`temopral_conv`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vcraft.config import UNetConfig
+from vcraft.models.attention import SpatialTransformer, TemporalTransformer
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding `[cos(t f), sin(t f)]`, computed in float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm evaluated in float32 whatever the input dtype, as the reference does in ResBlocks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+class TemporalConvBlock(nn.Module):
+    """Four GroupNorm-SiLU-Conv3d(3x1x1) stages along time plus the input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+
+        def stage(dropout: bool) -> nn.Sequential:
+            layers = [nn.GroupNorm(32, channels), nn.SiLU()]
+            layers += [nn.Dropout(0.1)] if dropout else []  # shifts the conv to index 3, as in the checkpoints
+            return nn.Sequential(*layers, nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
+
+        self.conv1 = stage(False)
+        self.conv2 = stage(True)
+        self.conv3 = stage(True)
+        self.conv4 = stage(True)
+
+    def forward(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        n, c, h, w = x.shape
+        video = x.view(batch, n // batch, c, h, w).transpose(1, 2)
+        out = self.conv4(self.conv3(self.conv2(self.conv1(video))))
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, temporal_conv: bool,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            GroupNorm32(32, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(32, out_channels), nn.SiLU(), nn.Dropout(dropout),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        self.temopral_conv = TemporalConvBlock(out_channels) if temporal_conv else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, batch: int) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        h = self.skip_connection(x) + self.out_layers(h)
+        return h if self.temopral_conv is None else self.temopral_conv(h, batch)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Block(nn.ModuleList):
+    """One entry of input_blocks / output_blocks: layers applied in order, each given what it needs."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, batch: int) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb, batch)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context)
+            elif isinstance(layer, TemporalTransformer):
+                h = layer(h, batch)
+            else:
+                h = layer(h)
+        return h
+
+
+class UNet3D(nn.Module):
+    """Predicts the noise of a video latent `[b, c, t, h, w]` given timesteps, text context and fps."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        mc = cfg.model_channels
+        emb_dim = mc * 4
+        relative = cfg.temporal_length if cfg.use_relative_position else None
+
+        def spatial_temporal(ch: int) -> list[nn.Module]:
+            heads = ch // cfg.num_head_channels
+            layers: list[nn.Module] = [SpatialTransformer(
+                ch, heads, cfg.num_head_channels, cfg.transformer_depth, cfg.context_dim, cfg.use_linear)]
+            if cfg.temporal_attention:
+                layers.append(TemporalTransformer(
+                    ch, heads, cfg.num_head_channels, cfg.temporal_transformer_depth, cfg.use_linear,
+                    relative, cfg.use_causal_attention))
+            return layers
+
+        def res(ch_in: int, ch_out: int) -> ResBlock:
+            return ResBlock(ch_in, emb_dim, ch_out, cfg.temporal_conv, cfg.dropout)
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.fps_cond:
+            self.fps_embedding = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+        if cfg.addition_attention:
+            # Always 8 heads with Conv1d projections, whatever the config says elsewhere.
+            self.init_attn = Block([TemporalTransformer(
+                mc, 8, cfg.num_head_channels, cfg.transformer_depth, False, relative, cfg.use_causal_attention)])
+        skip_channels = [mc]
+        ch, ds = mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers += spatial_temporal(ch)
+                self.input_blocks.append(Block(layers))
+                skip_channels.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(Block([Downsample(ch)]))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = Block([res(ch, ch), *spatial_temporal(ch), res(ch, ch)])
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers += spatial_temporal(ch)
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(Block(layers))
+
+        self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                fps: torch.Tensor | int = 16) -> torch.Tensor:
+        b, _, frames, height, width = x.shape
+        mc = self.cfg.model_channels
+        t = t.expand(b) if t.ndim == 0 else t
+        emb = self.time_embed(timestep_embedding(t, mc).to(x.dtype))
+        if self.cfg.fps_cond:
+            fps = torch.full_like(t, fps) if isinstance(fps, int) else fps.expand(b)
+            emb = emb + self.fps_embedding(timestep_embedding(fps, mc).to(x.dtype))
+        emb = emb.repeat_interleave(frames, dim=0)
+        context = context.repeat_interleave(frames, dim=0)
+
+        h = x.transpose(1, 2).reshape(b * frames, -1, height, width)
+        skips = []
+        for i, block in enumerate(self.input_blocks):
+            h = block(h, emb, context, b)
+            if i == 0 and self.cfg.addition_attention:
+                h = self.init_attn(h, emb, context, b)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, b)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
+        out = self.out(h)
+        return out.view(b, frames, -1, height, width).transpose(1, 2)

@@ -1,0 +1,54 @@
+"""Noise schedule: LDM "linear" betas and VideoCrafter's signal scale.
+
+With `use_scale`, the clean signal is multiplied by `scale_arr[t]` when noised: the scale falls linearly
+from `scale_a` to `scale_b` over the first `mid_step` steps, then stays at `scale_b`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vcraft.config import ScheduleConfig
+
+
+@dataclass
+class Schedule:
+    alphas_cumprod: torch.Tensor  # [timesteps], float32
+    scale_arr: torch.Tensor  # [timesteps] (ones without use_scale), float32
+    betas: torch.Tensor
+
+    @property
+    def timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+
+def make_schedule(cfg: ScheduleConfig) -> Schedule:
+    # float64 throughout, stored as float32, exactly as the reference computes its buffers.
+    betas = np.linspace(cfg.linear_start ** 0.5, cfg.linear_end ** 0.5, cfg.timesteps, dtype=np.float64) ** 2
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    return Schedule(
+        alphas_cumprod=torch.tensor(alphas_cumprod, dtype=torch.float32),
+        scale_arr=torch.tensor(scale_array(cfg)[: cfg.timesteps], dtype=torch.float32),
+        betas=torch.tensor(betas, dtype=torch.float32),
+    )
+
+
+def scale_array(cfg: ScheduleConfig) -> np.ndarray:
+    """The reference's `scale_arr` buffer. Without `fix_scale_bug` its tail is `timesteps` long, so the
+    array has `mid_step + timesteps` entries (only the first `timesteps` are ever used)."""
+    if not cfg.use_scale:
+        return np.ones(cfg.timesteps)
+    ramp = np.linspace(cfg.scale_a, cfg.scale_b, cfg.mid_step)
+    tail = cfg.timesteps - cfg.mid_step if cfg.fix_scale_bug else cfg.timesteps
+    return np.concatenate([ramp, np.full(tail, cfg.scale_b)])
+
+
+def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Noise clean latents `x0` to timesteps `t` (one per batch item)."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a = schedule.alphas_cumprod.to(x0.device)[t].view(shape)
+    s = schedule.scale_arr.to(x0.device)[t].view(shape)
+    return a.sqrt() * x0 * s + (1 - a).sqrt() * noise

@@ -1,0 +1,117 @@
+"""Every stage of the model stack against the original VideoCrafter's numbers (../shared/reference)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reference import VARIANTS, assert_close, reference_dir
+from vcraft.api import load_models
+from vcraft.checkpoints import load_state_dict
+from vcraft.config import load_config
+from vcraft.models.text_encoder import tokenize
+from vcraft.sampling.ddim import ddim_sample, guided_denoiser
+from vcraft.sampling.schedule import q_sample
+
+_cache: dict = {}
+
+
+def fixture(variant: str, container: str = "model.safetensors"):
+    key = (variant, container)
+    if key not in _cache:
+        root = reference_dir() / "tiny" / variant
+        cfg = load_config(root / "config.yaml")
+        models = load_models(cfg.model, load_state_dict(root / container), container)
+        cases = load_file(root / "cases.safetensors")
+        meta = json.loads((root / "cases.json").read_text())
+        _cache[key] = (models, cases, meta)
+    return _cache[key]
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    return request.param
+
+
+@pytest.mark.parametrize("container", ["model.ckpt", "model.safetensors"])
+def test_both_containers_load_the_same_weights(variant, container):
+    models, cases, _ = fixture(variant, container)
+    with torch.inference_mode():
+        out = models.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"], cases["unet.fps"])
+    assert_close(out, cases["unet.output"], 1e-5, 1e-5, 1e-6, f"{variant} unet via {container}")
+
+
+def test_text(variant):
+    models, cases, meta = fixture(variant)
+    prompts = meta["cases"]["text"]["inputs"]["prompts"]
+    tokens = tokenize(prompts)
+    assert torch.equal(tokens, cases["text.tokens"])
+    with torch.inference_mode():
+        out = models.text_encoder(tokens)
+        alone = models.text_encoder.encode([""])
+    assert_close(out, cases["text.output"], 1e-5, 1e-5, 1e-6, "text")
+    assert torch.equal(alone[0], out[1]), "the empty prompt must not depend on its batch"
+
+
+def test_vae_decode(variant):
+    models, cases, _ = fixture(variant)
+    with torch.inference_mode():
+        out = models.autoencoder.decode(cases["vae_decode.z"], chunk=3)
+    assert_close(out, cases["vae_decode.output"], 1e-5, 1e-5, 1e-6, "vae_decode")
+
+
+def test_vae_encode(variant):
+    models, cases, _ = fixture(variant)
+    frames = cases["vae_encode.frames"]
+    with torch.inference_mode():
+        moments = models.autoencoder.encode_moments(frames)
+        mode = models.autoencoder.encode(frames)
+        sample = models.autoencoder.encode(frames, noise=cases["vae_encode.posterior_noise"])
+    assert_close(moments, cases["vae_encode.moments"], 1e-5, 1e-5, 1e-6, "moments")
+    assert_close(mode, cases["vae_encode.output_mode"], 1e-5, 1e-5, 1e-6, "mode")
+    assert_close(sample, cases["vae_encode.output_sample"], 1e-5, 1e-5, 1e-6, "sample")
+
+
+def test_q_sample(variant):
+    models, cases, _ = fixture(variant)
+    out = q_sample(models.schedule, cases["q_sample.x0"], cases["q_sample.t"], cases["q_sample.noise"])
+    assert_close(out, cases["q_sample.output"], 1e-5, 1e-5, 1e-6, "q_sample")
+
+
+def _ddim(variant: str, guidance: float, eta: float, prefix: str):
+    models, cases, meta = fixture(variant)
+    case = meta["cases"][prefix]
+    fps = torch.tensor([case["fps"]])
+    steps = case["ddim_steps_argument"]
+    with torch.inference_mode():
+        uncond = models.text_encoder.encode([""])
+        denoise = guided_denoiser(models.unet, cases["ddim.text_emb"], uncond, fps, guidance)
+        recorded = {}
+        out = ddim_sample(
+            denoise, cases["ddim.x_T"], models.schedule, steps, eta,
+            noise=lambda i: cases[f"{prefix}.noise_step_{i:02d}"],
+            callback=lambda i, x, x0: recorded.update({i: (x.clone(), x0.clone())}),
+        )
+    return out, recorded, cases
+
+
+def test_ddim_cfg_every_step(variant):
+    out, recorded, cases = _ddim(variant, 12.0, 0.0, "ddim_cfg")
+    for i, (x, x0) in recorded.items():
+        assert_close(x, cases[f"ddim_cfg.step_{i:02d}.x_prev"], 1e-4, 1e-4, what=f"step {i} x_prev")
+        assert_close(x0, cases[f"ddim_cfg.step_{i:02d}.pred_x0"], 1e-4, 1e-4, what=f"step {i} pred_x0")
+    assert len(recorded) == 10
+    assert_close(out, cases["ddim_cfg.output"], 1e-4, 1e-4, what="ddim_cfg")
+
+
+def test_ddim_nocfg(variant):
+    out, _, cases = _ddim(variant, 1.0, 0.0, "ddim_nocfg")
+    assert_close(out, cases["ddim_nocfg.output"], 1e-4, 1e-4, what="ddim_nocfg")
+
+
+def test_ddim_eta1(variant):
+    out, _, cases = _ddim(variant, 12.0, 1.0, "ddim_eta1")
+    assert_close(out, cases["ddim_eta1.output"], 1e-4, 1e-4, what="ddim_eta1")
