@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from reference import VARIANTS, assert_close, reference_dir
-from vcraft.api import load_models
+from vcraft.loading import load_models
 from vcraft.checkpoints import load_state_dict
 from vcraft.config import load_config
 from vcraft.models.text_encoder import tokenize
@@ -115,3 +115,53 @@ def test_ddim_nocfg(variant):
 def test_ddim_eta1(variant):
     out, _, cases = _ddim(variant, 12.0, 1.0, "ddim_eta1")
     assert_close(out, cases["ddim_eta1.output"], 1e-4, 1e-4, what="ddim_eta1")
+
+
+def test_end_to_end_frames(variant):
+    """DDIM with guidance, VAE decode and quantisation, through the public pipeline pieces."""
+    from vcraft.api import frames_to_uint8
+
+    out, _, cases = _ddim(variant, 12.0, 0.0, "ddim_cfg")
+    models = fixture(variant)[0]
+    with torch.inference_mode():
+        video = models.autoencoder.decode(out)
+    assert_close(video.clamp(-1, 1), cases["end_to_end.video_clamped"], 1e-4, 5e-4, what="video_clamped")
+    frames = frames_to_uint8(video)[0]
+    ref = cases["end_to_end.frames_uint8"]
+    diff = (frames.int() - ref.int()).abs()
+    assert frames.shape == ref.shape and diff.max() <= 1, f"max difference {int(diff.max())}"
+    assert (diff > 0).float().mean() <= 0.01, f"{float((diff > 0).float().mean()):.4f} of values differ"
+
+
+@pytest.mark.parametrize("variant,preset", [("vc1_512", "vc1-512"), ("vc1_1024", "vc1-1024"), ("vc2_512", "vc2-512")])
+def test_full_size_presets_fit_the_official_layout(variant, preset):
+    """Every key of the official checkpoint, with its shape, is placed in the preset's modules."""
+    from vcraft.config import load_preset
+    from vcraft.loading import build_models, place_checkpoint
+    from vcraft.sampling.schedule import scale_array
+
+    manifest = json.loads((reference_dir() / "manifests" / f"{variant}.json").read_text())
+    state = {k: torch.empty(v["shape"], device="meta") for k, v in manifest["keys"].items()}
+    cfg = load_preset(preset).model
+    models = build_models(cfg)
+    place_checkpoint(models, cfg, state, f"{variant} manifest")  # strict: raises on any difference
+    placed = sum(p.numel() for m in (models.unet, models.autoencoder, models.text_encoder) for p in m.parameters())
+    counts = manifest["param_counts"]
+    assert placed == counts["unet"] + counts["vae"] + counts["text_encoder"]
+    if "scale_arr" in state:
+        assert list(state["scale_arr"].shape) == [len(scale_array(cfg.schedule))]
+    else:
+        assert not cfg.schedule.use_scale
+
+
+def test_mismatched_preset_is_named():
+    """A VideoCrafter1 checkpoint given to the VideoCrafter2 architecture fails with one clear message."""
+    from vcraft.config import load_preset
+    from vcraft.errors import VcraftError
+    from vcraft.loading import build_models, place_checkpoint
+
+    manifest = json.loads((reference_dir() / "manifests" / "vc1_512.json").read_text())
+    state = {k: torch.empty(v["shape"], device="meta") for k, v in manifest["keys"].items()}
+    cfg = load_preset("vc2-512").model
+    with pytest.raises(VcraftError, match="does not fit the UNet"):
+        place_checkpoint(build_models(cfg), cfg, state, "vc1.ckpt")

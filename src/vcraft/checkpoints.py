@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
+        # The weights-only unpickler names the callable a file tries to import; anything else is damage.
+        blocked = re.search(r"GLOBAL (\S+)", str(exc))
+        if blocked is None:
+            raise VcraftError(f"cannot read {path}: corrupt or not a PyTorch checkpoint") from None
         raise VcraftError(
-            f"refusing to load {path}: it holds Python objects other than tensors, which could run code "
-            f"({_first_line(exc)}); only plain weight checkpoints are accepted"
+            f"refusing to load {path}: it holds Python objects other than tensors ({blocked.group(1)}), "
+            "which could run code; only plain weight checkpoints are accepted"
         ) from None
     except Exception as exc:
         raise VcraftError(f"cannot read {path}: not a valid PyTorch checkpoint ({_first_line(exc)})") from None
@@ -122,19 +127,21 @@ def check_schedule(buffers: dict[str, torch.Tensor], alphas_cumprod: torch.Tenso
         theirs = buffers.get(key)
         if theirs is None:
             continue
-        if theirs.shape != ours.shape or not torch.allclose(theirs.float(), ours.float(), rtol=1e-4, atol=1e-6):
+        same_shape = theirs.shape == ours.shape
+        if not same_shape or (not theirs.is_meta and not torch.allclose(theirs.float(), ours, rtol=1e-4, atol=1e-6)):
             raise VcraftError(f"{source} was trained with another noise schedule than this config "
                               f"({key}: {list(theirs.shape)} values in the file, {list(ours.shape)} here)")
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: str | None = None,
                     metadata: dict[str, str] | None = None) -> None:
-    """Write tensors as safetensors, atomically (temporary name, then rename)."""
+    """Write tensors as safetensors, atomically (temporary name, then rename). `dtype` applies to the
+    weights; schedule buffers stay float32, so they can still be checked against the config."""
     from safetensors.torch import save_file
 
     path = Path(path)
     target = DTYPES[dtype] if dtype else None
-    out = {k: (v.to(target) if target is not None and v.is_floating_point() else v).contiguous()
+    out = {k: (v.to(target) if target is not None and v.is_floating_point() and k not in SCHEDULE_KEYS else v).contiguous()
            for k, v in state.items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -238,3 +238,27 @@ def _open_clip_text_dims(arch: str, yaml_path: Path) -> dict:
     return {"width": text["width"], "heads": text["heads"], "layers": text["layers"],
             "context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408),
             "embed_dim": model_cfg["embed_dim"]}
+
+
+def spatial_multiple(model: ModelConfig) -> int:
+    """Heights and widths must be multiples of this: the VAE's and the UNet's downsampling combined."""
+    return 2 ** (len(model.autoencoder.ch_mult) - 1) * 2 ** (len(model.unet.channel_mult) - 1)
+
+
+def validate_sampling(s: SamplingConfig, model: ModelConfig) -> None:
+    """Check generation settings before any heavy work; raise VcraftError saying what to change."""
+    m = spatial_multiple(model)
+    checks = [
+        (s.frames >= 1, f"--frames must be at least 1, got {s.frames}"),
+        (s.height >= m and s.height % m == 0, f"--height must be a positive multiple of {m}, got {s.height}"),
+        (s.width >= m and s.width % m == 0, f"--width must be a positive multiple of {m}, got {s.width}"),
+        (1 <= s.steps <= model.schedule.timesteps,
+         f"--steps must be between 1 and {model.schedule.timesteps}, got {s.steps}"),
+        (s.guidance >= 0, f"--guidance must be 0 or more, got {s.guidance}"),
+        (s.eta >= 0, f"--eta must be 0 or more, got {s.eta}"),
+        (s.fps >= 1, f"--fps must be at least 1, got {s.fps}"),
+        (s.save_fps > 0, f"--save-fps must be positive, got {s.save_fps}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise VcraftError(message)

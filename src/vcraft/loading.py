@@ -1,0 +1,75 @@
+"""Build the model stack from a config and place a checkpoint's tensors into it.
+
+Modules are built on the meta device (no memory, no random init) and the checkpoint's tensors are
+assigned in place, so a model costs one copy of its weights, in the target dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vcraft.checkpoints import check_schedule, place, split_state_dict
+from vcraft.config import ModelConfig, load_preset, preset_names
+from vcraft.errors import VcraftError
+from vcraft.models.autoencoder import VideoAutoencoder, convert_ldm_vae_keys
+from vcraft.models.text_encoder import TextEncoder
+from vcraft.models.unet3d import UNet3D
+from vcraft.sampling.schedule import Schedule, make_schedule, scale_array
+
+
+@dataclass
+class Models:
+    text_encoder: TextEncoder
+    unet: UNet3D
+    autoencoder: VideoAutoencoder
+    schedule: Schedule
+
+
+def build_models(cfg: ModelConfig, device: str | torch.device = "meta") -> Models:
+    """Instantiate the modules; on the meta device (the default) this allocates nothing."""
+    try:
+        with torch.device(device):
+            modules = (TextEncoder(cfg.text_encoder), UNet3D(cfg.unet),
+                       VideoAutoencoder(cfg.autoencoder, cfg.scale_factor))
+    except (ValueError, AssertionError, ZeroDivisionError) as exc:
+        raise VcraftError(f"invalid model config: {exc}") from None
+    return Models(*modules, make_schedule(cfg.schedule))
+
+
+def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
+                     dtype: torch.dtype | None = None) -> None:
+    """Strictly assign an official-layout state dict to the modules (see checkpoints.place)."""
+    parts = split_state_dict(state, source)
+    place(models.unet, parts.unet, "UNet", source, dtype)
+    place(models.text_encoder, parts.text, "text encoder", source, dtype)
+    vae = convert_ldm_vae_keys(parts.vae, cfg.autoencoder)
+    if len(vae) != len(parts.vae):
+        raise VcraftError(f"{source} does not fit the autoencoder of this config: "
+                          f"{len(parts.vae) - len(vae)} keys could not be mapped")
+    place(models.autoencoder.vae, vae, "autoencoder", source, dtype)
+    scale_full = torch.tensor(scale_array(cfg.schedule), dtype=torch.float32)
+    check_schedule(parts.schedule, models.schedule.alphas_cumprod, scale_full, source)
+
+
+def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
+                device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> Models:
+    """A ready-to-run model stack on `device` in `dtype`, in inference mode."""
+    models = build_models(cfg)
+    place_checkpoint(models, cfg, state, source, dtype)
+    for module in (models.text_encoder, models.unet, models.autoencoder):
+        module.to(device).eval().requires_grad_(False)
+    return models
+
+
+def identify_preset(state: dict[str, torch.Tensor]) -> str | None:
+    """The preset whose architecture this state dict fits exactly, if any."""
+    for name in preset_names():
+        cfg = load_preset(name).model
+        try:
+            place_checkpoint(build_models(cfg), cfg, state, name)
+        except VcraftError:
+            continue
+        return name
+    return None
