@@ -165,3 +165,14 @@ def test_mismatched_preset_is_named():
     cfg = load_preset("vc2-512").model
     with pytest.raises(VcraftError, match="does not fit the UNet"):
         place_checkpoint(build_models(cfg), cfg, state, "vc1.ckpt")
+
+
+def test_ddim_timesteps_spacing():
+    from vcraft.sampling.ddim import ddim_timesteps
+
+    assert ddim_timesteps(10) == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    seven = ddim_timesteps(7)
+    assert len(seven) == 8 and seven[0] == 1 and seven[-1] == 995
+    assert len(ddim_timesteps(300)) == 334
+    assert ddim_timesteps(3) == [1, 334, 667, 999]  # the reference would index past the schedule here
+    assert ddim_timesteps(1000) == list(range(1, 1000))

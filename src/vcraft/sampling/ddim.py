@@ -15,10 +15,12 @@ Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
 def ddim_timesteps(steps: int, total: int = 1000) -> list[int]:
     """Ascending timesteps `0, c, 2c, ... (+1)` with `c = total // steps`, as the reference spaces them.
-    When `total` is not a multiple of `steps` this gives more than `steps` timesteps (7 -> 8)."""
+    When `total` is not a multiple of `steps` this gives more than `steps` timesteps (7 -> 8).
+    Where c divides total - 1 (3, 9, 27, 37, 111, 333 or 1000 steps) the last one would be `total`, past
+    the schedule, and the reference crashes; vcraft uses `total - 1` there instead (once)."""
     if not 1 <= steps <= total:
         raise ValueError(f"steps must be between 1 and {total}, got {steps}")
-    return [int(t) + 1 for t in range(0, total, total // steps)]
+    return sorted({min(t + 1, total - 1) for t in range(0, total, total // steps)})
 
 
 def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: Optional[torch.Tensor],

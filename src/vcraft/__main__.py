@@ -1,0 +1,3 @@
+from vcraft.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""The real `vcraft` command in a subprocess, on the tiny official-format fixtures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reference import reference_dir
+
+FOX = "a red fox running through snow"
+
+
+def vcraft(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vcraft", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def tiny(variant: str = "vc2_512") -> Path:
+    return reference_dir() / "tiny" / variant
+
+
+def small_video_args(variant: str = "vc2_512", ckpt: str = "model.ckpt") -> list[str]:
+    root = tiny(variant)
+    return ["--config", root / "config.yaml", "--ckpt", root / ckpt, "--frames", "8", "--height", "64",
+            "--width", "128", "--steps", "10", "--guidance", "12", "--eta", "0", "--fps", "8"]
+
+
+def read_pngs(folder: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    files = sorted(folder.glob("*.png"))
+    return np.stack([iio.imread(f) for f in files])
+
+
+def test_png_frames_are_deterministic_per_seed(tmp_path):
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out = tmp_path / name
+        result = vcraft("generate", FOX, *small_video_args(), "--seed", seed, "--format", "png", "-o", out)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == str(out)
+        runs[name] = read_pngs(out)
+    assert runs["a"].shape == (8, 64, 128, 3) and runs["a"].dtype == np.uint8
+    assert np.array_equal(runs["a"], runs["b"])
+    assert np.abs(runs["a"].astype(int) - runs["c"].astype(int)).mean() > 1.0
+    meta = json.loads((tmp_path / "a.json").read_text())
+    assert meta["seed"] == 3 and meta["prompt"] == FOX and meta["frames"] == 8 and meta["guidance"] == 12.0
+
+
+def test_cli_frames_equal_python_api(tmp_path):
+    """The command and `TextToVideo` make the same pixels for the same seed and settings."""
+    from vcraft import TextToVideo
+
+    out = tmp_path / "frames"
+    result = vcraft("generate", FOX, *small_video_args("vc1_1024"), "--seed", 7, "--format", "png", "-o", out)
+    assert result.returncode == 0, result.stderr
+    pipe = TextToVideo.from_pretrained(str(tiny("vc1_1024") / "config.yaml"), tiny("vc1_1024") / "model.ckpt",
+                                       device="cpu")
+    video = pipe(FOX, seed=7, frames=8, height=64, width=128, steps=10, guidance=12.0, eta=0.0, fps=8)
+    assert np.array_equal(read_pngs(out), video)
+
+
+def test_mp4_output_and_multiple_prompts(tmp_path):
+    import imageio.v3 as iio
+
+    result = vcraft("generate", FOX, "a blue whale", *small_video_args(ckpt="model.safetensors"),
+                    "--steps", "3", "--eta", "1", "--seed", 10, "-o", tmp_path)
+    assert result.returncode == 0, result.stderr
+    paths = [Path(p) for p in result.stdout.split()]
+    assert [p.name for p in paths] == ["0000-a-red-fox-running-through-snow-10.mp4", "0001-a-blue-whale-11.mp4"]
+    for path in paths:
+        frames = iio.imread(path, index=None)
+        assert frames.shape == (8, 64, 128, 3)
+        assert json.loads(path.with_suffix(".json").read_text())["eta"] == 1.0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_convert_fp16_then_info_and_generate(tmp_path):
+    target = tmp_path / "tiny.safetensors"
+    result = vcraft("convert", tiny() / "model.ckpt", target, "--dtype", "fp16")
+    assert result.returncode == 0, result.stderr
+    info = vcraft("info", target, "--json")
+    assert info.returncode == 0, info.stderr
+    facts = json.loads(info.stdout)
+    assert facts["dtype"] == "float16"
+    assert facts["unet_parameters"] == 1911748 and facts["text_encoder_parameters"] == 801889
+    again = vcraft("convert", tiny() / "model.ckpt", target)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    out = tmp_path / "fp16"
+    gen = vcraft("generate", FOX, *small_video_args(), "--ckpt", target, "--seed", 3, "--format", "png", "-o", out)
+    assert gen.returncode == 0, gen.stderr
+    assert read_pngs(out).shape == (8, 64, 128, 3)
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> None:
+    import os
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Payload()}, path)
+
+
+def _error_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    corrupt = tmp / "corrupt.ckpt"
+    corrupt.write_bytes((tiny() / "model.ckpt").read_bytes()[:4000])
+    _malicious_checkpoint(tmp / "evil.ckpt", tmp / "pwned")
+    base = small_video_args()
+    return {
+        "missing checkpoint": ([*base, "--ckpt", tmp / "nope.ckpt"], "checkpoint not found"),
+        "corrupt checkpoint": ([*base, "--ckpt", corrupt], "cannot read"),
+        "mismatched checkpoint": ([*base, "--config", tiny("vc1_512") / "config.yaml"], "does not fit"),
+        "pickle with code": ([*base, "--ckpt", tmp / "evil.ckpt"], "refusing to load"),
+        "preset without weights": (["--model", "vc2-512"], "no checkpoint for model"),
+        "bad height": ([*base, "--height", "100"], "--height must be"),
+        "bad option": ([*base, "--bogus"], "No such option"),
+        "unknown preset": (["--model", "nope"], "unknown model"),
+        "both model and config": ([*base, "--model", "vc2-512"], "not both"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "missing checkpoint", "corrupt checkpoint", "mismatched checkpoint", "pickle with code",
+    "preset without weights", "bad height", "bad option", "unknown preset", "both model and config"])
+def test_bad_input_is_one_error_line(tmp_path, monkeypatch, case):
+    monkeypatch.setenv("VCRAFT_CHECKPOINTS", str(tmp_path / "none"))
+    args, expected = _error_cases(tmp_path)[case]
+    out = tmp_path / "out.mp4"
+    result = vcraft("generate", FOX, *args, "--seed", 1, "-o", out)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from vcraft.cli import app; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert vcraft("--help").returncode == 0
