@@ -176,3 +176,22 @@ def test_ddim_timesteps_spacing():
     assert len(ddim_timesteps(300)) == 334
     assert ddim_timesteps(3) == [1, 334, 667, 999]  # the reference would index past the schedule here
     assert ddim_timesteps(1000) == list(range(1, 1000))
+
+
+@pytest.mark.parametrize("dtype,limit", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_half_precision_stays_close_to_the_reference(variant, dtype, limit):
+    """fp16/bf16 weights and activations: rounding noise only (bf16 keeps 8 bits of mantissa)."""
+    root = reference_dir() / "tiny" / variant
+    cfg = load_config(root / "config.yaml")
+    models = load_models(cfg.model, load_state_dict(root / "model.safetensors"), "tiny", dtype=dtype)
+    cases = fixture(variant)[1]
+    with torch.inference_mode():
+        unet = models.unet(cases["unet.x"].to(dtype), cases["unet.t"], cases["unet.context"].to(dtype),
+                           cases["unet.fps"])
+        text = models.text_encoder(cases["text.tokens"])
+        video = models.autoencoder.decode(cases["vae_decode.z"].to(dtype))
+    for name, ours in (("unet", unet), ("text", text), ("vae_decode", video)):
+        assert ours.dtype == dtype
+        ref = cases[f"{name}.output"]
+        error = float((ours.float() - ref).norm() / ref.norm())
+        assert error <= limit, f"{name} in {dtype}: rel L2 {error:.3g}"

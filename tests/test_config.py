@@ -1,0 +1,63 @@
+"""Config reading: presets, original VideoCrafter YAMLs, overrides, validation."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from reference import PRESET_OF, VARIANTS, reference_dir
+from vcraft.config import load_config, load_preset, preset_names, validate_sampling
+from vcraft.errors import VcraftError
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_official_yaml_reads_as_its_preset(tmp_path, variant):
+    """The tiny YAMLs are the official ones with sizes shrunk; put the official sizes back (and drop the
+    tiny text architecture, so ViT-H-14 comes from open_clip) and the preset must come out."""
+    data = OmegaConf.load(reference_dir() / "tiny" / variant / "config.yaml")
+    p = data.model.params
+    p.image_size = [72, 128] if variant == "vc1_1024" else [40, 64]
+    p.unet_config.params.update(model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                num_head_channels=64, context_dim=1024)
+    p.first_stage_config.params.ddconfig.update(ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
+    del p.cond_stage_config.params["arch"]
+    path = tmp_path / "inference.yaml"
+    OmegaConf.save(data, path)
+    cfg = load_config(path)
+    preset = load_preset(PRESET_OF[variant])
+    assert cfg.model == preset.model
+    assert (cfg.sampling.height, cfg.sampling.width) == (preset.sampling.height, preset.sampling.width)
+
+
+def test_presets_and_overrides():
+    assert {"vc2-512", "vc1-512", "vc1-1024"} <= set(preset_names())
+    cfg = load_config(reference_dir() / "tiny" / "vc2_512" / "config.yaml",
+                      ["sampling.steps=7", "model.schedule.scale_b=0.5"])
+    assert cfg.sampling.steps == 7 and cfg.model.schedule.scale_b == 0.5
+    assert cfg.model.text_encoder.width == 16 and cfg.model.text_encoder.heads == 4  # from open_clip_config.json
+    with pytest.raises(VcraftError, match="--set"):
+        load_config(reference_dir() / "tiny" / "vc2_512" / "config.yaml", ["sampling.steps"])
+    with pytest.raises(VcraftError, match="invalid"):
+        load_config(reference_dir() / "tiny" / "vc2_512" / "config.yaml", ["sampling.steps=many"])
+
+
+def test_bad_config_files(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(VcraftError, match="cannot read config"):
+        load_config(broken)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model:\n  unet:\n    wings: 3\n")
+    with pytest.raises(VcraftError, match="wings"):
+        load_config(unknown)
+    with pytest.raises(VcraftError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_sampling_validation():
+    cfg = load_preset("vc2-512")
+    validate_sampling(cfg.sampling, cfg.model)
+    for field, value in (("frames", 0), ("height", 300), ("width", 0), ("steps", 0), ("eta", -1.0), ("fps", 0)):
+        bad = type(cfg.sampling)(**{**cfg.sampling.__dict__, field: value})
+        with pytest.raises(VcraftError):
+            validate_sampling(bad, cfg.model)
