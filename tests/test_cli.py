@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,19 @@ def test_help_does_not_import_torch():
     code = "import sys; from vcraft.cli import app; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert vcraft("--help").returncode == 0
+
+
+def test_interrupt_leaves_no_partial_file(tmp_path):
+    import signal
+
+    out = tmp_path / "long.mp4"
+    args = [*small_video_args(), "--height", "256", "--width", "256", "--steps", "500", "--seed", "1", "-o", out]
+    proc = subprocess.Popen([sys.executable, "-m", "vcraft", "generate", FOX, *map(str, args)],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert "loaded" in proc.stderr.readline()  # sampling has started
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted"
+    assert list(tmp_path.iterdir()) == []

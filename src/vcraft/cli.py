@@ -238,6 +238,8 @@ def main() -> None:
     verbose = "--verbose" in sys.argv
     try:
         code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into exit code 130 itself
+            code = _fail("interrupted", 130)
     except (KeyboardInterrupt, typer.Abort):
         code = _fail("interrupted", 130)
     except TyperException as exc:  # the parser's own errors: unknown option, bad value, ...
