@@ -1,0 +1,113 @@
+"""Synthetic captioned videos: one coloured shape on a dark background, moving or changing size.
+
+Everything is drawn from one seed, so a (seed, frames, size) triple always gives the same video and
+caption. Objects that move wrap around the frame edges (leaving on one side, coming back on the other),
+so the direction in the caption holds in every frame. Edges are anti-aliased from a signed distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.92, 0.12, 0.10), "orange": (0.98, 0.55, 0.08), "yellow": (0.95, 0.92, 0.12),
+    "green": (0.15, 0.80, 0.20), "cyan": (0.10, 0.85, 0.90), "blue": (0.15, 0.30, 0.95),
+    "purple": (0.62, 0.20, 0.85), "white": (0.95, 0.95, 0.95),
+}
+COLOURS_INDEX = {name: i for i, name in enumerate(COLOURS)}
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = ("left", "right", "up", "down", "growing", "shrinking")
+
+_PHRASES = {
+    "left": ("moving left", "moving to the left", "moves left", "sliding left"),
+    "right": ("moving right", "moving to the right", "moves right", "sliding right"),
+    "up": ("moving up", "moves up", "sliding up"),
+    "down": ("moving down", "moves down", "sliding down"),
+    "growing": ("growing", "getting bigger"),
+    "shrinking": ("shrinking", "getting smaller"),
+}
+
+
+@dataclass(frozen=True)
+class Scene:
+    colour: str
+    shape: str
+    motion: str
+
+
+def is_held_out(scene: Scene) -> bool:
+    """24 of the 144 combinations (16.7%) never appear in training: for every (colour, shape) pair one
+    motion, chosen so that every colour, shape and motion still appears in training with others."""
+    c, s, m = COLOURS_INDEX[scene.colour], SHAPES.index(scene.shape), MOTIONS.index(scene.motion)
+    return (c + 2 * s) % len(MOTIONS) == m
+
+
+ALL_SCENES = [Scene(c, s, m) for c, s, m in product(COLOURS, SHAPES, MOTIONS)]
+TRAIN_SCENES = [s for s in ALL_SCENES if not is_held_out(s)]
+HELD_OUT_SCENES = [s for s in ALL_SCENES if is_held_out(s)]
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One of the accepted phrasings, with a random article, capitalisation, suffix and period."""
+    article = rng.choice(["the", "an" if scene.colour[0] in "aeiou" else "a"])
+    text = f"{article} {scene.colour} {scene.shape} {rng.choice(_PHRASES[scene.motion])}"
+    if rng.random() < 0.3:
+        text += " on a black background"
+    style = rng.integers(4)
+    text = (text, text.capitalize(), text.title(), text.upper())[style]
+    return text + "." if rng.random() < 0.5 else text
+
+
+def _sdf(shape: str, px: np.ndarray, py: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Signed distance in pixels to a shape of "radius" r centred at the origin (py points up)."""
+    if shape == "circle":
+        return np.hypot(px, py) - r
+    if shape == "square":
+        half = 0.85 * r
+        qx, qy = np.abs(px) - half, np.abs(py) - half
+        return np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0)
+    # Equilateral triangle pointing up, side 2 * 1.2 r (the usual closed-form distance).
+    k, half = np.sqrt(3.0), 1.2 * r
+    x, y = np.abs(px) - half, py + half / k
+    fold = x + k * y > 0
+    x, y = np.where(fold, (x - k * y) / 2, x), np.where(fold, (-k * x - y) / 2, y)
+    x = x - np.clip(x, -2 * half, 0)
+    return -np.hypot(x, y) * np.sign(y)
+
+
+def render(scene: Scene, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Float video `[frames, size, size, 3]` in [0, 1]."""
+    t = np.arange(frames, dtype=np.float64)[:, None, None]
+    if scene.motion in ("growing", "shrinking"):
+        small, large = rng.uniform(0.07, 0.10) * size, rng.uniform(0.22, 0.27) * size
+        start, end = (small, large) if scene.motion == "growing" else (large, small)
+        radius = start + (end - start) * t / max(frames - 1, 1)
+        cx = np.full_like(t, rng.uniform(0.35, 0.65) * size)
+        cy = np.full_like(t, rng.uniform(0.35, 0.65) * size)
+    else:
+        radius = np.full_like(t, rng.uniform(0.12, 0.18) * size)
+        speed = rng.uniform(0.025, 0.04) * size
+        dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[scene.motion]
+        # Free along the motion (it wraps), away from the edges across it.
+        cx = rng.uniform(0, size) if dx else rng.uniform(0.3, 0.7) * size
+        cy = rng.uniform(0, size) if dy else rng.uniform(0.3, 0.7) * size
+        cx, cy = cx + dx * speed * t, cy + dy * speed * t
+    background = rng.uniform(0.0, 0.1)
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    # Wrap-around: the nearest copy of the centre, one frame width away at most.
+    px = (xs[None] - cx + size / 2) % size - size / 2
+    py = (ys[None] - cy + size / 2) % size - size / 2
+    alpha = np.clip(0.5 - _sdf(scene.shape, px, -py, radius), 0.0, 1.0)[..., None]
+    colour = np.array(COLOURS[scene.colour])
+    return (background * (1 - alpha) + colour * alpha).astype(np.float32)
+
+
+def sample(seed: int, frames: int = 16, size: int = 64, held_out: bool = False) -> tuple[np.ndarray, str, Scene]:
+    """A (video, caption, scene) triple from the training combinations (or the held-out ones)."""
+    rng = np.random.default_rng(seed)
+    scenes = HELD_OUT_SCENES if held_out else TRAIN_SCENES
+    scene = scenes[rng.integers(len(scenes))]
+    return render(scene, frames, size, rng), caption(scene, rng), scene

@@ -1,0 +1,47 @@
+"""The synthetic shapes data: deterministic, captions that say what is drawn, a held-out split."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from vcraft.data.measure import measure
+from vcraft.data.shapes import ALL_SCENES, COLOURS, HELD_OUT_SCENES, MOTIONS, SHAPES, TRAIN_SCENES, sample
+
+
+def test_same_seed_same_video_and_caption():
+    a, b, c = sample(11), sample(11), sample(12)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == (16, 64, 64, 3) and a[0].dtype == np.float32
+    assert 0.0 <= a[0].min() and a[0].max() <= 1.0
+
+
+def test_captions_describe_what_is_drawn():
+    """Read colour, shape and motion back from the pixels and from the caption; they must agree."""
+    pattern = re.compile(r"^(a|an|the) (\w+) (\w+) (.+?)( on a black background)?\.?$")
+    words = {"moving left": "left", "moving to the left": "left", "moves left": "left", "sliding left": "left",
+             "moving right": "right", "moving to the right": "right", "moves right": "right",
+             "sliding right": "right", "moving up": "up", "moves up": "up", "sliding up": "up",
+             "moving down": "down", "moves down": "down", "sliding down": "down", "growing": "growing",
+             "getting bigger": "growing", "shrinking": "shrinking", "getting smaller": "shrinking"}
+    for seed in range(120):
+        video, text, scene = sample(seed, held_out=seed % 3 == 0)
+        match = pattern.match(text.lower())
+        assert match, text
+        article, colour, shape, phrase = match.group(1, 2, 3, 4)
+        assert (colour, shape, words[phrase]) == (scene.colour, scene.shape, scene.motion), text
+        assert article != "a" or colour[0] not in "aeiou", text
+        seen = measure(video)
+        assert seen == {"colour": scene.colour, "shape": scene.shape, "motion": scene.motion}, (seed, text)
+
+
+def test_held_out_split():
+    assert len(ALL_SCENES) == len(COLOURS) * len(SHAPES) * len(MOTIONS)
+    assert len(HELD_OUT_SCENES) / len(ALL_SCENES) >= 0.15
+    assert not set(HELD_OUT_SCENES) & set(TRAIN_SCENES)
+    for name, values in (("colour", COLOURS), ("shape", SHAPES), ("motion", MOTIONS)):
+        assert {getattr(s, name) for s in TRAIN_SCENES} == set(values)
+    assert all(sample(seed)[2] in TRAIN_SCENES for seed in range(50))
+    assert all(sample(seed, held_out=True)[2] in HELD_OUT_SCENES for seed in range(50))
