@@ -52,10 +52,13 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
 
 
 def _output_paths(output: Optional[Path], fmt: str, names: list[str], overwrite: bool) -> list[Path]:
-    """One path per video: -o is the file (or PNG folder) for a single video, else a directory."""
+    """One path per video. `-o` names the file (or PNG folder) of a single video when it has the format's
+    extension (any name, for PNG folders); otherwise it is a directory for the videos."""
     suffix = "" if fmt == "png" else f".{fmt}"
-    single_target = output is not None and len(names) == 1 and not (fmt != "png" and output.is_dir())
-    if single_target:
+    if output is not None and fmt != "png" and output.suffix.lower() not in ("", suffix) and not output.is_dir():
+        raise VcraftError(f"-o {output}: the extension does not match --format {fmt}; use {suffix} or a folder")
+    single = output is not None and len(names) == 1 and (fmt == "png" or output.suffix.lower() == suffix)
+    if single:
         paths = [output]
     else:
         folder = output if output is not None else Path("outputs")
@@ -96,7 +99,7 @@ def generate(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
-    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
+    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
 ) -> None:
     """Generate videos from text prompts."""
     cfg = _resolve_config(model, config, overrides)
@@ -133,7 +136,8 @@ def generate(
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
             "prompt": prompt, "negative": negative, "seed": video_seed, "model": cfg.name,
-            "config": str(config.resolve()) if config else None, "ckpt": str(Path(ckpt_path).resolve()), "format": fmt.value,
+            "config": str(config.resolve()) if config else None, "ckpt": str(Path(ckpt_path).resolve()),
+            "format": fmt.value,
             **asdict(settings), "overrides": list(overrides), "device": str(pipe.device),
             "dtype": str(pipe.dtype).removeprefix("torch."), "vcraft_version": __version__,
         }
