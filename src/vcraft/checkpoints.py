@@ -40,7 +40,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(path)  # memory-mapped; tensors are materialised once, when placed
+            return load_file(path)  # one copy in memory; placing assigns these tensors, no second copy
         except Exception as exc:
             raise VcraftError(f"cannot read {path}: not a valid safetensors file ({_first_line(exc)})") from None
     try:
@@ -141,7 +141,8 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, dty
 
     path = Path(path)
     target = DTYPES[dtype] if dtype else None
-    out = {k: (v.to(target) if target is not None and v.is_floating_point() and k not in SCHEDULE_KEYS else v).contiguous()
+    cast = target is not None
+    out = {k: (v.to(target) if cast and v.is_floating_point() and k not in SCHEDULE_KEYS else v).contiguous()
            for k, v in state.items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

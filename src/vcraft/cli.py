@@ -114,7 +114,7 @@ def generate(
         fmt = Format(suffix) if suffix in Format.__members__ else Format.mp4
     base_seed = seed if seed is not None else secrets.randbelow(2**31)
     seeds = [base_seed + k for k in range(len(prompts))]
-    names = [f"{k:04d}-{_slug(p)}-{s}" for k, (p, s) in enumerate(zip(prompts, seeds))]
+    names = [f"{k:04d}-{_slug(p)}-{s}" for k, (p, s) in enumerate(zip(prompts, seeds, strict=True))]
     paths = _output_paths(output, fmt.value, names, overwrite)
     if ckpt is not None and not ckpt.is_file():
         raise VcraftError(f"checkpoint not found: {ckpt}")
@@ -130,7 +130,7 @@ def generate(
     pipe = TextToVideo.from_config(cfg, ckpt_path, device, dtype)
     _log(f"loaded {cfg.name} from {ckpt_path} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}) "
          f"in {time.perf_counter() - started:.1f} s", quiet)
-    for k, (prompt, video_seed, path) in enumerate(zip(prompts, seeds, paths)):
+    for k, (prompt, video_seed, path) in enumerate(zip(prompts, seeds, paths, strict=True)):
         t0 = time.perf_counter()
         bar = _progress(quiet, f"[{k + 1}/{len(prompts)}]")
         path.parent.mkdir(parents=True, exist_ok=True)
