@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reference import VARIANTS, assert_close, reference_dir
+from reference import PRESET_OF, VARIANTS, assert_close, reference_dir
 from vcraft.loading import load_models
 from vcraft.checkpoints import load_state_dict
 from vcraft.config import load_config
@@ -133,7 +133,7 @@ def test_end_to_end_frames(variant):
     assert (diff > 0).float().mean() <= 0.01, f"{float((diff > 0).float().mean()):.4f} of values differ"
 
 
-@pytest.mark.parametrize("variant,preset", [("vc1_512", "vc1-512"), ("vc1_1024", "vc1-1024"), ("vc2_512", "vc2-512")])
+@pytest.mark.parametrize("variant,preset", PRESET_OF.items())
 def test_full_size_presets_fit_the_official_layout(variant, preset):
     """Every key of the official checkpoint, with its shape, is placed in the preset's modules."""
     from vcraft.config import load_preset
