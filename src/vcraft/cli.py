@@ -203,8 +203,7 @@ def info(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Say which preset a checkpoint matches, its dtype and parameter counts."""
-    from vcraft.checkpoints import SCHEDULE_KEYS, split_state_dict
-    from vcraft.checkpoints import load_state_dict
+    from vcraft.checkpoints import SCHEDULE_KEYS, load_state_dict, split_state_dict
     from vcraft.loading import identify_preset
 
     state = load_state_dict(ckpt)
