@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from reference import PRESET_OF, VARIANTS, reference_dir
-from vcraft.config import load_config, load_preset, preset_names, validate_sampling
+from vcraft.config import apply_overrides, load_config, load_preset, preset_names, validate_sampling
 from vcraft.errors import VcraftError
 
 
@@ -30,7 +30,7 @@ def test_official_yaml_reads_as_its_preset(tmp_path, variant):
 
 
 def test_presets_and_overrides():
-    assert {"vc2-512", "vc1-512", "vc1-1024"} <= set(preset_names())
+    assert {"shapes", "vc2-512", "vc1-512", "vc1-1024"} <= set(preset_names())
     cfg = load_config(reference_dir() / "tiny" / "vc2_512" / "config.yaml",
                       ["sampling.steps=7", "model.schedule.scale_b=0.5"])
     assert cfg.sampling.steps == 7 and cfg.model.schedule.scale_b == 0.5
@@ -61,3 +61,12 @@ def test_sampling_validation():
         bad = type(cfg.sampling)(**{**cfg.sampling.__dict__, field: value})
         with pytest.raises(VcraftError):
             validate_sampling(bad, cfg.model)
+
+
+def test_model_inputs_must_fit_the_latents():
+    """Frame conditioning needs 2 * latent + 1 UNet inputs; the parameterization is eps or v."""
+    assert load_preset("shapes").model.unet.in_channels == 9
+    with pytest.raises(VcraftError, match="must take 4 channels"):
+        apply_overrides(load_preset("shapes"), ["model.frame_conditioning=false"])
+    with pytest.raises(VcraftError, match="parameterization"):
+        apply_overrides(load_preset("vc2-512"), ["model.parameterization=x0"])

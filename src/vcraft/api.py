@@ -22,7 +22,8 @@ from vcraft.config import (Config, SamplingConfig, apply_overrides, load_config,
                            validate_sampling)
 from vcraft.errors import VcraftError
 from vcraft.loading import Models, identify_preset, load_models
-from vcraft.sampling.ddim import ddim_sample, ddim_timesteps, guided_denoiser
+from vcraft.models.unet3d import with_given_frames
+from vcraft.sampling.ddim import ddim_sample, ddim_timesteps, eps_from_v, guided_denoiser
 
 CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
 
@@ -76,6 +77,26 @@ def find_checkpoint(cfg: Config) -> Path:
                       f"{hint}, or pass --ckpt PATH")
 
 
+def _continuing(unet: torch.nn.Module, x: torch.Tensor, given: Optional[torch.Tensor]) -> Callable:
+    """The UNet of a frame-conditioned model with the first frames fixed to `given` (none: no frames)."""
+    b, c, t, h, w = x.shape
+    known = torch.zeros_like(x)
+    mask = torch.zeros((b, 1, t, 1, 1), device=x.device, dtype=x.dtype)
+    if given is not None:
+        k = given.shape[2]
+        if k > t or given.shape[:2] != (b, c) or given.shape[3:] != (h, w):
+            raise VcraftError(f"given latents {list(given.shape)} do not fit a video of latents {list(x.shape)}")
+        known[:, :, :k] = given.to(x.device, x.dtype)
+        mask[:, :, :k] = 1
+
+    def run(xs: torch.Tensor, t_: torch.Tensor, context: torch.Tensor, fps: torch.Tensor) -> torch.Tensor:
+        copies = xs.shape[0] // b  # classifier-free guidance stacks the batch
+        return unet(with_given_frames(xs, known.repeat(copies, 1, 1, 1, 1), mask.repeat(copies, 1, 1, 1, 1)),
+                    t_, context, fps)
+
+    return run
+
+
 def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
     """`[b, 3, t, H, W]` in [-1, 1] -> `[b, t, H, W, 3]` uint8, truncating as the reference does."""
     return ((video.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
@@ -94,7 +115,7 @@ class TextToVideo:
         self.dtype = dtype
 
     @classmethod
-    def from_pretrained(cls, model: str = "vc2-512", ckpt: str | os.PathLike | None = None,
+    def from_pretrained(cls, model: str = "shapes", ckpt: str | os.PathLike | None = None,
                         device: str = "auto", dtype: str = "auto", overrides: list[str] = ()) -> "TextToVideo":
         """`model` is a preset name or the path of a config (vcraft or original VideoCrafter YAML);
         `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location)."""
@@ -125,11 +146,14 @@ class TextToVideo:
     @torch.inference_mode()
     def sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int], frames: int,
                height: int, width: int, steps: int, guidance: float, eta: float, fps: int,
-               callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+               callback: Optional[Callable[[int, int], None]] = None,
+               given: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Final latents `[len(seeds), c, frames, h, w]`; video k's noise comes from seeds[k] alone:
-        its initial noise, then (eta > 0) one draw per step, from a CPU generator in float32."""
+        its initial noise, then (eta > 0) one draw per step, from a CPU generator in float32.
+        `given` (frame-conditioned models only): clean latents `[len(seeds), c, k, h, w]` of the first
+        k frames, which the video continues."""
         f = self.autoencoder.downsample
-        shape = (1, self.config.model.unet.in_channels, frames, height // f, width // f)
+        shape = (1, self.config.model.autoencoder.embed_dim, frames, height // f, width // f)
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
         def draw(_: int = 0) -> torch.Tensor:
@@ -138,7 +162,14 @@ class TextToVideo:
         x = draw().to(self.device, self.dtype)
         fps_t = torch.full((len(seeds),), fps, device=self.device, dtype=torch.long)
         uncond = None if uncond is None else uncond.to(self.dtype)
-        denoise = guided_denoiser(self.unet, cond.to(self.dtype), uncond, fps_t, guidance)
+        net = self.unet
+        if self.config.model.frame_conditioning:
+            net = _continuing(self.unet, x, given)
+        elif given is not None:
+            raise VcraftError(f"model '{self.config.name}' cannot continue given frames")
+        denoise = guided_denoiser(net, cond.to(self.dtype), uncond, fps_t, guidance)
+        if self.config.model.parameterization == "v":
+            denoise = eps_from_v(denoise, self.schedule)
         total = len(ddim_timesteps(steps, self.schedule.timesteps))
 
         def report(i: int, *_: torch.Tensor) -> None:

@@ -227,6 +227,30 @@ def info(
 
 
 @app.command()
+def train(
+    config: Path = typer.Argument(..., help="A vcraft YAML with a train section, e.g. configs/shapes.yaml."),
+    output: Path = typer.Option(Path("runs/shapes"), "--output", "-o",
+                                help="Run folder: checkpoints, log, and the trained model."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
+) -> None:
+    """Train a model from scratch on the synthetic shapes data (autoencoder, then diffusion).
+
+    Resumable: run the same command again to continue from the last checkpoint in the run folder."""
+    cfg = load_config(config, overrides)
+    if cfg.train is None:
+        raise VcraftError(f"{config} has no train section")
+    from vcraft.training import train as run_training
+
+    started = time.perf_counter()
+    model_path = run_training(cfg, output, lambda line: _log(line, quiet))
+    _log(f"trained in {(time.perf_counter() - started) / 60:.1f} min; generate with: vcraft generate PROMPT "
+         f"--config {output / 'config.yaml'} --ckpt {model_path}", quiet)
+    print(model_path, flush=True)
+
+
+@app.command()
 def presets() -> None:
     """List the model presets."""
     from vcraft.config import preset_names

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vcraft.errors import VcraftError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_PRESET = "vc2-512"
+DEFAULT_PRESET = "shapes"
 
 
 @dataclass
@@ -42,6 +42,12 @@ class UNetConfig:
     addition_attention: bool = False
     fps_cond: bool = False
     dropout: float = 0.0
+    # vcraft's own small models: the text context's last token (it has seen the whole prompt through the
+    # causal mask) is added to the timestep embedding, so every ResBlock knows the prompt, as SDXL does.
+    pooled_text: bool = False
+    # GroupNorm groups (VideoCrafter: 32). With 32 channels, 32 groups would normalise each channel
+    # on its own and wash out absolute levels such as colour, so small models use fewer.
+    norm_groups: int = 32
 
 
 @dataclass
@@ -53,6 +59,7 @@ class AutoencoderConfig:
     ch: int = 128
     ch_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
     num_res_blocks: int = 2
+    norm_groups: int = 32  # as UNetConfig.norm_groups
 
 
 @dataclass
@@ -85,6 +92,10 @@ class ModelConfig:
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     scale_factor: float = 0.18215
+    parameterization: str = "eps"  # what the UNet predicts: "eps" (noise) or "v" (velocity)
+    # The UNet also sees given latent frames and their mask (LVDM's prediction model): in_channels is
+    # then 2 * latent channels + 1, and a video can be continued from its last frames.
+    frame_conditioning: bool = False
 
 
 @dataclass
@@ -100,12 +111,44 @@ class SamplingConfig:
 
 
 @dataclass
+class AutoencoderTraining:
+    steps: int = 1000
+    batch_size: int = 32  # frames
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class DiffusionTraining:
+    steps: int = 6000
+    batch_size: int = 16  # videos
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    ema: float = 0.998
+    min_snr: float = 5.0  # min-SNR-gamma loss weighting
+    caption_dropout: float = 0.1  # for classifier-free guidance
+    given_frames_prob: float = 0.3  # share of clips that get their first frames given (frame_conditioning)
+    max_given_frames: int = 8
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    videos: int = 12000  # synthetic clips, drawn once and reused every epoch
+    checkpoint_every: int = 250
+    autoencoder: AutoencoderTraining = field(default_factory=AutoencoderTraining)
+    diffusion: DiffusionTraining = field(default_factory=DiffusionTraining)
+
+
+@dataclass
 class Config:
     name: str = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Where to get the weights, for error messages and the README.
     weights_url: Optional[str] = None
+    train: Optional[TrainConfig] = None
 
 
 def preset_dir() -> Path:
@@ -120,11 +163,26 @@ def preset_names() -> list[str]:
 
 def _validated(data: Any, origin: str) -> Config:
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
         raise VcraftError(f"invalid config {origin}: {msg}") from None
+    problem = _model_problem(cfg.model)  # type: ignore[union-attr]
+    if problem:
+        raise VcraftError(f"invalid config {origin}: {problem}")
+    return cfg  # type: ignore[return-value]
+
+
+def _model_problem(m: ModelConfig) -> str | None:
+    latent = m.autoencoder.embed_dim
+    inputs = 2 * latent + 1 if m.frame_conditioning else latent
+    if m.parameterization not in ("eps", "v"):
+        return f"model.parameterization must be 'eps' or 'v', not '{m.parameterization}'"
+    if m.unet.in_channels != inputs or m.unet.out_channels != latent:
+        return (f"the UNet must take {inputs} channels and return {latent} (latent channels {latent}"
+                f"{', plus given frames and their mask' if m.frame_conditioning else ''}), "
+                f"not {m.unet.in_channels} and {m.unet.out_channels}")
+    return None
 
 
 def _read_yaml(path: Path) -> DictConfig:

@@ -44,7 +44,9 @@ def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Te
     parts = split_state_dict(state, source)
     place(models.unet, parts.unet, "UNet", source, dtype)
     place(models.text_encoder, parts.text, "text encoder", source, dtype)
-    vae = convert_ldm_vae_keys(parts.vae, cfg.autoencoder)
+    # vcraft's own models were trained as diffusers modules and keep that layout; official ones use LDM's.
+    native = any(k.startswith("encoder.down_blocks.") for k in parts.vae)
+    vae = parts.vae if native else convert_ldm_vae_keys(parts.vae, cfg.autoencoder)
     if len(vae) != len(parts.vae):
         raise VcraftError(f"{source} does not fit the autoencoder of this config: "
                           f"{len(parts.vae) - len(vae)} keys could not be mapped")

@@ -116,10 +116,11 @@ def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class SpatialTransformer(nn.Module):
     """Attention over the pixels of each frame, with cross-attention to the text."""
 
-    def __init__(self, channels: int, heads: int, head_dim: int, depth: int, context_dim: int, use_linear: bool):
+    def __init__(self, channels: int, heads: int, head_dim: int, depth: int, context_dim: int, use_linear: bool,
+                 groups: int = 32):
         super().__init__()
         inner = heads * head_dim
-        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)
@@ -142,11 +143,11 @@ class TemporalTransformer(nn.Module):
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, depth: int, use_linear: bool,
-                 relative_length: int | None = None, causal: bool = False):
+                 relative_length: int | None = None, causal: bool = False, groups: int = 32):
         super().__init__()
         inner = heads * head_dim
         self.causal = causal
-        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(inner, heads, head_dim, None, relative_length) for _ in range(depth)

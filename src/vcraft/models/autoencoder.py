@@ -21,7 +21,7 @@ def diffusers_vae_config(cfg: AutoencoderConfig) -> dict:
         "block_out_channels": [cfg.ch * m for m in cfg.ch_mult],
         "layers_per_block": cfg.num_res_blocks,
         "latent_channels": cfg.embed_dim,
-        "norm_num_groups": 32,
+        "norm_num_groups": cfg.norm_groups,
     }
 
 

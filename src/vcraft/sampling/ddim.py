@@ -37,6 +37,18 @@ def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: Optional[
     return denoise
 
 
+def eps_from_v(predict_v: Denoiser, schedule: Schedule) -> Denoiser:
+    """Turn a v-prediction model into a noise predictor, `eps = sqrt(a_t) v + sqrt(1 - a_t) x_t`
+    (exact with the signal scale too, since v is defined on the scaled signal)."""
+    ac = schedule.alphas_cumprod.double()
+
+    def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
+        a = float(ac[t])
+        return a ** 0.5 * predict_v(x, t) + (1 - a) ** 0.5 * x
+
+    return denoise
+
+
 def ddim_sample(
     denoiser: Denoiser,
     x: torch.Tensor,

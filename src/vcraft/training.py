@@ -1,0 +1,361 @@
+"""Training a small model from scratch on the synthetic shapes data: autoencoder stage, then diffusion.
+
+Everything lives in one run folder, and both stages can be stopped and resumed at any checkpoint:
+
+    run/config.yaml                 the config, with the latent scale measured after the autoencoder stage
+    run/autoencoder.pt              autoencoder stage: weights, optimiser, RNG state, step (while training)
+    run/latents.safetensors         the whole data set encoded once, with the trained autoencoder
+    run/diffusion.pt                diffusion stage: UNet, text encoder, their EMA, optimiser, RNG, step
+    run/train.log                   one line per logged step: stage, step, loss, learning rate, speed
+    run/model.safetensors           the result, EMA weights, loadable with --config run/config.yaml
+
+All randomness comes from torch's global generator, seeded per stage and saved in every checkpoint,
+so a resumed run continues bit for bit where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from vcraft.checkpoints import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, save_state_dict
+from vcraft.config import Config, TrainConfig
+from vcraft.data.shapes import TRAIN_SCENES, Scene, caption
+from vcraft.data.shapes import sample as sample_clip
+from vcraft.errors import VcraftError
+from vcraft.loading import Models, build_models
+from vcraft.models.text_encoder import tokenize
+from vcraft.models.unet3d import with_given_frames, zero_init_residuals
+from vcraft.sampling.schedule import q_sample
+
+Log = Callable[[str], None]
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking",
+            "shrinking": "growing"}
+
+
+def make_dataset(cfg: Config) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """The training clips as uint8 `[n, T, H, W, 3]`, their captions and scenes; clip k is drawn from
+    seed `train.seed * 10**6 + k`, so the set is the same on every machine."""
+    s, tc = cfg.sampling, _train_config(cfg)
+    videos = np.empty((tc.videos, s.frames, s.height, s.width, 3), dtype=np.uint8)
+    captions, scenes = [], []
+    for k in range(tc.videos):
+        clip, text, scene = sample_clip(tc.seed * 10**6 + k, s.frames, s.height)
+        videos[k] = np.round(clip * 255)
+        captions.append(text)
+        scenes.append(scene)
+    return videos, captions, scenes
+
+
+def reversed_clips(latents: torch.Tensor, scenes: list[Scene], seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Free extra data: a clip played backwards is exactly a clip of the opposite motion (the generator's
+    positions, speeds and sizes are symmetric), and latents are per frame, so reversing them is exact.
+    Clips whose reversed scene is held out are left out, so no held-out combination leaks in."""
+    keep, captions = [], []
+    for k, scene in enumerate(scenes):
+        flipped = Scene(scene.colour, scene.shape, OPPOSITE[scene.motion])
+        if flipped in TRAIN_SCENES:
+            keep.append(k)
+            captions.append(caption(flipped, np.random.default_rng([seed, k])))
+    return latents[keep].flip(2), captions
+
+
+def _train_config(cfg: Config) -> TrainConfig:
+    if cfg.train is None:
+        raise VcraftError(f"config '{cfg.name}' has no train section")
+    if cfg.sampling.height != cfg.sampling.width:
+        raise VcraftError("the shapes data is square: sampling.height must equal sampling.width")
+    return cfg.train
+
+
+def to_pixels(videos: np.ndarray) -> torch.Tensor:
+    """uint8 `[n, T, H, W, 3]` -> float `[n, 3, T, H, W]` in [-1, 1]."""
+    return torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def _save(state: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+class _Progress:
+    """Logs to run/train.log (and stderr), and draws a bar on a terminal."""
+
+    def __init__(self, run: Path, stage: str, total: int, start: int, log: Log):
+        self.file = open(run / "train.log", "a")
+        self.stage, self.log, self.losses, self.t0 = stage, log, [], time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=stage, unit="step", file=sys.stderr)
+
+    def step(self, step: int, loss: float, lr: float, every: int = 25) -> None:
+        self.losses.append(loss)
+        if self.bar is not None:
+            self.bar.update(1)
+        if (step + 1) % every == 0:
+            per_step = (time.perf_counter() - self.t0) / len(self.losses)
+            line = (f"{self.stage} step {step + 1} loss {np.mean(self.losses):.5f} lr {lr:.2e} "
+                    f"{per_step:.2f} s/step")
+            self.file.write(line + "\n")
+            self.file.flush()
+            if self.bar is None:
+                self.log(line)
+            self.losses, self.t0 = [], time.perf_counter()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+
+
+def _optimiser(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(list(params), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+
+
+def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path, log: Log,
+                      stop_after: int | None = None) -> bool:
+    """Reconstruction (L1 + L2) plus a small KL term, on single frames. Returns True when the stage is done."""
+    tc = _train_config(cfg)
+    ac = tc.autoencoder
+    vae = models.autoencoder.vae
+    opt = _optimiser(vae.parameters(), ac.lr, 0.0)
+    state, path = _load(run / "autoencoder.pt"), run / "autoencoder.pt"
+    start = 0
+    torch.manual_seed(tc.seed + 1)
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimiser"])
+        torch.set_rng_state(state["rng"])
+        start = int(state["step"])
+    progress = _Progress(run, "autoencoder", ac.steps, start, log)
+    frames_per_clip = videos.shape[1]
+    vae.train()
+    step = start
+    for step in range(start, ac.steps):
+        if stop_after is not None and step - start >= stop_after:
+            break
+        pick = torch.randint(len(videos) * frames_per_clip, (ac.batch_size,)).numpy()
+        frames = torch.from_numpy(videos[pick // frames_per_clip, pick % frames_per_clip])
+        x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1
+        lr = lr_at(step, ac.steps, ac.lr, min(100, ac.steps // 10 + 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        posterior = vae.encode(x).latent_dist
+        # Decoded from the posterior mean: with a KL weight this small the posterior ends up nearly
+        # deterministic anyway, and decoding noisy samples from the start (std ~1 at initialisation)
+        # washes out colour and shape for hundreds of steps.
+        recon = vae.decode(posterior.mode()).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + ac.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        progress.step(step, loss.item(), lr)
+        if (step + 1) % tc.checkpoint_every == 0 or step + 1 == ac.steps:
+            _save({"model": vae.state_dict(), "optimiser": opt.state_dict(), "rng": torch.get_rng_state(),
+                   "step": step + 1}, path)
+    else:
+        step = ac.steps
+    progress.close()
+    vae.eval()
+    return step >= ac.steps
+
+
+@torch.inference_mode()
+def encode_dataset(models: Models, videos: np.ndarray, batch: int = 8) -> torch.Tensor:
+    """Posterior means of every clip, unscaled: `[n, c, T, h, w]`."""
+    vae = models.autoencoder
+    vae.to(memory_format=torch.channels_last)  # a third faster for these convolutions on CPUs
+    parts = [vae.encode_moments(to_pixels(videos[i:i + batch])).chunk(2, dim=1)[0]
+             for i in range(0, len(videos), batch)]
+    vae.to(memory_format=torch.contiguous_format)
+    return torch.cat(parts).contiguous()
+
+
+def v_target(schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a = schedule.alphas_cumprod[t].view(shape)
+    s = schedule.scale_arr[t].view(shape)
+    return a.sqrt() * noise - (1 - a).sqrt() * s * x0
+
+
+def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: torch.Tensor,
+                   empty: torch.Tensor) -> torch.Tensor:
+    """One batch's loss: caption dropout, random timesteps, given first frames for some clips,
+    min-SNR weighting, error counted on the frames the model has to make."""
+    dc = _train_config(cfg).diffusion
+    b, _, frames = latents.shape[:3]
+    schedule = models.schedule
+    drop = torch.rand(b) < dc.caption_dropout
+    tokens = torch.where(drop[:, None], empty, tokens)
+    t = torch.randint(schedule.timesteps, (b,))
+    noise = torch.randn_like(latents)
+    x_t = q_sample(schedule, latents, t, noise)
+    context = models.text_encoder(tokens)
+    fps = torch.full((b,), cfg.sampling.fps, dtype=torch.long)
+    mask = torch.zeros(b, 1, frames, 1, 1)
+    if cfg.model.frame_conditioning:
+        given = torch.randint(1, dc.max_given_frames + 1, (b,)) * (torch.rand(b) < dc.given_frames_prob)
+        mask = (torch.arange(frames)[None] < given[:, None]).float().view(b, 1, frames, 1, 1)
+        x_t = with_given_frames(x_t, latents, mask)
+    out = models.unet(x_t, t, context, fps)
+    a = schedule.alphas_cumprod[t]
+    snr = a / (1 - a)
+    if cfg.model.parameterization == "v":
+        target, weight = v_target(schedule, latents, t, noise), snr.clamp(max=dc.min_snr) / (snr + 1)
+    else:
+        target, weight = noise, snr.clamp(max=dc.min_snr) / snr
+    per_frame = ((out.float() - target) ** 2).mean(dim=(1, 3, 4))  # [b, frames]
+    made = 1 - mask.view(b, frames)
+    per_clip = (per_frame * made).sum(1) / made.sum(1)
+    return (weight * per_clip).mean()
+
+
+def train_diffusion(models: Models, latents: torch.Tensor, tokens: torch.Tensor, cfg: Config, run: Path,
+                    log: Log, stop_after: int | None = None) -> tuple[dict, bool]:
+    """AdamW with warm-up and cosine decay, EMA of the weights. Returns the EMA state of the UNet and text
+    encoder (keys with their checkpoint prefixes) and whether the stage is done."""
+    tc = _train_config(cfg)
+    dc = tc.diffusion
+    nets = torch.nn.ModuleDict({"unet": models.unet, "text": models.text_encoder})
+    params = [p for p in nets.parameters() if p.requires_grad]
+    opt = _optimiser(params, dc.lr, dc.weight_decay)
+    ema = {k: v.detach().clone() for k, v in nets.state_dict().items()}
+    path = run / "diffusion.pt"
+    state = _load(path)
+    start = 0
+    torch.manual_seed(tc.seed + 2)
+    if state is not None:
+        nets.load_state_dict(state["model"])
+        ema = state["ema"]
+        opt.load_state_dict(state["optimiser"])
+        torch.set_rng_state(state["rng"])
+        start = int(state["step"])
+    empty = tokenize([""], cfg.model.text_encoder.context_length)
+    progress = _Progress(run, "diffusion", dc.steps, start, log)
+    nets.train()
+    step = start
+    for step in range(start, dc.steps):
+        if stop_after is not None and step - start >= stop_after:
+            break
+        lr = lr_at(step, dc.steps, dc.lr, dc.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(latents), (dc.batch_size,))
+        loss = diffusion_loss(models, cfg, latents[idx], tokens[idx], empty)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            for k, v in nets.state_dict().items():
+                if v.is_floating_point():
+                    ema[k].lerp_(v, 1 - dc.ema)
+                else:
+                    ema[k].copy_(v)
+        progress.step(step, loss.item(), lr)
+        if (step + 1) % tc.checkpoint_every == 0 or step + 1 == dc.steps:
+            _save({"model": nets.state_dict(), "ema": ema, "optimiser": opt.state_dict(),
+                   "rng": torch.get_rng_state(), "step": step + 1}, path)
+    else:
+        step = dc.steps
+    progress.close()
+    nets.eval()
+    return _checkpoint_layout(ema), step >= dc.steps
+
+
+def _checkpoint_layout(nets_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`unet.*` / `text.*` keys of the training modules -> the checkpoint's prefixes."""
+    return {(UNET_PREFIX + k[len("unet."):]) if k.startswith("unet.") else TEXT_PREFIX + k[len("text."):]: v
+            for k, v in nets_state.items()}
+
+
+def checkpoint_of_run(run: Path) -> dict[str, torch.Tensor]:
+    """The EMA weights of a run's latest diffusion checkpoint, in checkpoint layout (to look at a run
+    in progress; the run's config.yaml describes them)."""
+    from safetensors.torch import load_file
+
+    state = _load(run / "diffusion.pt")
+    if state is None:
+        raise VcraftError(f"{run} has no diffusion checkpoint yet")
+    vae = {k: v for k, v in load_file(run / "latents.safetensors").items() if k.startswith(VAE_PREFIX)}
+    return {**_checkpoint_layout(state["ema"]), **vae}
+
+
+def initial_models(cfg: Config) -> Models:
+    """Freshly initialised modules, the same for the same config and seed."""
+    torch.manual_seed(_train_config(cfg).seed)
+    models = build_models(cfg.model, "cpu")
+    zero_init_residuals(models.unet)
+    torch.nn.init.constant_(models.text_encoder.model.logit_scale, math.log(1 / 0.07))  # unused, kept defined
+    return models
+
+
+def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = None) -> Path | None:
+    """Run (or resume) the whole recipe in folder `run`. Returns the trained model's path, or None when
+    `stop_after` steps of the current stage ended the call early."""
+    tc = _train_config(cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    videos, captions, scenes = make_dataset(cfg)
+    log(f"data: {len(videos)} clips of {videos.shape[1]}x{videos.shape[2]}x{videos.shape[3]} "
+        f"in {time.perf_counter() - t0:.0f} s")
+    models = initial_models(cfg)
+    latents_path = run / "latents.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    if latents_path.is_file():
+        vae_state = {k[len(VAE_PREFIX):]: v for k, v in load_file(latents_path).items() if k.startswith(VAE_PREFIX)}
+        models.autoencoder.vae.load_state_dict(vae_state)
+    elif not train_autoencoder(models, videos, cfg, run, log, stop_after):
+        return None
+    else:
+        t0 = time.perf_counter()
+        raw = encode_dataset(models, videos)
+        vae_state = {VAE_PREFIX + k: v.contiguous() for k, v in models.autoencoder.vae.state_dict().items()}
+        save_file({"latents": raw.contiguous(), **vae_state}, str(latents_path))
+        log(f"encoded the data set in {time.perf_counter() - t0:.0f} s")
+    raw = load_file(latents_path)["latents"]
+    back, back_captions = reversed_clips(raw, scenes, tc.seed)
+    raw, captions = torch.cat([raw, back]), captions + back_captions
+    scale = float(1 / raw.std())
+    cfg = replace(cfg, model=replace(cfg.model, scale_factor=scale))
+    models.autoencoder.scale_factor = scale
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    tokens = tokenize(captions, cfg.model.text_encoder.context_length)
+    ema, done = train_diffusion(models, raw * scale, tokens, cfg, run, log, stop_after)
+    if not done:
+        return None
+    return export(models, ema, cfg, run / "model.safetensors")
+
+
+def export(models: Models, ema: dict[str, torch.Tensor], cfg: Config, path: Path, dtype: str = "fp16") -> Path:
+    """The trained model in vcraft's checkpoint layout (official prefixes; autoencoder in diffusers' layout)."""
+    state = dict(ema)
+    state.update({VAE_PREFIX + k: v for k, v in models.autoencoder.vae.state_dict().items()})
+    state["alphas_cumprod"] = models.schedule.alphas_cumprod
+    save_state_dict(state, path, dtype, {"format": "vcraft", "preset": cfg.name})
+    return path
