@@ -119,6 +119,13 @@ class AutoencoderTraining:
 
 
 @dataclass
+class TextTraining:
+    steps: int = 300
+    batch_size: int = 64  # captions
+    lr: float = 3e-3
+
+
+@dataclass
 class DiffusionTraining:
     steps: int = 6000
     batch_size: int = 16  # videos
@@ -138,6 +145,7 @@ class TrainConfig:
     videos: int = 12000  # synthetic clips, drawn once and reused every epoch
     checkpoint_every: int = 250
     autoencoder: AutoencoderTraining = field(default_factory=AutoencoderTraining)
+    text: TextTraining = field(default_factory=TextTraining)
     diffusion: DiffusionTraining = field(default_factory=DiffusionTraining)
 
 
