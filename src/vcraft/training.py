@@ -372,8 +372,9 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
     from safetensors.torch import load_file
 
     if latents_path.is_file():
-        vae_state = {k[len(VAE_PREFIX):]: v for k, v in load_file(latents_path).items() if k.startswith(VAE_PREFIX)}
-        models.autoencoder.vae.load_state_dict(vae_state)
+        stored = load_file(latents_path)
+        models.autoencoder.vae.load_state_dict(
+            {k[len(VAE_PREFIX):]: v for k, v in stored.items() if k.startswith(VAE_PREFIX)})
     elif not train_autoencoder(models, videos, cfg, run, log, stop_after):
         return None
     else:
@@ -381,8 +382,9 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
         raw = encode_dataset(models, videos)
         vae_state = {VAE_PREFIX + k: v for k, v in models.autoencoder.vae.state_dict().items()}
         save_state_dict({"latents": raw, **vae_state}, latents_path)
+        stored = {"latents": raw}
         log(f"encoded the data set in {time.perf_counter() - t0:.0f} s")
-    raw = load_file(latents_path)["latents"]
+    raw = stored["latents"]
     back, back_captions, back_scenes = reversed_clips(raw, scenes, tc.seed)
     raw, captions, scenes = torch.cat([raw, back]), captions + back_captions, scenes + back_scenes
     scale = float(1 / raw.std())
