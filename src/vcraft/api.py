@@ -24,6 +24,7 @@ from vcraft.errors import VcraftError
 from vcraft.loading import Models, identify_preset, load_models
 from vcraft.models.unet3d import with_given_frames
 from vcraft.sampling.ddim import ddim_sample, ddim_timesteps, eps_from_v, guided_denoiser
+from vcraft.sampling.long_video import extend_video, replace_known, window_count
 
 CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
 
@@ -79,15 +80,12 @@ def find_checkpoint(cfg: Config) -> Path:
 
 def _continuing(unet: torch.nn.Module, x: torch.Tensor, given: Optional[torch.Tensor]) -> Callable:
     """The UNet of a frame-conditioned model with the first frames fixed to `given` (none: no frames)."""
-    b, c, t, h, w = x.shape
+    b, _, t = x.shape[:3]
     known = torch.zeros_like(x)
     mask = torch.zeros((b, 1, t, 1, 1), device=x.device, dtype=x.dtype)
     if given is not None:
-        k = given.shape[2]
-        if k > t or given.shape[:2] != (b, c) or given.shape[3:] != (h, w):
-            raise VcraftError(f"given latents {list(given.shape)} do not fit a video of latents {list(x.shape)}")
-        known[:, :, :k] = given.to(x.device, x.dtype)
-        mask[:, :, :k] = 1
+        known[:, :, :given.shape[2]] = given
+        mask[:, :, :given.shape[2]] = 1
 
     def run(xs: torch.Tensor, t_: torch.Tensor, context: torch.Tensor, fps: torch.Tensor) -> torch.Tensor:
         copies = xs.shape[0] // b  # classifier-free guidance stacks the batch
@@ -95,6 +93,10 @@ def _continuing(unet: torch.nn.Module, x: torch.Tensor, given: Optional[torch.Te
                     t_, context, fps)
 
     return run
+
+
+def _generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
 def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
@@ -147,26 +149,67 @@ class TextToVideo:
     def sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int], frames: int,
                height: int, width: int, steps: int, guidance: float, eta: float, fps: int,
                callback: Optional[Callable[[int, int], None]] = None,
-               given: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Final latents `[len(seeds), c, frames, h, w]`; video k's noise comes from seeds[k] alone:
-        its initial noise, then (eta > 0) one draw per step, from a CPU generator in float32.
-        `given` (frame-conditioned models only): clean latents `[len(seeds), c, k, h, w]` of the first
-        k frames, which the video continues."""
+               given: Optional[torch.Tensor] = None, extend: str = "mask") -> torch.Tensor:
+        """Final latents `[len(seeds), c, frames, h, w]` of one clip; video k's noise comes from seeds[k]
+        alone: its initial noise, then (eta > 0) one draw per step, from a CPU generator in float32.
+        `given`: clean latents `[len(seeds), c, k, h, w]` of the first k frames, which the clip continues
+        and starts with; `extend` says how: "mask" (frame-conditioned models: the UNet sees them) or
+        "replace" (any model: put back, noised to each step's level)."""
+        return self._sample(cond, uncond, _generators(seeds), frames, height, width, steps, guidance, eta, fps,
+                            callback, given, extend)
+
+    def sample_long(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int],
+                    settings: SamplingConfig, callback: Optional[Callable[[int, int], None]] = None
+                    ) -> Iterator[torch.Tensor]:
+        """Latents of videos of any length (validated `settings`), yielded window by window as new frames
+        `[len(seeds), c, n, h, w]`; past the model's clip, each window continues the last `overlap` frames
+        of the one before. Each video's noise, window after window, comes from its own seed's generator.
+        `callback(step, total)` counts the steps of all windows."""
+        s = settings
+        clip = self.config.model.unet.temporal_length
+        gens = _generators(seeds)
+        windows = window_count(s.frames, clip, s.overlap)
+        done = [0]
+
+        def window(kept: Optional[torch.Tensor]) -> torch.Tensor:
+            offset, done[0] = done[0], done[0] + 1
+
+            def report(i: int, total: int) -> None:
+                if callback is not None:
+                    callback(offset * total + i, windows * total)
+
+            with torch.inference_mode():
+                return self._sample(cond, uncond, gens, min(s.frames, clip), s.height, s.width, s.steps,
+                                    s.guidance, s.eta, s.fps, report, kept, s.extend)
+
+        yield from extend_video(window, s.frames, clip, s.overlap)
+
+    def _sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], gens: list[torch.Generator],
+                frames: int, height: int, width: int, steps: int, guidance: float, eta: float, fps: int,
+                callback: Optional[Callable[[int, int], None]], given: Optional[torch.Tensor],
+                extend: str) -> torch.Tensor:
         f = self.autoencoder.downsample
-        shape = (1, self.config.model.autoencoder.embed_dim, frames, height // f, width // f)
-        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        channels = self.config.model.autoencoder.embed_dim
 
-        def draw(_: int = 0) -> torch.Tensor:
-            return torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
+        def draw(_: int = 0, n: int = frames) -> torch.Tensor:
+            return torch.cat([torch.randn((1, channels, n, height // f, width // f), generator=g,
+                                          dtype=torch.float32) for g in gens]).to(self.device, self.dtype)
 
-        x = draw().to(self.device, self.dtype)
-        fps_t = torch.full((len(seeds),), fps, device=self.device, dtype=torch.long)
+        x = draw()
+        fps_t = torch.full((len(gens),), fps, device=self.device, dtype=torch.long)
         uncond = None if uncond is None else uncond.to(self.dtype)
-        net = self.unet
+        keep, net = None, self.unet
+        if given is not None:
+            given = given.to(self.device, self.dtype)
+            if given.shape[2] > frames or given.shape[:2] != x.shape[:2] or given.shape[3:] != x.shape[3:]:
+                raise VcraftError(f"given latents {list(given.shape)} do not fit a video of latents {list(x.shape)}")
+            if extend == "replace":
+                keep = replace_known(given, draw(n=given.shape[2]), self.schedule)
+            elif not self.config.model.frame_conditioning:
+                raise VcraftError(f"model '{self.config.name}' was not trained to continue given frames; "
+                                  "use --extend replace")
         if self.config.model.frame_conditioning:
-            net = _continuing(self.unet, x, given)
-        elif given is not None:
-            raise VcraftError(f"model '{self.config.name}' cannot continue given frames")
+            net = _continuing(self.unet, x, given if extend == "mask" else None)
         denoise = guided_denoiser(net, cond.to(self.dtype), uncond, fps_t, guidance)
         if self.config.model.parameterization == "v":
             denoise = eps_from_v(denoise, self.schedule)
@@ -176,7 +219,10 @@ class TextToVideo:
             if callback is not None:
                 callback(i + 1, total)
 
-        return ddim_sample(denoise, x, self.schedule, steps, eta, draw, report)
+        out = ddim_sample(denoise, x, self.schedule, steps, eta, draw, report, keep)
+        if given is not None:  # exactly the given latents, which the sampler only approaches
+            out[:, :, :given.shape[2]] = given
+        return out
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, chunk: int = 4) -> Iterator[torch.Tensor]:
@@ -186,18 +232,18 @@ class TextToVideo:
 
     def stream(self, prompt: str, settings: SamplingConfig, seed: int, negative: str | None = None,
                callback: Optional[Callable[[int, int], None]] = None) -> Iterator[np.ndarray]:
-        """Generate one video and yield its uint8 frames `[n, H, W, 3]` chunk by chunk."""
+        """Generate one video and yield its uint8 frames `[n, H, W, 3]` chunk by chunk, window by window
+        for long videos, so memory does not grow with the length."""
+        settings = validate_sampling(settings, self.config.model)
         cond = self.encode_prompts([prompt])
         uncond = self.encode_prompts([negative or ""]) if settings.guidance != 1.0 else None
-        latents = self.sample(cond, uncond, [seed], settings.frames, settings.height, settings.width,
-                              settings.steps, settings.guidance, settings.eta, settings.fps, callback)
-        for chunk in self.decode(latents):
-            yield chunk[0].numpy()
+        for latents in self.sample_long(cond, uncond, [seed], settings, callback):
+            for chunk in self.decode(latents):
+                yield chunk[0].numpy()
 
     def __call__(self, prompt: str, seed: int = 0, negative: str | None = None,
                  callback: Optional[Callable[[int, int], None]] = None, **settings) -> np.ndarray:
-        """One video as uint8 `[T, H, W, 3]`. Settings (frames, height, width, steps, guidance, eta, fps)
-        default to the config's."""
+        """One video as uint8 `[T, H, W, 3]`. Settings (frames, height, width, steps, guidance, eta, fps,
+        overlap, extend) default to the config's."""
         chosen = replace(self.config.sampling, **settings)
-        validate_sampling(chosen, self.config.model)
         return np.concatenate(list(self.stream(prompt, chosen, seed, negative, callback)))

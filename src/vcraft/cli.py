@@ -8,7 +8,6 @@ torch and the models are imported inside the commands, so `vcraft --help` stays 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import sys
 import time
@@ -21,6 +20,7 @@ import typer
 from typer.exceptions import TyperException
 
 from vcraft import __version__
+from vcraft.batch import DEFAULT_NAME
 from vcraft.config import DEFAULT_PRESET, Config, apply_overrides, load_config, load_preset, validate_sampling
 from vcraft.errors import VcraftError
 
@@ -39,10 +39,6 @@ def _log(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _slug(text: str, limit: int = 48) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "video"
-
-
 def _resolve_config(model: Optional[str], config: Optional[Path], overrides: list[str]) -> Config:
     if model and config:
         raise VcraftError("give either --model or --config, not both")
@@ -51,38 +47,37 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
     return apply_overrides(load_preset(model or DEFAULT_PRESET), overrides)
 
 
-def _output_paths(output: Optional[Path], fmt: str, names: list[str], overwrite: bool) -> list[Path]:
-    """One path per video. `-o` names the file (or PNG folder) of a single video when it has the format's
-    extension (any name, for PNG folders); otherwise it is a directory for the videos."""
-    suffix = "" if fmt == "png" else f".{fmt}"
-    if output is not None and fmt != "png" and output.suffix.lower() not in ("", suffix) and not output.is_dir():
-        raise VcraftError(f"-o {output}: the extension does not match --format {fmt}; use {suffix} or a folder")
-    single = output is not None and len(names) == 1 and (fmt == "png" or output.suffix.lower() == suffix)
-    if single:
-        paths = [output]
-    else:
-        folder = output if output is not None else Path("outputs")
-        if folder.exists() and not folder.is_dir():
-            raise VcraftError(f"{folder} is a file; with several videos -o must be a directory")
-        paths = [folder / f"{name}{suffix}" for name in names]
-    for path in paths:
-        taken = path.exists() and not (path.is_dir() and not any(path.iterdir()))
-        if taken and not overwrite:
-            raise VcraftError(f"{path} already exists; use --overwrite to replace it")
-        if path.is_dir() and fmt != "png":
-            raise VcraftError(f"{path} is a directory; give a file name ending in .{fmt}")
-    return paths
+def _recipe(path: Path) -> dict:
+    """The settings a video was made with, from its JSON sidecar (for --from)."""
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VcraftError(f"--from: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VcraftError(f"--from {path}: not a vcraft JSON sidecar ({exc})") from None
+    needed = ("prompt", "seed", "model", *SAMPLING_FIELDS)
+    if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
+        raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
+    return recipe
+
+
+SAMPLING_FIELDS = ("frames", "height", "width", "steps", "guidance", "eta", "fps", "save_fps", "overlap", "extend")
 
 
 @app.command()
 def generate(
-    prompts: list[str] = typer.Argument(..., help="One or more prompts; video k gets seed base+k."),
+    prompts: Optional[list[str]] = typer.Argument(None, help="Prompts; - reads them from stdin, one a line."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", "-f",
+                                                help="A .txt, .jsonl or .csv file of prompts (and settings)."),
+    from_json: Optional[Path] = typer.Option(None, "--from", help="Make again the video of this JSON sidecar."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET})."),
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="vcraft YAML or original VideoCrafter inference YAML."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="File (or PNG folder) for one video, else a directory."),
+                                          help="File (or PNG folder) for one video, - for stdout, else a folder."),
+    name: str = typer.Option(DEFAULT_NAME, "--name", help="File name template: {index} {slug} {seed} {sample} "
+                                                          "{prompt}."),
     frames: Optional[int] = typer.Option(None, help="Number of frames."),
     height: Optional[int] = typer.Option(None, help="Height in pixels."),
     width: Optional[int] = typer.Option(None, help="Width in pixels."),
@@ -92,67 +87,148 @@ def generate(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = off)."),
     negative: Optional[str] = typer.Option(None, help="Negative prompt (default: the empty prompt)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
+    overlap: Optional[int] = typer.Option(None, help="Long videos: latent frames each window keeps from the "
+                                                     "one before (default: a quarter of the model's clip)."),
+    extend: Optional[str] = typer.Option(None, help="Long videos: mask (models trained to continue) or "
+                                                    "replace (any model). Default: per model."),
     seed: Optional[int] = typer.Option(None, min=0, help="Base seed (default: random, reported)."),
+    samples: int = typer.Option(1, help="Videos per prompt."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Videos sampled together (same settings only)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", help="auto, fp32, fp16 or bf16."),
     fmt: Optional[Format] = typer.Option(None, "--format", help="mp4 (default), gif or png frames."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep existing outputs; make the rest."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per finished video on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
 ) -> None:
-    """Generate videos from text prompts."""
-    cfg = _resolve_config(model, config, overrides)
+    """Generate videos from text prompts, prompt files or stdin."""
+    from vcraft.batch import STDOUT, batches, plan
+    from vcraft.prompts import PromptRow, gather_prompts
+
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
-              "steps": steps, "guidance": guidance, "eta": eta}
-    settings = replace(cfg.sampling, **{k: v for k, v in chosen.items() if v is not None})
-    validate_sampling(settings, cfg.model)
-    if any(not p.strip() for p in prompts):
-        raise VcraftError("a prompt is empty; give some text to turn into a video")
+              "steps": steps, "guidance": guidance, "eta": eta, "overlap": overlap, "extend": extend}
+    if from_json is not None:
+        if prompts or prompts_file or model or config:
+            raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")
+        recipe = _recipe(from_json)
+        config = Path(recipe["config"]) if recipe.get("config") else None
+        model = None if config else recipe["model"]
+        ckpt = ckpt or (Path(recipe["ckpt"]) if recipe.get("ckpt") else None)
+        overrides = [*recipe.get("overrides", []), *overrides]
+        chosen = {**{k: recipe[k] for k in SAMPLING_FIELDS}, **{k: v for k, v in chosen.items() if v is not None}}
+        rows = [PromptRow(recipe["prompt"], {"seed": recipe["seed"] if seed is None else seed}, str(from_json))]
+        negative = negative if negative is not None else recipe.get("negative")
+        fmt = fmt or Format(recipe.get("format", "mp4"))
+    cfg = _resolve_config(model, config, overrides)
+    base = replace(cfg.sampling, **{k: v for k, v in chosen.items() if v is not None})
+    base = validate_sampling(base, cfg.model)
+    if from_json is None:
+        rows = gather_prompts(prompts or [], prompts_file, sys.stdin)
+    if batch_size < 1:
+        raise VcraftError(f"--batch-size must be at least 1, got {batch_size}")
     if fmt is None:
         suffix = output.suffix.lstrip(".").lower() if output is not None else ""
         fmt = Format(suffix) if suffix in Format.__members__ else Format.mp4
     base_seed = seed if seed is not None else secrets.randbelow(2**31)
-    seeds = [base_seed + k for k in range(len(prompts))]
-    names = [f"{k:04d}-{_slug(p)}-{s}" for k, (p, s) in enumerate(zip(prompts, seeds, strict=True))]
-    paths = _output_paths(output, fmt.value, names, overwrite)
+    videos = plan(rows, base, cfg.model, base_seed, samples, negative, name, output, fmt.value, overwrite,
+                  skip_existing)
     if ckpt is not None and not ckpt.is_file():
         raise VcraftError(f"checkpoint not found: {ckpt}")
+    todo = [v for v in videos if not (skip_existing and v.path != STDOUT and v.path.exists())]
+    if len(todo) < len(videos):
+        _log(f"skipping {len(videos) - len(todo)} video(s) whose output exists", quiet)
+    if not todo:
+        return
 
-    if seed is None:
-        _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
-
-    from vcraft.api import TextToVideo, find_checkpoint
-    from vcraft.video import write_video
+    from vcraft.api import TextToVideo, find_checkpoint, resolve_device, resolve_dtype
+    from vcraft.batch import render
+    from vcraft.sampling.long_video import window_count
 
     ckpt_path = ckpt or find_checkpoint(cfg)
+    resolve_dtype(dtype, resolve_device(device))  # a bad choice is an input error, found before loading
+    if seed is None and from_json is None:
+        _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
     started = time.perf_counter()
     pipe = TextToVideo.from_config(cfg, ckpt_path, device, dtype)
     _log(f"loaded {cfg.name} from {ckpt_path} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}) "
          f"in {time.perf_counter() - started:.1f} s", quiet)
-    for k, (prompt, video_seed, path) in enumerate(zip(prompts, seeds, paths, strict=True)):
+    clip = cfg.model.unet.temporal_length
+    recorded = {"model": cfg.name, "config": str(config.resolve()) if config else None,
+                "ckpt": str(Path(ckpt_path).resolve()), "format": fmt.value, "overrides": list(overrides),
+                "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
+                "vcraft_version": __version__}
+    failed, done = [], 0
+    for group in batches(todo, batch_size, clip):
+        label = f"[{done + 1}/{len(todo)}]" if len(group) == 1 else f"[{done + 1}-{done + len(group)}/{len(todo)}]"
+        bar = _progress(quiet, label, window_count(group[0].settings.frames, clip, group[0].settings.overlap))
         t0 = time.perf_counter()
-        bar = _progress(quiet, f"[{k + 1}/{len(prompts)}]")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            "prompt": prompt, "negative": negative, "seed": video_seed, "model": cfg.name,
-            "config": str(config.resolve()) if config else None, "ckpt": str(Path(ckpt_path).resolve()),
-            "format": fmt.value,
-            **asdict(settings), "overrides": list(overrides), "device": str(pipe.device),
-            "dtype": str(pipe.dtype).removeprefix("torch."), "vcraft_version": __version__,
-        }
+        left = list(group)
         try:
-            write_video(path, pipe.stream(prompt, settings, video_seed, negative, bar), fmt.value,
-                        settings.save_fps, metadata)
+            for video, chunks in render(pipe, group, bar):
+                left.remove(video)
+                done += 1
+                try:
+                    _write(video, chunks, fmt.value, {**recorded, "prompt": video.prompt, "negative": video.negative,
+                                                       "seed": video.seed, **asdict(video.settings)})
+                except Exception as exc:  # this video failed (a write error, NaN); the batch goes on
+                    failed.append(video)
+                    _log(f"error: video {video.index} ({video.prompt!r}) failed: {_one_line(exc)}")
+                    continue
+                seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+                _report(video, seconds, as_json, quiet, f"[{done}/{len(todo)}]")
+        except Exception as exc:  # sampling failed (out of memory, ...): every video not yet done in the batch
+            failed += left
+            done += len(left)
+            _log(f"error: video(s) {', '.join(str(v.index) for v in left)} failed: {_one_line(exc)}")
         finally:
             bar(None, None)
-        _log(f"[{k + 1}/{len(prompts)}] {prompt!r} seed {video_seed}: {time.perf_counter() - t0:.1f} s", quiet)
-        print(path, flush=True)
+    if failed:
+        _log(f"{len(failed)} of {len(todo)} videos failed: " + ", ".join(str(v.index) for v in failed))
+        raise typer.Exit(1)
 
 
-def _progress(quiet: bool, label: str):
-    """A callback(step, total) drawing a bar over the denoising steps, on a terminal only;
-    callback(None, None) closes it."""
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, VcraftError) else text
+
+
+def _write(video, chunks, fmt: str, metadata: dict) -> None:
+    from vcraft.batch import STDOUT
+    from vcraft.video import write_video
+
+    if video.path != STDOUT:
+        video.path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(video.path, chunks, fmt, video.settings.save_fps, metadata)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # encoders need a seekable file; then copy the bytes out
+        path = write_video(Path(folder) / f"video.{fmt}", chunks, fmt, video.settings.save_fps)
+        sys.stdout.buffer.write(path.read_bytes())
+        sys.stdout.flush()
+
+
+def _report(video, seconds: float, as_json: bool, quiet: bool, label: str) -> None:
+    from vcraft.batch import STDOUT
+
+    s = video.settings
+    _log(f"{label} {video.prompt!r} seed {video.seed}: {seconds:.1f} s", quiet)
+    if video.path == STDOUT:
+        return
+    if as_json:
+        print(json.dumps({"prompt": video.prompt, "path": str(video.path), "seed": video.seed, "frames": s.frames,
+                          "fps": s.save_fps, "size": [s.height, s.width], "seconds": round(seconds, 2)}),
+              flush=True)
+    else:
+        print(video.path, flush=True)
+
+
+def _progress(quiet: bool, label: str, windows: int = 1):
+    """A callback(step, total) drawing a bar over the denoising steps of all windows (long videos show
+    which window runs), on a terminal only; callback(None, None) closes it."""
     if quiet or not sys.stderr.isatty():
         return lambda step, total: None
     from tqdm import tqdm
@@ -166,6 +242,9 @@ def _progress(quiet: bool, label: str):
             return
         if "bar" not in state:
             state["bar"] = tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False)
+        if windows > 1:
+            state["bar"].set_postfix_str(f"window {(step - 1) * windows // total + 1}/{windows}",
+                                         refresh=False)
         state["bar"].update(step - state["bar"].n)
 
     return update

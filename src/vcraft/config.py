@@ -7,8 +7,9 @@ Everything is validated here, once, by OmegaConf against the dataclasses below.
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -108,6 +109,12 @@ class SamplingConfig:
     eta: float = 1.0
     fps: int = 28
     save_fps: int = 10
+    # Videos longer than the model's clip (unet.temporal_length) are made window by window, each keeping
+    # the last `overlap` latent frames of the one before (None: a quarter of the clip). `extend` is how a
+    # window is tied to them: "mask" (models trained with frame_conditioning) or "replace" (any model);
+    # None picks per model.
+    overlap: Optional[int] = None
+    extend: Optional[str] = None
 
 
 @dataclass
@@ -133,7 +140,7 @@ class DiffusionTraining:
     warmup: int = 200
     weight_decay: float = 0.01
     ema: float = 0.998
-    min_snr: float = 5.0  # min-SNR-gamma loss weighting
+    min_snr: Optional[float] = 5.0  # min-SNR-gamma loss weighting; None: plain MSE
     caption_dropout: float = 0.1  # for classifier-free guidance
     given_frames_prob: float = 0.3  # share of clips that get their first frames given (frame_conditioning)
     max_given_frames: int = 8
@@ -311,20 +318,37 @@ def spatial_multiple(model: ModelConfig) -> int:
     return 2 ** (len(model.autoencoder.ch_mult) - 1) * 2 ** (len(model.unet.channel_mult) - 1)
 
 
-def validate_sampling(s: SamplingConfig, model: ModelConfig) -> None:
-    """Check generation settings before any heavy work; raise VcraftError saying what to change."""
+# Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from
+# starting a render that cannot fit in memory.
+MAX_SIDE = 2048
+
+
+def validate_sampling(s: SamplingConfig, model: ModelConfig) -> SamplingConfig:
+    """Check generation settings before any heavy work; raise VcraftError saying what to change.
+    Returns them with the long-video choices left open (None) made for this model."""
     m = spatial_multiple(model)
+    clip = model.unet.temporal_length
+    extend = s.extend or ("mask" if model.frame_conditioning else "replace")
+    overlap = clip // 4 if s.overlap is None else s.overlap
     checks = [
         (s.frames >= 1, f"--frames must be at least 1, got {s.frames}"),
         (s.height >= m and s.height % m == 0, f"--height must be a positive multiple of {m}, got {s.height}"),
         (s.width >= m and s.width % m == 0, f"--width must be a positive multiple of {m}, got {s.width}"),
+        (s.height <= MAX_SIDE, f"--height must be at most {MAX_SIDE}, got {s.height}"),
+        (s.width <= MAX_SIDE, f"--width must be at most {MAX_SIDE}, got {s.width}"),
         (1 <= s.steps <= model.schedule.timesteps,
          f"--steps must be between 1 and {model.schedule.timesteps}, got {s.steps}"),
-        (s.guidance >= 0, f"--guidance must be 0 or more, got {s.guidance}"),
-        (s.eta >= 0, f"--eta must be 0 or more, got {s.eta}"),
+        (math.isfinite(s.guidance) and s.guidance >= 0, f"--guidance must be 0 or more, got {s.guidance}"),
+        (math.isfinite(s.eta) and s.eta >= 0, f"--eta must be 0 or more, got {s.eta}"),
         (s.fps >= 1, f"--fps must be at least 1, got {s.fps}"),
         (s.save_fps > 0, f"--save-fps must be positive, got {s.save_fps}"),
+        (extend in ("mask", "replace"), f"--extend must be mask or replace, got {extend}"),
+        (extend == "replace" or model.frame_conditioning,
+         "--extend mask needs a model trained to continue videos (frame_conditioning); use --extend replace"),
+        (1 <= overlap < clip, f"--overlap must be between 1 and {clip - 1} (the model makes {clip} frames at "
+                              f"a time), got {overlap}"),
     ]
     for ok, message in checks:
         if not ok:
             raise VcraftError(message)
+    return replace(s, overlap=overlap, extend=extend)

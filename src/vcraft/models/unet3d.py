@@ -216,10 +216,13 @@ class UNet3D(nn.Module):
 
 
 def with_given_frames(x: torch.Tensor, given: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The input of a frame-conditioned UNet: noisy latents, the given clean latents where `mask`
-    (`[b, 1, t, 1, 1]`, 1 = given) is set and zeros elsewhere, and the mask itself as a channel."""
+    """The input of a frame-conditioned UNet: the noisy latents with the given frames (where `mask`,
+    `[b, 1, t, 1, 1]`, is 1) put back clean, the given clean latents (zeros elsewhere), and the mask as a
+    channel. Clean given frames in the first slot keep training and sampling alike: the sampler's own
+    latents at those positions drift (nothing trains the output there), and this discards them."""
     b, _, t, h, w = x.shape
-    return torch.cat([x, given * mask, mask.expand(b, 1, t, h, w).to(x.dtype)], dim=1)
+    given = given * mask
+    return torch.cat([x * (1 - mask) + given, given, mask.expand(b, 1, t, h, w).to(x.dtype)], dim=1)
 
 
 def zero_init_residuals(unet: UNet3D) -> None:

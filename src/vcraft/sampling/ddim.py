@@ -57,9 +57,11 @@ def ddim_sample(
     eta: float = 0.0,
     noise: Optional[Callable[[int], torch.Tensor]] = None,
     callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+    keep: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Run DDIM from x_T to the final latent. `noise(i)` gives the standard-normal draw of step i (needed
-    when eta > 0); `callback(i, x_prev, pred_x0)` sees every step."""
+    when eta > 0); `callback(i, x_prev, pred_x0)` sees every step; `keep(x, t)`, when given, may overwrite
+    parts of the latents at timestep t before each step (known frames, see long_video.replace_known)."""
     ts = ddim_timesteps(steps, schedule.timesteps)
     ac = schedule.alphas_cumprod.double().numpy()
     sc = schedule.scale_arr.double().numpy()
@@ -77,6 +79,8 @@ def ddim_sample(
         return torch.tensor(v, dtype=torch.float32, device=x.device).to(x.dtype)
 
     for i, idx in enumerate(reversed(range(len(ts)))):
+        if keep is not None:
+            x = keep(x, ts[idx])
         e = denoiser(x, ts[idx])
         pred_x0 = (x - scalar(np.sqrt(1 - a[idx])) * e) / scalar(np.sqrt(a[idx]))
         pred_x0 = pred_x0 / scalar(s[idx])

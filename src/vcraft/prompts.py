@@ -1,0 +1,128 @@
+"""Prompt sources: command-line arguments, stdin (`-`), and prompt files (`.txt`, `.jsonl`, `.csv`).
+
+Files are read whole and checked before anything is rendered; a bad row is reported with its file and line.
+`.jsonl` and `.csv` rows may carry their own settings (seed, frames, fps, steps, guidance, negative, name).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from vcraft.errors import VcraftError
+
+# Per-row settings and the type each must have.
+ROW_SETTINGS: dict[str, type] = {"seed": int, "frames": int, "fps": int, "steps": int, "guidance": float,
+                                 "negative": str, "name": str}
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    where: str = "argument"  # for messages: "prompts.jsonl:3", "stdin:2", "argument"
+
+
+def _value(key: str, raw: Any, where: str) -> Any:
+    kind = ROW_SETTINGS[key]
+    if isinstance(raw, str) and kind is not str:  # CSV cells are text
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            pass
+    ok = isinstance(raw, str) if kind is str else \
+        isinstance(raw, (int, float)) and not isinstance(raw, bool) and (kind is float or float(raw).is_integer())
+    if not ok:
+        raise VcraftError(f"{where}: '{key}' must be {'text' if kind is str else f'a number ({kind.__name__})'}, "
+                          f"got {raw!r}")
+    return kind(raw)
+
+
+def _row(values: dict[str, Any], where: str) -> PromptRow:
+    unknown = sorted(set(values) - set(ROW_SETTINGS) - {"prompt"})
+    if unknown:
+        raise VcraftError(f"{where}: unknown column '{unknown[0]}'; allowed: prompt, {', '.join(ROW_SETTINGS)}")
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise VcraftError(f"{where}: no prompt; every row needs a non-empty 'prompt'")
+    settings = {k: _value(k, v, where) for k, v in values.items()
+                if k != "prompt" and v is not None and v != ""}  # an empty CSV cell means "the default"
+    return PromptRow(prompt.strip(), settings, where)
+
+
+def _text_rows(text: str, name: str) -> list[PromptRow]:
+    return [PromptRow(line.strip(), {}, f"{name}:{n}") for n, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _jsonl_rows(text: str, name: str) -> list[PromptRow]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise VcraftError(f"{name}:{n}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(values, dict):
+            raise VcraftError(f"{name}:{n}: each line must be a JSON object like {{\"prompt\": \"...\"}}")
+        rows.append(_row(values, f"{name}:{n}"))
+    return rows
+
+
+def _csv_rows(text: str, name: str) -> list[PromptRow]:
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "prompt" not in [f.strip() for f in reader.fieldnames]:
+        raise VcraftError(f"{name}:1: the header has no 'prompt' column")
+    rows = []
+    for values in reader:
+        where = f"{name}:{reader.line_num}"
+        if None in values:
+            raise VcraftError(f"{where}: more cells than the header has columns")
+        rows.append(_row({k.strip(): v for k, v in values.items()}, where))
+    return rows
+
+
+READERS = {".txt": _text_rows, ".jsonl": _jsonl_rows, ".csv": _csv_rows}
+
+
+def read_prompt_file(path: Path) -> list[PromptRow]:
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise VcraftError(f"{path}: unknown prompt file type; use .txt, .jsonl or .csv")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise VcraftError(f"prompt file not found: {path}") from None
+    except IsADirectoryError:
+        raise VcraftError(f"{path} is a directory, not a prompt file") from None
+    except UnicodeDecodeError as exc:
+        raise VcraftError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    rows = reader(text, path.name)
+    if not rows:
+        raise VcraftError(f"{path}: no prompts in it (only blank lines or comments)")
+    return rows
+
+
+def gather_prompts(arguments: list[str], prompts_file: Path | None, stdin: TextIO) -> list[PromptRow]:
+    """Every prompt of a run, in order: the arguments (`-` reads stdin, one prompt a line), then the file."""
+    rows: list[PromptRow] = []
+    for arg in arguments:
+        if arg == "-":
+            from_stdin = _text_rows(stdin.read(), "stdin")
+            if not from_stdin:
+                raise VcraftError("no prompts on stdin; give one per line")
+            rows += from_stdin
+        elif not arg.strip():
+            raise VcraftError("a prompt is empty; give some text to turn into a video")
+        else:
+            rows.append(PromptRow(arg.strip()))
+    if prompts_file is not None:
+        rows += read_prompt_file(prompts_file)
+    if not rows:
+        raise VcraftError("no prompt given; pass one or more prompts, - for stdin, or -f FILE")
+    return rows

@@ -1,0 +1,194 @@
+"""Batch rendering through the real `vcraft` command with the default model: prompt sources, JSON lines,
+batch-size invariance, resume after an interrupt, --from, -o -, and one clear error for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_cli import read_pngs, tiny, vcraft
+
+FAST = ["--steps", "4", "--seed", "3"]  # the default model, few steps: these tests are about the plumbing
+
+
+def run(*args, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vcraft", "generate", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_stdin_in_json_lines_out(tmp_path):
+    result = run("-", *FAST, "--json", "-o", tmp_path, stdin="a red circle moving left\n\na blue square moving up\n")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["prompt"], r["seed"], r["frames"], r["size"]) for r in lines] == [
+        ("a red circle moving left", 3, 16, [64, 64]), ("a blue square moving up", 4, 16, [64, 64])]
+    assert all(Path(r["path"]).is_file() and r["seconds"] > 0 for r in lines)
+    assert Path(lines[0]["path"]).name == "0000-a-red-circle-moving-left-3.mp4"
+
+
+def test_prompt_files_with_per_video_settings(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "seed": 40, "frames": 8}\n'
+                                      '{"prompt": "a green square growing", "name": "green-{seed}", "steps": 2}\n')
+    (tmp_path / "p.csv").write_text("prompt,seed,fps\na white circle shrinking,7,4\n")
+    result = run("-f", tmp_path / "p.jsonl", *FAST, "--format", "png", "-o", tmp_path / "a")
+    assert result.returncode == 0, result.stderr
+    first, second = map(Path, result.stdout.split())
+    assert first.name == "0000-a-red-circle-moving-left-40" and second.name == "green-4"
+    assert read_pngs(first).shape == (8, 64, 64, 3) and read_pngs(second).shape == (16, 64, 64, 3)
+    assert json.loads(second.with_name("green-4.json").read_text())["steps"] == 2
+    result = run("-f", tmp_path / "p.csv", *FAST, "--samples", "2", "-o", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    paths = [Path(p) for p in result.stdout.split()]
+    assert [p.name for p in paths] == ["0000-a-white-circle-shrinking-7.mp4", "0001-a-white-circle-shrinking-8.mp4"]
+    assert json.loads(paths[1].with_suffix(".json").read_text())["fps"] == 4
+
+
+def test_pixels_do_not_depend_on_the_batch_size(tmp_path):
+    """The same videos one at a time and three at a time. Batched matrix products may sum in another
+    order, so a value can land on the other side of a uint8 step: at most 1 level, in few pixels."""
+    prompts = ["a red circle moving left", "a cyan triangle moving up", "a purple square shrinking"]
+    videos = {}
+    for size in (1, 3):
+        result = run(*prompts, *FAST, "--batch-size", size, "--format", "png", "-o", tmp_path / str(size))
+        assert result.returncode == 0, result.stderr
+        videos[size] = [read_pngs(Path(p)).astype(int) for p in result.stdout.split()]
+    for one, three in zip(videos[1], videos[3], strict=True):
+        diff = np.abs(one - three)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+
+
+def test_interrupted_batch_resumes_with_skip_existing(tmp_path):
+    prompts = ["a red circle moving left", "a blue triangle moving down", "a green square growing"]
+    args = [*prompts, "--steps", "30", "--seed", "5", "--format", "png", "-o", tmp_path / "run"]
+    proc = subprocess.Popen([sys.executable, "-m", "vcraft", "generate", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline().strip()  # the first video is done; stop during the second
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([Path(first).name, Path(first).name + ".json"])
+    again = run(*args, "--skip-existing")
+    assert again.returncode == 0, again.stderr
+    assert "skipping 1 video" in again.stderr and len(again.stdout.split()) == 2
+    whole = run(*args[:-1], tmp_path / "whole")
+    for name in ("0000-a-red-circle-moving-left-5", "0001-a-blue-triangle-moving-down-6", "0002-a-green-square-growing-7"):
+        assert np.array_equal(read_pngs(tmp_path / "run" / name), read_pngs(tmp_path / "whole" / name))
+
+
+def test_a_failed_video_is_reported_and_the_batch_goes_on(tmp_path):
+    """A guidance scale so large that the latents overflow fails its video (NaN), not the run."""
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "guidance": 1e38}\n'
+                                      '{"prompt": "a blue circle moving left"}\n')
+    result = run("-f", tmp_path / "p.jsonl", *FAST, "-o", tmp_path / "out")
+    assert result.returncode == 1, result.stderr
+    assert [Path(p).name for p in result.stdout.split()] == ["0001-a-blue-circle-moving-left-4.mp4"]
+    assert "error: video 0 ('a red circle moving left') failed: FloatingPointError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "1 of 2 videos failed: 0"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0001-a-blue-circle-moving-left-4.json",
+                                                                   "0001-a-blue-circle-moving-left-4.mp4"]
+
+
+def test_from_sidecar_makes_the_same_video(tmp_path):
+    result = run("a yellow circle moving right", *FAST, "--frames", "8", "--guidance", "3", "--format", "png",
+                 "-o", tmp_path / "one")
+    assert result.returncode == 0, result.stderr
+    again = run("--from", tmp_path / "one.json", "-o", tmp_path / "two")
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(read_pngs(tmp_path / "one"), read_pngs(tmp_path / "two"))
+    assert json.loads((tmp_path / "two.json").read_text())["guidance"] == 3
+
+
+def test_video_bytes_to_stdout(tmp_path):
+    command = [sys.executable, "-m", "vcraft", "generate", "a red circle moving left", *FAST, "-o", "-", "-q"]
+    data = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path)
+    assert data.returncode == 0, data.stderr
+    assert data.stdout[4:8] == b"ftyp" and list(tmp_path.iterdir()) == []
+    import imageio.v3 as iio
+
+    (tmp_path / "piped.mp4").write_bytes(data.stdout)
+    assert iio.imread(tmp_path / "piped.mp4", index=None).shape == (16, 64, 64, 3)
+
+
+def _bad_files(tmp: Path) -> None:
+    (tmp / "empty.txt").write_text("")
+    (tmp / "comments.txt").write_text("# nothing\n\n")
+    (tmp / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (tmp / "broken.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
+    (tmp / "nocol.csv").write_text("text\na fox\n")
+    (tmp / "badrow.jsonl").write_text('{"prompt": "a", "frames": 0}\n')
+    (tmp / "broken.yaml").write_text("model: [unclosed\n")
+    (tmp / "file").write_text("x")
+    (tmp / "not-a-sidecar.json").write_text("{}")
+
+
+P = "a red circle"
+# name: (arguments, with {tmp} for the folder of bad files; what the error line must say)
+BAD_INPUTS = {
+    "frames 0": ([P, "--frames", "0"], "--frames must be at least 1"),
+    "height not a multiple": ([P, "--height", "70"], "--height must be a positive multiple of 16"),
+    "width not a multiple": ([P, "--width", "30"], "--width must be a positive multiple of 16"),
+    "height too large": ([P, "--height", "65536"], "--height must be at most"),
+    "steps 0": ([P, "--steps", "0"], "--steps must be between 1 and 1000"),
+    "steps too many": ([P, "--steps", "5000"], "--steps must be between 1 and 1000"),
+    "negative guidance": ([P, "--guidance", "-1"], "--guidance must be"),
+    "guidance nan": ([P, "--guidance", "nan"], "--guidance must be"),
+    "negative eta": ([P, "--eta", "-0.5"], "--eta must be 0 or more"),
+    "fps 0": ([P, "--fps", "0"], "--fps must be at least 1"),
+    "save fps 0": ([P, "--save-fps", "0"], "--save-fps must be positive"),
+    "unknown device": ([P, "--device", "tpu"], "unknown device"),
+    "cuda absent": ([P, "--device", "cuda"], "cuda"),
+    "unknown dtype": ([P, "--dtype", "fp8"], "unknown dtype"),
+    "unknown format": ([P, "--format", "avi"], "avi"),
+    "output is a file": ([P, "b", "-o", "{tmp}/file"], "is a file"),
+    "extension mismatch": ([P, "-o", "{tmp}/x.gif", "--format", "mp4"], "does not match --format"),
+    "one file for two videos": ([P, "b", "-o", "{tmp}/x.mp4"], "names one file but 2 videos"),
+    "stdout for two videos": ([P, "b", "-o", "-"], "-o - writes one"),
+    "stdout png": ([P, "-o", "-", "--format", "png"], "-o - writes one"),
+    "empty prompt": (["  "], "a prompt is empty"),
+    "no prompt": ([], "no prompt given"),
+    "empty prompts file": (["-f", "{tmp}/empty.txt"], "no prompts in it"),
+    "only comments": (["-f", "{tmp}/comments.txt"], "no prompts in it"),
+    "not utf-8": (["-f", "{tmp}/latin1.txt"], "not UTF-8"),
+    "broken json": (["-f", "{tmp}/broken.jsonl"], "broken.jsonl:2: not valid JSON"),
+    "missing column": (["-f", "{tmp}/nocol.csv"], "no 'prompt' column"),
+    "bad row setting": (["-f", "{tmp}/badrow.jsonl"], "badrow.jsonl:1: --frames must be at least 1"),
+    "missing prompts file": (["-f", "{tmp}/nope.txt"], "prompt file not found"),
+    "missing config": ([P, "--config", "{tmp}/nope.yaml"], "not found"),
+    "broken config": ([P, "--config", "{tmp}/broken.yaml"], "broken.yaml"),
+    "missing checkpoint": ([P, "--ckpt", "{tmp}/nope.safetensors"], "checkpoint not found"),
+    "bad samples": ([P, "--samples", "0"], "--samples must be at least 1"),
+    "bad batch size": ([P, "--batch-size", "0"], "--batch-size must be at least 1"),
+    "overwrite and skip": ([P, "--overwrite", "--skip-existing"], "not both"),
+    "bad name template": ([P, "--name", "{{colour}}"], "bad name template"),
+    "name with a slash": ([P, "--name", "a/b"], "is not a file name"),
+    "duplicate names": ([P, "--samples", "2", "--name", "same"], "would be written twice"),
+    "bad from file": (["--from", "{tmp}/not-a-sidecar.json"], "not a vcraft JSON sidecar"),
+    "missing from file": (["--from", "{tmp}/nope.json"], "--from: file not found"),
+    "bad overlap": ([P, "--frames", "40", "--overlap", "16"], "--overlap must be between 1 and 15"),
+    "bad extend": ([P, "--extend", "blend"], "--extend must be mask or replace"),
+    "negative seed": ([P, "--seed", "-1"], "Invalid value for '--seed'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, case):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    _bad_files(bad)
+    before = sorted(bad.iterdir())
+    args, message = BAD_INPUTS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run(*[a.format(tmp=bad) for a in args], cwd=work, stdin="")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert list(work.iterdir()) == [] and sorted(bad.iterdir()) == before  # nothing written anywhere

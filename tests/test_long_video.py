@@ -1,0 +1,106 @@
+"""Videos longer than the model's clip: windows, frame counts, `--overlap`/`--extend`, interrupting."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from test_cli import FOX, read_pngs, small_video_args, tiny, vcraft
+from vcraft.sampling.long_video import extend_video, window_count
+
+
+@pytest.mark.parametrize("frames", [5, 16, 17, 28, 29, 100])
+def test_windows_make_exactly_the_frames_asked_for(frames):
+    clip, overlap, seen = 16, 4, []
+
+    def window(kept):
+        seen.append(None if kept is None else kept[0, 0, :, 0, 0].tolist())
+        start = 0 if kept is None else int(kept[0, 0, 0, 0, 0])
+        return torch.arange(start, start + clip, dtype=torch.float32).view(1, 1, clip, 1, 1)
+
+    made = torch.cat(list(extend_video(window, frames, clip, overlap)), dim=2)
+    # Frame i of the video is i: every window continues exactly where the kept frames left off.
+    assert made.flatten().tolist() == list(range(frames))
+    assert len(seen) == window_count(frames, clip, overlap)
+    assert all(kept == list(range(k * 12 + 12, k * 12 + 16)) for k, kept in enumerate(seen[1:]))
+
+
+def test_replace_continues_the_kept_latents_of_an_official_format_model():
+    """Training-free extension with a tiny VideoCrafter2 checkpoint: each window starts with the previous
+    window's last latent frames, and those frames steer the new ones."""
+    from vcraft import TextToVideo
+    from vcraft.config import SamplingConfig, validate_sampling
+
+    pipe = TextToVideo.from_pretrained(str(tiny() / "config.yaml"), tiny() / "model.safetensors", device="cpu")
+    settings = validate_sampling(
+        SamplingConfig(frames=24, height=64, width=64, steps=6, guidance=7.5, eta=0.0, fps=8),
+        pipe.config.model)
+    assert settings.extend == "replace" and settings.overlap == 4
+    windows = []
+    sample = pipe._sample
+
+    def recording(*args):
+        out = sample(*args)
+        windows.append((args[11], out.clone()))  # (given, window)
+        return out
+
+    pipe._sample = recording
+    cond, uncond = pipe.encode_prompts([FOX]), pipe.encode_prompts([""])
+    video = torch.cat(list(pipe.sample_long(cond, uncond, [5], settings)), dim=2)
+    assert video.shape[2] == 24 and len(windows) == 2
+    (none, first), (kept, second) = windows
+    assert none is None and torch.equal(kept, first[:, :, -4:]) and torch.equal(second[:, :, :4], kept)
+    assert torch.equal(video, torch.cat([first, second[:, :, 4:12]], dim=2))
+    # The same noise without the kept frames gives other new frames: the kept frames are used.
+    gen = torch.Generator().manual_seed(5)
+    torch.randn(first.shape, generator=gen)  # the first window's draw
+    alone = sample(cond, uncond, [gen], 16, 64, 64, 6, 7.5, 0.0, 8, None, None, "replace")
+    assert (alone[:, :, 4:] - second[:, :, 4:]).abs().mean() > 0.05
+
+
+def test_long_video_from_the_command_line(tmp_path):
+    out = tmp_path / "long"
+    args = [*small_video_args(), "--frames", "21", "--steps", "3", "--seed", "2", "--format", "png"]
+    result = vcraft("generate", FOX, *args, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert read_pngs(out).shape == (21, 64, 128, 3)
+    import json
+
+    meta = json.loads((tmp_path / "long.json").read_text())
+    assert (meta["frames"], meta["overlap"], meta["extend"]) == (21, 4, "replace")
+    again = vcraft("generate", FOX, *args, "-o", tmp_path / "again")
+    assert again.returncode == 0 and np.array_equal(read_pngs(tmp_path / "again"), read_pngs(out))
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--overlap", "0"], "--overlap must be between 1 and 15"),
+    (["--overlap", "16"], "--overlap must be between 1 and 15"),
+    (["--extend", "mask"], "--extend mask needs a model trained to continue videos"),
+    (["--extend", "blend"], "--extend must be mask or replace"),
+])
+def test_bad_long_video_options_are_refused_before_any_work(tmp_path, option, message):
+    result = vcraft("generate", FOX, *small_video_args(), "--frames", "40", *option, "-o", tmp_path / "x.mp4")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: " + message), result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_interrupting_a_long_render_leaves_nothing(tmp_path):
+    args = [*small_video_args(), "--frames", "400", "--steps", "20", "--seed", "1", "--format", "png"]
+    proc = subprocess.Popen([sys.executable, "-m", "vcraft", "generate", FOX, *map(str, args), "-o",
+                             str(tmp_path / "long")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # Wait until the render writes its first frames under the temporary name, then press Ctrl-C.
+    while not list(tmp_path.glob(".long.partial-*/frame_00000.png")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
+    assert list(tmp_path.iterdir()) == []
