@@ -311,6 +311,7 @@ def train(
     output: Path = typer.Option(Path("runs/shapes"), "--output", "-o",
                                 help="Run folder: checkpoints, log, and the trained model."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps (auto: the best there is)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
@@ -320,10 +321,12 @@ def train(
     cfg = load_config(config, overrides)
     if cfg.train is None:
         raise VcraftError(f"{config} has no train section")
+    from vcraft.api import resolve_device
     from vcraft.training import train as run_training
 
+    dev = resolve_device(device)
     started = time.perf_counter()
-    model_path = run_training(cfg, output, lambda line: _log(line, quiet))
+    model_path = run_training(cfg, output, lambda line: _log(line, quiet), device=dev)
     _log(f"trained in {(time.perf_counter() - started) / 60:.1f} min; generate with: vcraft generate PROMPT "
          f"--config {output / 'config.yaml'} --ckpt {model_path}", quiet)
     print(model_path, flush=True)

@@ -187,7 +187,7 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
 
     def step(i: int) -> tuple[float, float]:
         pick = torch.randint(len(videos) * frames_per_clip, (ac.batch_size,)).numpy()
-        x = to_pixels(videos[pick // frames_per_clip, pick % frames_per_clip][:, None])[:, :, 0]
+        x = to_pixels(videos[pick // frames_per_clip, pick % frames_per_clip][:, None])[:, :, 0].to(_device(vae))
         lr = _set_lr(opt, lr_at(i, ac.steps, ac.lr, min(100, ac.steps // 10 + 1)))
         posterior = vae.encode(x).latent_dist
         # Decoded from the posterior mean: with a KL weight this small the posterior ends up nearly
@@ -215,7 +215,7 @@ def encode_dataset(models: Models, videos: np.ndarray, batch: int = 8) -> torch.
     """Posterior means of every clip, unscaled: `[n, c, T, h, w]`."""
     vae = models.autoencoder
     vae.to(memory_format=torch.channels_last)  # a quarter less time for these convolutions on CPUs
-    parts = [vae.encode_moments(to_pixels(videos[i:i + batch])).chunk(2, dim=1)[0]
+    parts = [vae.encode_moments(to_pixels(videos[i:i + batch]).to(_device(vae))).chunk(2, dim=1)[0].cpu()
              for i in range(0, len(videos), batch)]
     vae.to(memory_format=torch.contiguous_format)
     return torch.cat(parts).contiguous()
@@ -223,8 +223,8 @@ def encode_dataset(models: Models, videos: np.ndarray, batch: int = 8) -> torch.
 
 def v_target(schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    a = schedule.alphas_cumprod[t].view(shape)
-    s = schedule.scale_arr[t].view(shape)
+    a = schedule.alphas_cumprod.to(x0.device)[t].view(shape)
+    s = schedule.scale_arr.to(x0.device)[t].view(shape)
     return a.sqrt() * noise - (1 - a).sqrt() * s * x0
 
 
@@ -234,25 +234,27 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: t
     optional min-SNR weighting, error counted on the frames the model has to make."""
     dc = _train_config(cfg).diffusion
     b, _, frames = latents.shape[:3]
+    dev = latents.device
     schedule = models.schedule
+    # Random draws on the CPU generator, whatever the device: the same run on every machine.
     drop = torch.rand(b) < dc.caption_dropout
-    tokens = torch.where(drop[:, None], empty, tokens)
+    tokens = torch.where(drop[:, None].to(dev), empty, tokens)
     t = torch.randint(schedule.timesteps, (b,))
-    noise = torch.randn_like(latents)
-    x_t = q_sample(schedule, latents, t, noise)
+    noise = torch.randn(latents.shape).to(dev)
+    x_t = q_sample(schedule, latents, t.to(dev), noise)
     context = models.text_encoder(tokens)
-    fps = torch.full((b,), cfg.sampling.fps, dtype=torch.long)
-    mask = torch.zeros(b, 1, frames, 1, 1)
+    fps = torch.full((b,), cfg.sampling.fps, dtype=torch.long, device=dev)
+    mask = torch.zeros(b, 1, frames, 1, 1, device=dev)
     if cfg.model.frame_conditioning:
         most = min(dc.max_given_frames, frames - 1)  # at least one frame is left to make
         given = torch.randint(1, most + 1, (b,)) * (torch.rand(b) < dc.given_frames_prob)
-        mask = (torch.arange(frames)[None] < given[:, None]).float().view(b, 1, frames, 1, 1)
+        mask = (torch.arange(frames)[None] < given[:, None]).float().view(b, 1, frames, 1, 1).to(dev)
         x_t = with_given_frames(x_t, latents, mask)
-    out = models.unet(x_t, t, context, fps)
+    out = models.unet(x_t, t.to(dev), context, fps)
     a = schedule.alphas_cumprod[t]
-    snr = a / (1 - a)
+    snr = (a / (1 - a)).to(dev)
     v = cfg.model.parameterization == "v"
-    target = v_target(schedule, latents, t, noise) if v else noise
+    target = v_target(schedule, latents, t.to(dev), noise) if v else noise
     # min-SNR-gamma in the target's units; None: plain MSE on the target. With v, plain MSE keeps real
     # weight on the noisiest steps, where the layout, colour and motion (what the prompt says) are decided;
     # min-SNR-5 gave them almost none with this schedule and the model ignored the caption.
@@ -275,6 +277,7 @@ def pretrain_text_encoder(models: Models, tokens: torch.Tensor, scenes: list[Sce
     torch.manual_seed(tc.seed + 3)
     width = cfg.model.text_encoder.width
     heads = torch.nn.ModuleList(torch.nn.Linear(width, n) for n in (len(COLOURS), len(SHAPES), len(MOTIONS)))
+    heads.to(_device(encoder))
     labels = torch.tensor([[COLOURS_INDEX[s.colour], SHAPES.index(s.shape), MOTIONS.index(s.motion)]
                            for s in scenes])
     opt = _optimiser([*encoder.parameters(), *heads.parameters()], xc.lr, 0.0)
@@ -282,8 +285,8 @@ def pretrain_text_encoder(models: Models, tokens: torch.Tensor, scenes: list[Sce
     def step(i: int) -> tuple[float, float]:
         lr = _set_lr(opt, lr_at(i, xc.steps, xc.lr, xc.steps // 10 + 1))
         idx = torch.randint(len(tokens), (xc.batch_size,))
-        pooled = encoder(tokens[idx])[:, -1]
-        loss = sum(F.cross_entropy(head(pooled), labels[idx, j]) for j, head in enumerate(heads))
+        pooled = encoder(tokens[idx].to(_device(encoder)))[:, -1]
+        loss = sum(F.cross_entropy(head(pooled), labels[idx, j].to(pooled.device)) for j, head in enumerate(heads))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -307,13 +310,14 @@ def train_diffusion(models: Models, latents: torch.Tensor, tokens: torch.Tensor,
     opt = _optimiser(params, dc.lr, dc.weight_decay)
     path = run / "diffusion.pt"
     start, state = _resume(path, nets, opt, tc.seed + 2)
-    ema = state.get("ema") or {k: v.detach().clone() for k, v in nets.state_dict().items()}
-    empty = tokenize([""], cfg.model.text_encoder.context_length)
+    dev = _device(nets)
+    ema = {k: v.detach().clone().to(dev) for k, v in (state.get("ema") or nets.state_dict()).items()}
+    empty = tokenize([""], cfg.model.text_encoder.context_length).to(dev)
 
     def step(i: int) -> tuple[float, float]:
         lr = _set_lr(opt, lr_at(i, dc.steps, dc.lr, dc.warmup))
         idx = torch.randint(len(latents), (dc.batch_size,))
-        loss = diffusion_loss(models, cfg, latents[idx], tokens[idx], empty)
+        loss = diffusion_loss(models, cfg, latents[idx].to(dev), tokens[idx].to(dev), empty)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -354,25 +358,32 @@ def checkpoint_of_run(run: Path) -> dict[str, torch.Tensor]:
     return {**_checkpoint_layout(state["ema"]), **vae}
 
 
-def initial_models(cfg: Config) -> Models:
-    """Freshly initialised modules, the same for the same config and seed."""
+def initial_models(cfg: Config, device: str | torch.device = "cpu") -> Models:
+    """Freshly initialised modules (drawn on the CPU: the same for the same config and seed), on `device`."""
     torch.manual_seed(_train_config(cfg).seed)
     models = build_models(cfg.model, "cpu")
     zero_init_residuals(models.unet)
     torch.nn.init.constant_(models.text_encoder.model.logit_scale, math.log(1 / 0.07))  # unused, kept defined
+    for module in (models.text_encoder, models.unet, models.autoencoder):
+        module.to(device)
     return models
 
 
-def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = None) -> Path | None:
-    """Run (or resume) the whole recipe in folder `run`. Returns the trained model's path, or None when
-    `stop_after` steps of the current stage ended the call early."""
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = None,
+          device: str | torch.device = "cpu") -> Path | None:
+    """Run (or resume) the whole recipe in folder `run`, on `device`. Returns the trained model's path, or
+    None when `stop_after` steps of the current stage ended the call early."""
     tc = _train_config(cfg)
     run.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     videos, captions, scenes = make_dataset(cfg)
     log(f"data: {len(videos)} clips of {videos.shape[1]}x{videos.shape[2]}x{videos.shape[3]} "
         f"in {time.perf_counter() - t0:.0f} s")
-    models = initial_models(cfg)
+    models = initial_models(cfg, device)
     latents_path = run / "latents.safetensors"
     from safetensors.torch import load_file
 
@@ -385,7 +396,7 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
     else:
         t0 = time.perf_counter()
         raw = encode_dataset(models, videos)
-        vae_state = {VAE_PREFIX + k: v for k, v in models.autoencoder.vae.state_dict().items()}
+        vae_state = {VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.vae.state_dict().items()}
         save_state_dict({"latents": raw, **vae_state}, latents_path)
         stored = {"latents": raw}
         log(f"encoded the data set in {time.perf_counter() - t0:.0f} s")
@@ -407,8 +418,8 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
 
 def export(models: Models, ema: dict[str, torch.Tensor], cfg: Config, path: Path, dtype: str = "fp16") -> Path:
     """The trained model in vcraft's checkpoint layout (official prefixes; autoencoder in diffusers' layout)."""
-    state = dict(ema)
-    state.update({VAE_PREFIX + k: v for k, v in models.autoencoder.vae.state_dict().items()})
+    state = {k: v.cpu() for k, v in ema.items()}
+    state.update({VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.vae.state_dict().items()})
     state["alphas_cumprod"] = models.schedule.alphas_cumprod
     save_state_dict(state, path, dtype, {"format": "vcraft", "preset": cfg.name})
     return path
