@@ -37,6 +37,7 @@ def test_prompt_files_with_per_video_settings(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "seed": 40, "frames": 8}\n'
                                       '{"prompt": "a green square growing", "name": "green-{seed}", "steps": 2}\n')
     (tmp_path / "p.csv").write_text("prompt,seed,fps\na white circle shrinking,7,4\n")
+    (tmp_path / "p.txt").write_text("# one prompt a line\n\nan orange square moving right\n")
     result = run("-f", tmp_path / "p.jsonl", *FAST, "--format", "png", "-o", tmp_path / "a")
     assert result.returncode == 0, result.stderr
     first, second = map(Path, result.stdout.split())
@@ -48,6 +49,10 @@ def test_prompt_files_with_per_video_settings(tmp_path):
     paths = [Path(p) for p in result.stdout.split()]
     assert [p.name for p in paths] == ["0000-a-white-circle-shrinking-7.mp4", "0001-a-white-circle-shrinking-8.mp4"]
     assert json.loads(paths[1].with_suffix(".json").read_text())["fps"] == 4
+    result = run("-f", tmp_path / "p.txt", *FAST, "--frames", "4", "-o", tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(Path(result.stdout.strip()).with_suffix(".json").read_text())["prompt"] == \
+        "an orange square moving right"
 
 
 def test_pixels_do_not_depend_on_the_batch_size(tmp_path):
