@@ -11,7 +11,7 @@ import json
 import secrets
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -20,8 +20,9 @@ import typer
 from typer.exceptions import TyperException
 
 from vcraft import __version__
-from vcraft.batch import DEFAULT_NAME
-from vcraft.config import DEFAULT_PRESET, Config, apply_overrides, load_config, load_preset, validate_sampling
+from vcraft.batch import DEFAULT_NAME, STDOUT, batches, plan, render
+from vcraft.config import (DEFAULT_PRESET, Config, SamplingConfig, apply_overrides, load_config, load_preset,
+                           validate_sampling)
 from vcraft.errors import VcraftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -61,7 +62,7 @@ def _recipe(path: Path) -> dict:
     return recipe
 
 
-SAMPLING_FIELDS = ("frames", "height", "width", "steps", "guidance", "eta", "fps", "save_fps", "overlap", "extend")
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingConfig))
 
 
 @app.command()
@@ -105,7 +106,6 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
 ) -> None:
     """Generate videos from text prompts, prompt files or stdin."""
-    from vcraft.batch import STDOUT, batches, plan
     from vcraft.prompts import PromptRow, gather_prompts
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
@@ -144,7 +144,6 @@ def generate(
         return
 
     from vcraft.api import TextToVideo, find_checkpoint, resolve_device, resolve_dtype
-    from vcraft.batch import render
     from vcraft.sampling.long_video import window_count
 
     ckpt_path = ckpt or find_checkpoint(cfg)
@@ -196,7 +195,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _write(video, chunks, fmt: str, metadata: dict) -> None:
-    from vcraft.batch import STDOUT
     from vcraft.video import write_video
 
     if video.path != STDOUT:
@@ -212,7 +210,6 @@ def _write(video, chunks, fmt: str, metadata: dict) -> None:
 
 
 def _report(video, seconds: float, as_json: bool, quiet: bool, label: str) -> None:
-    from vcraft.batch import STDOUT
 
     s = video.settings
     _log(f"{label} {video.prompt!r} seed {video.seed}: {seconds:.1f} s", quiet)
