@@ -150,6 +150,7 @@ BAD_INPUTS = {
     "unknown device": ([P, "--device", "tpu"], "unknown device"),
     "cuda absent": ([P, "--device", "cuda"], "cuda"),
     "unknown dtype": ([P, "--dtype", "fp8"], "unknown dtype"),
+    "unknown offload": ([P, "--offload", "disk"], "unknown --offload"),
     "unknown format": ([P, "--format", "avi"], "avi"),
     "output is a file": ([P, "b", "-o", "{tmp}/file"], "is a file"),
     "extension mismatch": ([P, "-o", "{tmp}/x.gif", "--format", "mp4"], "does not match --format"),

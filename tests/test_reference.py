@@ -195,3 +195,25 @@ def test_half_precision_stays_close_to_the_reference(variant, dtype, limit):
         ref = cases[f"{name}.output"]
         error = float((ours.float() - ref).norm() / ref.norm())
         assert error <= limit, f"{name} in {dtype}: rel L2 {error:.3g}"
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_offloading_changes_no_pixel(device):
+    """--offload model moves each stage to the device only while it runs: same video, and the weights are
+    back in CPU memory afterwards (on a GPU machine this runs on the GPU too)."""
+    from vcraft.api import TextToVideo
+
+    root = reference_dir() / "tiny" / "vc2_512"
+    args = (str(root / "config.yaml"), root / "model.safetensors", device, "fp32")
+    settings = dict(seed=3, frames=8, height=64, width=128, steps=4, guidance=7.5, eta=0.5)
+    prompt = "a red fox running through snow"
+    resident = TextToVideo.from_pretrained(*args)(prompt, **settings)
+    offloaded = TextToVideo.from_pretrained(*args, offload=True)
+    video = offloaded(prompt, **settings)
+    assert video.shape == (8, 64, 128, 3) and video.std() > 0
+    assert (video == resident).all()
+    for module in (offloaded.text_encoder, offloaded.unet, offloaded.autoencoder):
+        assert next(module.parameters()).device.type == "cpu"

@@ -40,3 +40,13 @@ def test_stop_and_resume_is_bit_exact(tmp_path):
     from safetensors.torch import load_file
 
     assert all(torch.equal(v, load_file(resumed)[k]) for k, v in load_file(straight).items())
+
+
+def test_training_a_config_without_a_train_section_is_refused(tmp_path):
+    from test_cli import tiny, vcraft
+
+    run = tmp_path / "run"
+    result = vcraft("train", tiny() / "config.yaml", "-o", run)
+    assert result.returncode == 2 and not run.exists()
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "has no train section" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,6 +10,7 @@ Data flows one way: prompts -> text embeddings -> latents (DDIM over the UNet) -
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -105,9 +106,12 @@ def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
 
 
 class TextToVideo:
-    """A loaded model: text encoder, UNet, autoencoder and schedule on one device, in one dtype."""
+    """A loaded model: text encoder, UNet, autoencoder and schedule, run on one device in one dtype.
+    With `offload`, the modules wait in CPU memory and each visits the device only while its stage runs,
+    so the device holds one stage's weights at a time."""
 
-    def __init__(self, config: Config, models: Models, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: Config, models: Models, device: torch.device, dtype: torch.dtype,
+                 offload: bool = False):
         self.config = config
         self.text_encoder = models.text_encoder
         self.unet = models.unet
@@ -115,35 +119,52 @@ class TextToVideo:
         self.schedule = models.schedule
         self.device = device
         self.dtype = dtype
+        self.offload = offload
 
     @classmethod
     def from_pretrained(cls, model: str = "shapes", ckpt: str | os.PathLike | None = None,
-                        device: str = "auto", dtype: str = "auto", overrides: list[str] = ()) -> "TextToVideo":
+                        device: str = "auto", dtype: str = "auto", overrides: list[str] = (),
+                        offload: bool = False) -> "TextToVideo":
         """`model` is a preset name or the path of a config (vcraft or original VideoCrafter YAML);
         `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location)."""
         cfg = load_config(model, overrides) if Path(model).suffix in (".yaml", ".yml") else \
             apply_overrides(load_preset(model), list(overrides))
-        return cls.from_config(cfg, ckpt, device, dtype)
+        return cls.from_config(cfg, ckpt, device, dtype, offload)
 
     @classmethod
     def from_config(cls, cfg: Config, ckpt: str | os.PathLike | None = None, device: str = "auto",
-                    dtype: str = "auto") -> "TextToVideo":
+                    dtype: str = "auto", offload: bool = False) -> "TextToVideo":
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         path = Path(ckpt) if ckpt is not None else find_checkpoint(cfg)
         state = load_state_dict(path)
         try:
-            models = load_models(cfg.model, state, str(path), dev, dt)
+            models = load_models(cfg.model, state, str(path), torch.device("cpu") if offload else dev, dt)
         except VcraftError as exc:
             match = identify_preset(state)
             if match is None or match == cfg.name:
                 raise
             raise VcraftError(f"{exc}; the file is a '{match}' checkpoint: use --model {match}") from None
-        return cls(cfg, models, dev, dt)
+        return cls(cfg, models, dev, dt, offload)
+
+    @contextmanager
+    def _on_device(self, module: torch.nn.Module) -> Iterator[None]:
+        """Offloading: `module` on the device for the duration of the block, then back in CPU memory."""
+        if not self.offload:
+            yield
+            return
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # give the freed weights back before the next stage arrives
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder.encode(prompts)
+        with self._on_device(self.text_encoder):
+            return self.text_encoder.encode(prompts).to(self.device)
 
     @torch.inference_mode()
     def sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int], frames: int,
@@ -219,7 +240,8 @@ class TextToVideo:
             if callback is not None:
                 callback(i + 1, total)
 
-        out = ddim_sample(denoise, x, self.schedule, steps, eta, draw, report, keep)
+        with self._on_device(self.unet):
+            out = ddim_sample(denoise, x, self.schedule, steps, eta, draw, report, keep)
         if given is not None:  # exactly the given latents, which the sampler only approaches
             out[:, :, :given.shape[2]] = given
         return out
@@ -227,8 +249,9 @@ class TextToVideo:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, chunk: int = 4) -> Iterator[torch.Tensor]:
         """Yield uint8 frames `[b, n, H, W, 3]` on the CPU, a few at a time."""
-        for part in self.autoencoder.decode_chunks(latents, chunk):
-            yield frames_to_uint8(part).cpu()
+        with self._on_device(self.autoencoder):
+            for part in self.autoencoder.decode_chunks(latents, chunk):
+                yield frames_to_uint8(part).cpu()
 
     def stream(self, prompt: str, settings: SamplingConfig, seed: int, negative: str | None = None,
                callback: Optional[Callable[[int, int], None]] = None) -> Iterator[np.ndarray]:

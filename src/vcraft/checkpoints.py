@@ -97,9 +97,8 @@ def split_state_dict(state: dict[str, torch.Tensor], source: str) -> Parts:
     return parts
 
 
-def place(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str,
-          dtype: torch.dtype | None = None) -> None:
-    """Strictly assign `state` into `module` (typically built on the meta device), converting dtype."""
+def check_fits(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """Every weight of `module` is in `state` with its shape, and nothing else is."""
     expected = module.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -115,9 +114,17 @@ def place(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, so
             problems.append(f"{len(wrong)} with another shape (e.g. {k}: {list(state[k].shape)} in the file, "
                             f"{list(expected[k].shape)} in the model)")
         raise VcraftError(f"{source} does not fit the {what} of this config: {'; '.join(problems)}")
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    module.load_state_dict(state, strict=True, assign=True)
+
+
+def assign(module: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> None:
+    """Put `state`'s tensors into `module` (built on the meta device, checked with `check_fits`), converting
+    them to `dtype` one at a time and emptying `state` as it goes: a tensor read in another dtype is freed
+    as soon as its converted copy exists, so loading never holds two copies of the weights."""
+    converted = {}
+    for key in list(state):
+        value = state.pop(key)
+        converted[key] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+    module.load_state_dict(converted, strict=True, assign=True)
 
 
 def check_schedule(buffers: dict[str, torch.Tensor], alphas_cumprod: torch.Tensor, scale_arr_full: torch.Tensor,

@@ -97,6 +97,8 @@ def generate(
     batch_size: int = typer.Option(1, "--batch-size", help="Videos sampled together (same settings only)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", help="auto, fp32, fp16 or bf16."),
+    offload: str = typer.Option("none", help="none, or model: each stage (text encoder, UNet, autoencoder) "
+                                             "on the device only while it runs, for small GPUs."),
     fmt: Optional[Format] = typer.Option(None, "--format", help="mp4 (default), gif or png frames."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -148,10 +150,12 @@ def generate(
 
     ckpt_path = ckpt or find_checkpoint(cfg)
     resolve_dtype(dtype, resolve_device(device))  # a bad choice is an input error, found before loading
+    if offload not in ("none", "model"):
+        raise VcraftError(f"unknown --offload '{offload}'; use none or model")
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
     started = time.perf_counter()
-    pipe = TextToVideo.from_config(cfg, ckpt_path, device, dtype)
+    pipe = TextToVideo.from_config(cfg, ckpt_path, device, dtype, offload == "model")
     _log(f"loaded {cfg.name} from {ckpt_path} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}) "
          f"in {time.perf_counter() - started:.1f} s", quiet)
     clip = cfg.model.unet.temporal_length
@@ -316,8 +320,6 @@ def train(
 
     Resumable: run the same command again to continue from the last checkpoint in the run folder."""
     cfg = load_config(config, overrides)
-    if cfg.train is None:
-        raise VcraftError(f"{config} has no train section")
     from vcraft.api import resolve_device
     from vcraft.training import train as run_training
 
@@ -353,7 +355,7 @@ def main() -> None:
     except VcraftError as exc:
         code = _fail(str(exc), 2, verbose)
     except Exception as exc:  # a failure at run time: one line, the traceback only on request
-        code = _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1, verbose)
+        code = _fail(_one_line(exc), 1, verbose)
     sys.exit(code if isinstance(code, int) else 0)
 
 

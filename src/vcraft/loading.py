@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vcraft.checkpoints import check_schedule, place, split_state_dict
+from vcraft.checkpoints import assign, check_fits, check_schedule, split_state_dict
 from vcraft.config import ModelConfig, load_preset, preset_names
 from vcraft.errors import VcraftError
 from vcraft.models.autoencoder import VideoAutoencoder, convert_ldm_vae_keys
@@ -38,28 +38,42 @@ def build_models(cfg: ModelConfig, device: str | torch.device = "meta") -> Model
     return Models(*modules, make_schedule(cfg.schedule))
 
 
-def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
-                     dtype: torch.dtype | None = None) -> None:
-    """Strictly assign an official-layout state dict to the modules (see checkpoints.place)."""
+def fit_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str
+                   ) -> list[tuple[torch.nn.Module, dict[str, torch.Tensor]]]:
+    """Check that an official-layout state dict fits the modules exactly (see checkpoints.check_fits),
+    before anything is placed; returns each module with its tensors, keyed as the module names them."""
     parts = split_state_dict(state, source)
-    place(models.unet, parts.unet, "UNet", source, dtype)
-    place(models.text_encoder, parts.text, "text encoder", source, dtype)
     # vcraft's own models were trained as diffusers modules and keep that layout; official ones use LDM's.
     native = any(k.startswith("encoder.down_blocks.") for k in parts.vae)
     vae = parts.vae if native else convert_ldm_vae_keys(parts.vae, cfg.autoencoder)
     if len(vae) != len(parts.vae):
         raise VcraftError(f"{source} does not fit the autoencoder of this config: "
                           f"{len(parts.vae) - len(vae)} keys could not be mapped")
-    place(models.autoencoder.vae, vae, "autoencoder", source, dtype)
+    fitted = [(models.unet, parts.unet, "UNet"), (models.text_encoder, parts.text, "text encoder"),
+              (models.autoencoder.vae, vae, "autoencoder")]
+    for module, tensors, what in fitted:
+        check_fits(module, tensors, what, source)
     scale_full = torch.tensor(scale_array(cfg.schedule), dtype=torch.float32)
     check_schedule(parts.schedule, models.schedule.alphas_cumprod, scale_full, source)
+    return [(module, tensors) for module, tensors, _ in fitted]
+
+
+def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
+                     dtype: torch.dtype | None = None) -> None:
+    """Strictly assign an official-layout state dict to the modules, converting to `dtype`."""
+    for module, tensors in fit_checkpoint(models, cfg, state, source):
+        assign(module, tensors, dtype)
 
 
 def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> Models:
-    """A ready-to-run model stack on `device` in `dtype`, in inference mode."""
+    """A ready-to-run model stack on `device` in `dtype`, in inference mode. Consumes `state` (it is left
+    empty), so each tensor read in another dtype is freed as soon as it is converted."""
     models = build_models(cfg)
-    place_checkpoint(models, cfg, state, source, dtype)
+    fitted = fit_checkpoint(models, cfg, state, source)
+    state.clear()
+    for module, tensors in fitted:
+        assign(module, tensors, dtype)
     for module in (models.text_encoder, models.unet, models.autoencoder):
         module.to(device).eval().requires_grad_(False)
     return models
@@ -70,7 +84,7 @@ def identify_preset(state: dict[str, torch.Tensor]) -> str | None:
     for name in preset_names():
         cfg = load_preset(name).model
         try:
-            place_checkpoint(build_models(cfg), cfg, state, name)
+            fit_checkpoint(build_models(cfg), cfg, state, name)
         except VcraftError:
             continue
         return name

@@ -36,7 +36,7 @@ from vcraft.errors import VcraftError
 from vcraft.loading import Models, build_models
 from vcraft.models.text_encoder import tokenize
 from vcraft.models.unet3d import with_given_frames, zero_init_residuals
-from vcraft.sampling.schedule import q_sample
+from vcraft.sampling.schedule import q_sample, v_target
 
 Log = Callable[[str], None]
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking",
@@ -219,13 +219,6 @@ def encode_dataset(models: Models, videos: np.ndarray, batch: int = 8) -> torch.
              for i in range(0, len(videos), batch)]
     vae.to(memory_format=torch.contiguous_format)
     return torch.cat(parts).contiguous()
-
-
-def v_target(schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    a = schedule.alphas_cumprod.to(x0.device)[t].view(shape)
-    s = schedule.scale_arr.to(x0.device)[t].view(shape)
-    return a.sqrt() * noise - (1 - a).sqrt() * s * x0
 
 
 def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: torch.Tensor,

@@ -46,9 +46,20 @@ def scale_array(cfg: ScheduleConfig) -> np.ndarray:
     return np.concatenate([ramp, np.full(tail, cfg.scale_b)])
 
 
+def at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alphas_cumprod and scale_arr at timesteps `t` (one per batch item), shaped to broadcast over `like`."""
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return (schedule.alphas_cumprod.to(like.device)[t].view(shape),
+            schedule.scale_arr.to(like.device)[t].view(shape))
+
+
 def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Noise clean latents `x0` to timesteps `t` (one per batch item)."""
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    a = schedule.alphas_cumprod.to(x0.device)[t].view(shape)
-    s = schedule.scale_arr.to(x0.device)[t].view(shape)
+    a, s = at(schedule, t, x0)
     return a.sqrt() * x0 * s + (1 - a).sqrt() * noise
+
+
+def v_target(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """What a v-prediction model should output for `q_sample(schedule, x0, t, noise)`."""
+    a, s = at(schedule, t, x0)
+    return a.sqrt() * noise - (1 - a).sqrt() * s * x0
