@@ -6,7 +6,8 @@
 Reports, in one table: the matrix-multiply peak of this device and dtype (measured in the same run), one
 guided UNet step (both guidance passes in one batch) with its GFLOP and the share of that peak, a whole
 generation (text, DDIM steps, VAE decode), the VAE decode alone, loading the model from an fp16 safetensors
-file, and peak memory (GPU: allocated by torch, per measurement; CPU: the process's peak resident set).
+file, and peak memory: allocated by torch on a GPU; on a CPU the peak resident set, each measurement running
+in a process of its own (with the resident set of the libraries before it started, for reference).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +25,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vcraft.api import TextToVideo, resolve_device, resolve_dtype
+from vcraft.api import TextToVideo, frames_to_uint8, resolve_device, resolve_dtype
 from vcraft.checkpoints import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, save_state_dict
 from vcraft.config import load_preset
-from vcraft.loading import build_models
+from vcraft.loading import build_models, ready_for_inference
+from vcraft.models.autoencoder import VideoAutoencoder
 
 PROMPT = "a corgi surfing a wave"
 
@@ -72,8 +75,98 @@ def random_pipe(name: str, device: torch.device, dtype: torch.dtype) -> TextToVi
     torch.manual_seed(0)
     models = build_models(cfg.model, device)
     for module in (models.text_encoder, models.unet, models.autoencoder):
-        module.to(dtype).eval().requires_grad_(False)
-    return TextToVideo(cfg, models, device, dtype)
+        module.to(dtype)
+    return TextToVideo(cfg, ready_for_inference(models, device), device, dtype)
+
+
+def shape(text: str) -> tuple[int, int, int]:
+    frames, height, width = map(int, text.split("x"))
+    return frames, height, width
+
+
+def peak_rss_gib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+@torch.inference_mode()
+def guided_step(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    pipe = random_pipe(args.model, device, dtype)
+    sf, sh, sw = shape(args.step_shape)
+    context = torch.cat([pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])])
+    f = pipe.autoencoder.downsample
+    x = torch.randn(2, pipe.config.model.unet.in_channels, sf, sh // f, sw // f, device=device, dtype=dtype)
+    t = torch.full((2,), 999, device=device)
+    fps = torch.full((2,), pipe.config.sampling.fps, device=device)
+    with FlopCounterMode(display=False) as counter:
+        pipe.unet(x, t, context, fps)
+    gflop = counter.get_total_flops() / 1e9
+    reset_peak(device)
+    step = statistics.median(timed(lambda: pipe.unet(x, t, context, fps), device, args.runs))
+    return {"shape": args.step_shape, "gflop": round(gflop, 1), "seconds": round(step, 4),
+            "gflops": round(gflop / step, 1), "gpu_peak_gib": gpu_peak_gib(device)}
+
+
+@torch.inference_mode()
+def generate(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    pipe = random_pipe(args.model, device, dtype)
+    vf, vh, vw = shape(args.video)
+    s = pipe.config.sampling
+    reset_peak(device)
+    sync(device)
+    started = time.perf_counter()
+    cond, uncond = pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])
+    latents = pipe.sample(cond, uncond, [0], vf, vh, vw, args.steps, s.guidance, 0.0, s.fps)
+    frames = sum(chunk.shape[1] for chunk in pipe.decode(latents))
+    sync(device)
+    return {"video": args.video, "steps": args.steps, "frames": frames,
+            "seconds": round(time.perf_counter() - started, 2), "gpu_peak_gib": gpu_peak_gib(device)}
+
+
+@torch.inference_mode()
+def vae_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """The autoencoder alone, as the reference measured it: its weights and one video's decode."""
+    cfg = load_preset(args.model).model
+    torch.manual_seed(0)
+    with torch.device(device):
+        vae = VideoAutoencoder(cfg.autoencoder, cfg.scale_factor).to(dtype)
+    vae.eval().to(memory_format=torch.channels_last)  # as ready_for_inference leaves it
+    vf, vh, vw = shape(args.video)
+    z = torch.randn(1, cfg.autoencoder.embed_dim, vf, vh // vae.downsample, vw // vae.downsample, device=device,
+                    dtype=dtype)
+    reset_peak(device)
+    decode = statistics.median(timed(lambda: [frames_to_uint8(c).cpu() for c in vae.decode_chunks(z)], device, 1,
+                                     warmup=0))
+    return {"frames": vf, "size": [vh, vw], "seconds": round(decode, 2), "gpu_peak_gib": gpu_peak_gib(device)}
+
+
+def save_random(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    pipe = random_pipe(args.model, torch.device("cpu"), torch.float32)
+    state = {**{UNET_PREFIX + k: v for k, v in pipe.unet.state_dict().items()},
+             **{TEXT_PREFIX + k: v for k, v in pipe.text_encoder.state_dict().items()},
+             **{VAE_PREFIX + k: v for k, v in pipe.autoencoder.vae.state_dict().items()}}
+    save_state_dict(state, args.file, "fp16")
+    return {}
+
+
+def load(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    reset_peak(device)
+    started = time.perf_counter()
+    pipe = TextToVideo.from_config(load_preset(args.model), args.file, str(device), args.dtype)
+    sync(device)
+    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.text_encoder, pipe.autoencoder)
+                  for p in m.parameters())
+    return {"file_gib": round(args.file.stat().st_size / 2**30, 2), "weights_gib": round(weights / 2**30, 2),
+            "seconds": round(time.perf_counter() - started, 2), "gpu_peak_gib": gpu_peak_gib(device)}
+
+
+MEASUREMENTS = {"step": guided_step, "generate": generate, "vae": vae_decode, "save": save_random, "load": load}
+
+
+def in_child(what: str, argv: list[str], file: Path) -> dict:
+    """One measurement in a fresh process, so its peak resident memory is its own."""
+    done = subprocess.run([sys.executable, __file__, *argv, "--child", what, "--file", str(file)],
+                          stdout=subprocess.PIPE, check=True, text=True)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def main() -> None:
@@ -86,83 +179,41 @@ def main() -> None:
     parser.add_argument("--video", default="16x320x512", help="frames x height x width of the generation")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the whole generation")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["generate", "vae", "load"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "generate", "vae", "load"])
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    parser.add_argument("--child", choices=list(MEASUREMENTS), help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    argv = sys.argv[1:]
+    args = parser.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     gpu = device.type == "cuda"
-    step_shape = args.step_shape or ("16x320x512" if gpu else "8x256x256")
-    sf, sh, sw = map(int, step_shape.split("x"))
-    vf, vh, vw = map(int, args.video.split("x"))
+    args.step_shape = args.step_shape or ("16x320x512" if gpu else "8x256x256")
+    if args.child:
+        before = peak_rss_gib()  # the interpreter, torch and the libraries
+        result = MEASUREMENTS[args.child](args, device, dtype)
+        print(json.dumps({**result, "rss_before_gib": before, "peak_rss_gib": peak_rss_gib()}))
+        return
+
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     results: dict = {"model": args.model, "device": torch.cuda.get_device_name(device) if gpu else "cpu",
                      "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
                      "torch": torch.__version__}
-    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-
     results["matmul_peak_gflops"] = round(matmul_peak(device, dtype), 1)
     log(f"matmul peak: {results['matmul_peak_gflops']} GFLOP/s")
-    started = time.perf_counter()
-    pipe = random_pipe(args.model, device, dtype)
-    results["build_s"] = round(time.perf_counter() - started, 1)
-
-    with torch.inference_mode():
-        cond, uncond = pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])
-        context = torch.cat([cond, uncond])
-        f = pipe.autoencoder.downsample
-        x = torch.randn(2, pipe.config.model.unet.in_channels, sf, sh // f, sw // f, device=device, dtype=dtype)
-        t = torch.full((2,), 999, device=device)
-        fps = torch.full((2,), pipe.config.sampling.fps, device=device)
-        with FlopCounterMode(display=False) as counter:
-            pipe.unet(x, t, context, fps)
-        gflop = counter.get_total_flops() / 1e9
-        reset_peak(device)
-        step = statistics.median(timed(lambda: pipe.unet(x, t, context, fps), device, args.runs))
-        results["guided_step"] = {"shape": step_shape, "gflop": round(gflop, 1), "seconds": round(step, 4),
-                                  "gflops": round(gflop / step, 1),
-                                  "share_of_peak": round(gflop / step / results["matmul_peak_gflops"], 3),
-                                  "gpu_peak_gib": gpu_peak_gib(device)}
-        log(f"guided step {step_shape}: {step:.3f} s, {gflop / step:.0f} GFLOP/s")
-
-        if "generate" not in args.skip:
-            s = pipe.config.sampling
-            reset_peak(device)
-            sync(device)
-            started = time.perf_counter()
-            latents = pipe.sample(cond, uncond, [0], vf, vh, vw, args.steps, s.guidance, 0.0, s.fps)
-            frames = sum(chunk.shape[1] for chunk in pipe.decode(latents))
-            sync(device)
-            results["generate"] = {"video": args.video, "steps": args.steps, "frames": frames,
-                                   "seconds": round(time.perf_counter() - started, 2),
-                                   "gpu_peak_gib": gpu_peak_gib(device)}
-            log(f"generation {args.video}, {args.steps} steps: {results['generate']['seconds']} s")
-        if "vae" not in args.skip:
-            z = torch.randn(1, 4, vf, vh // f, vw // f, device=device, dtype=dtype)
-            reset_peak(device)
-            decode = statistics.median(timed(lambda: [c for c in pipe.decode(z)], device, 1, warmup=0))
-            results["vae_decode"] = {"frames": vf, "size": [vh, vw], "seconds": round(decode, 2),
-                                     "gpu_peak_gib": gpu_peak_gib(device)}
-            log(f"VAE decode of {vf} frames: {decode:.2f} s")
-
-    if "load" not in args.skip:
-        state = {**{UNET_PREFIX + k: v for k, v in pipe.unet.state_dict().items()},
-                 **{TEXT_PREFIX + k: v for k, v in pipe.text_encoder.state_dict().items()},
-                 **{VAE_PREFIX + k: v for k, v in pipe.autoencoder.vae.state_dict().items()}}
-        cfg = pipe.config
-        del pipe
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.safetensors"
-            save_state_dict({k: v.cpu() for k, v in state.items()}, path, "fp16")
-            del state
-            size = path.stat().st_size
-            reset_peak(device)
-            started = time.perf_counter()
-            TextToVideo.from_config(cfg, path, str(device), args.dtype)
-            sync(device)
-            results["load"] = {"file_gib": round(size / 2**30, 2), "seconds": round(time.perf_counter() - started, 2),
-                               "gpu_peak_gib": gpu_peak_gib(device)}
-            log(f"load from fp16 safetensors ({size / 2**30:.2f} GiB): {results['load']['seconds']} s")
-    results["process_peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / "model.safetensors"
+        for what, name in (("step", "guided_step"), ("generate", "generate"), ("vae", "vae_decode"),
+                           ("load", "load")):
+            if what in args.skip:
+                continue
+            if what == "load":
+                in_child("save", argv, file)
+            results[name] = in_child(what, argv, file)
+            log(f"{name}: {json.dumps(results[name])}")
+    if "guided_step" in results:
+        results["guided_step"]["share_of_peak"] = round(
+            results["guided_step"]["gflops"] / results["matmul_peak_gflops"], 3)
 
     print("| measurement | value |")
     print("|---|---|")

@@ -3,6 +3,7 @@
 
     python scripts/check_long_video.py                      # 96 frames, the default model and settings
     python scripts/check_long_video.py --frames 256 --extend replace --json
+    python scripts/check_long_video.py --uncond-without-frames   # LVDM's guidance variant, for comparison
 
 Seam: the mean absolute change between the two frames on either side of each window boundary, against
 the median change between neighbouring frames inside windows (a seam shows up as a larger jump).
@@ -15,9 +16,11 @@ import json
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
+import vcraft.api
 from vcraft.api import TextToVideo
 from vcraft.config import load_preset, validate_sampling
 from vcraft.data.measure import measure_colour, measure_motion, object_masks
@@ -54,7 +57,11 @@ def main() -> None:
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--seeds", type=int, default=2, help="videos per prompt")
     parser.add_argument("--json", action="store_true", help="one JSON object per video, then the summary")
+    parser.add_argument("--uncond-without-frames", action="store_true",
+                        help="guide against a pass without the kept frames (LVDM) instead of one with them")
     args = parser.parse_args()
+    if args.uncond_without_frames:
+        vcraft.api._continuing = partial(vcraft.api._continuing, uncond_sees_given=False)
 
     pipe = TextToVideo.from_config(load_preset("shapes"), device="cpu", dtype="fp32")
     chosen = {"frames": args.frames, "overlap": args.overlap, "extend": args.extend, "steps": args.steps,

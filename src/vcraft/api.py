@@ -79,8 +79,12 @@ def find_checkpoint(cfg: Config) -> Path:
                       f"{hint}, or pass --ckpt PATH")
 
 
-def _continuing(unet: torch.nn.Module, x: torch.Tensor, given: Optional[torch.Tensor]) -> Callable:
-    """The UNet of a frame-conditioned model with the first frames fixed to `given` (none: no frames)."""
+def _continuing(unet: torch.nn.Module, x: torch.Tensor, given: Optional[torch.Tensor],
+                uncond_sees_given: bool = True) -> Callable:
+    """The UNet of a frame-conditioned model with the first frames fixed to `given` (none: no frames).
+    Both passes of guidance see them; `uncond_sees_given=False` hides them and their mask from the
+    unconditional pass, as LVDM guides (scripts/check_long_video.py compares the two: hiding them lost
+    colour and motion and made seams larger with the shapes model)."""
     b, _, t = x.shape[:3]
     known = torch.zeros_like(x)
     mask = torch.zeros((b, 1, t, 1, 1), device=x.device, dtype=x.dtype)
@@ -89,9 +93,11 @@ def _continuing(unet: torch.nn.Module, x: torch.Tensor, given: Optional[torch.Te
         mask[:, :, :given.shape[2]] = 1
 
     def run(xs: torch.Tensor, t_: torch.Tensor, context: torch.Tensor, fps: torch.Tensor) -> torch.Tensor:
-        copies = xs.shape[0] // b  # classifier-free guidance stacks the batch
-        return unet(with_given_frames(xs, known.repeat(copies, 1, 1, 1, 1), mask.repeat(copies, 1, 1, 1, 1)),
-                    t_, context, fps)
+        copies = xs.shape[0] // b  # classifier-free guidance stacks the batch: conditional first
+        frames, masks = known.repeat(copies, 1, 1, 1, 1), mask.repeat(copies, 1, 1, 1, 1)
+        if not uncond_sees_given:
+            frames[b:], masks[b:] = 0, 0
+        return unet(with_given_frames(xs, frames, masks), t_, context, fps)
 
     return run
 
@@ -247,8 +253,8 @@ class TextToVideo:
         return out
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, chunk: int = 4) -> Iterator[torch.Tensor]:
-        """Yield uint8 frames `[b, n, H, W, 3]` on the CPU, a few at a time."""
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:
+        """Yield uint8 frames `[b, n, H, W, 3]` on the CPU, a few at a time (see decode_chunks)."""
         with self._on_device(self.autoencoder):
             for part in self.autoencoder.decode_chunks(latents, chunk):
                 yield frames_to_uint8(part).cpu()

