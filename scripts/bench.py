@@ -130,13 +130,15 @@ def vae_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
     with torch.device(device):
         vae = VideoAutoencoder(cfg.autoencoder, cfg.scale_factor).to(dtype)
     vae.eval().to(memory_format=torch.channels_last)  # as ready_for_inference leaves it
+    built = peak_rss_gib()
     vf, vh, vw = shape(args.video)
     z = torch.randn(1, cfg.autoencoder.embed_dim, vf, vh // vae.downsample, vw // vae.downsample, device=device,
                     dtype=dtype)
     reset_peak(device)
     decode = statistics.median(timed(lambda: [frames_to_uint8(c).cpu() for c in vae.decode_chunks(z)], device, 1,
                                      warmup=0))
-    return {"frames": vf, "size": [vh, vw], "seconds": round(decode, 2), "gpu_peak_gib": gpu_peak_gib(device)}
+    return {"frames": vf, "size": [vh, vw], "seconds": round(decode, 2), "gpu_peak_gib": gpu_peak_gib(device),
+            "rss_built_gib": built}
 
 
 def save_random(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
