@@ -163,3 +163,32 @@ def test_interrupt_leaves_no_partial_file(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_reader_matches_the_library_and_refuses_damaged_files(tmp_path):
+    """vcraft reads safetensors itself (each tensor in its own memory, see checkpoints._read_safetensors)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from vcraft.checkpoints import load_state_dict
+    from vcraft.errors import VcraftError
+
+    tensors = {"f16": torch.randn(3, 4).half(), "bf16": torch.randn(5).bfloat16(), "f32": torch.randn(2, 2, 2),
+               "i64": torch.tensor(3), "empty": torch.zeros(0, 4), "bool": torch.tensor([True, False])}
+    good = tmp_path / "good.safetensors"
+    save_file(tensors, good, metadata={"format": "vcraft"})
+    ours, theirs = load_state_dict(good), load_file(good)
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs)
+
+    raw = good.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    header["f32"]["shape"] = [10**6, 10**6]  # asks for 4 TB: refused before allocating
+    huge = json.dumps(header).encode()
+    damaged = {"truncated": raw[:-3], "garbage": b"not a safetensors file at all",
+               "huge": len(huge).to_bytes(8, "little") + huge + raw[8 + length:]}
+    for name, data in damaged.items():
+        (tmp_path / f"{name}.safetensors").write_bytes(data)
+        with pytest.raises(VcraftError, match="not a valid safetensors file"):
+            load_state_dict(tmp_path / f"{name}.safetensors")

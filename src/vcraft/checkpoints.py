@@ -7,6 +7,7 @@ autoencoder and text encoder must be present with the right shape, and nothing m
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -74,18 +75,22 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     import json
 
     tensors = {}
+    file_size = path.stat().st_size
     with open(path, "rb") as f:
         length = int.from_bytes(f.read(8), "little")
-        if not 2 <= length <= 100 * 2**20:
+        if not 2 <= length <= min(100 * 2**20, file_size - 8):
             raise ValueError(f"header length {length}")
         header = json.loads(f.read(length))
         header.pop("__metadata__", None)
         data = 8 + length
         for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], [int(n) for n in info["shape"]]
             begin, end = info["data_offsets"]
-            if end - begin != tensor.numel() * tensor.element_size():
-                raise ValueError(f"tensor '{key}' has {end - begin} bytes for shape {info['shape']}")
+            # Checked before allocating, so a damaged header cannot ask for more memory than the file holds.
+            if min(shape, default=0) < 0 or not 0 <= begin <= end <= file_size - data \
+                    or end - begin != math.prod(shape) * dtype.itemsize:
+                raise ValueError(f"tensor '{key}' has bytes {begin}..{end} for shape {shape}")
+            tensor = torch.empty(shape, dtype=dtype)
             f.seek(data + begin)
             if end > begin and f.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - begin:
                 raise ValueError(f"file ends inside tensor '{key}'")
