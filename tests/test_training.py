@@ -50,3 +50,17 @@ def test_training_a_config_without_a_train_section_is_refused(tmp_path):
     assert result.returncode == 2 and not run.exists()
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "has no train section" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_relative_positions_start_from_an_initialised_table():
+    """Nothing fills the temporal attention's relative-position table when training from scratch: it must be
+    initialised (an uninitialised one made the first diffusion steps NaN)."""
+    from vcraft.models.attention import RelativePosition
+    from vcraft.training import initial_models
+
+    unet = initial_models(tiny_config("model.unet.use_relative_position=true")).unet
+    tables = [m.embeddings_table for m in unet.modules() if isinstance(m, RelativePosition)]
+    assert tables
+    for table in tables:
+        bound = (6 / sum(table.shape)) ** 0.5  # Xavier uniform
+        assert torch.isfinite(table).all() and 0 < table.std() and table.abs().max() <= bound

@@ -17,6 +17,7 @@ class RelativePosition(nn.Module):
         super().__init__()
         self.max_offset = max_offset
         self.embeddings_table = nn.Parameter(torch.empty(2 * max_offset + 1, head_dim))
+        nn.init.xavier_uniform_(self.embeddings_table)  # a checkpoint overwrites it; training starts from it
 
     def forward(self, length: int) -> torch.Tensor:
         pos = torch.arange(length, device=self.embeddings_table.device)
