@@ -214,7 +214,6 @@ def _write(video, chunks, fmt: str, metadata: dict) -> None:
 
 
 def _report(video, seconds: float, as_json: bool, quiet: bool, label: str) -> None:
-
     s = video.settings
     _log(f"{label} {video.prompt!r} seed {video.seed}: {seconds:.1f} s", quiet)
     if video.path == STDOUT:
