@@ -24,7 +24,7 @@ from vcraft.config import (Config, SamplingConfig, apply_overrides, load_config,
 from vcraft.errors import VcraftError
 from vcraft.loading import Models, identify_preset, load_models
 from vcraft.models.unet3d import with_given_frames
-from vcraft.sampling.ddim import ddim_sample, ddim_timesteps, eps_from_v, guided_denoiser
+from vcraft.sampling.ddim import Denoiser, ddim_sample, ddim_timesteps, eps_from_v, guided_denoiser
 from vcraft.sampling.long_video import extend_video, replace_known, window_count
 
 CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
@@ -169,8 +169,10 @@ class TextToVideo:
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        # One prompt at a time, like the UNet passes in _sample: a batched matrix product may round a row
+        # differently from the same row alone, and a video must not depend on its batch.
         with self._on_device(self.text_encoder):
-            return self.text_encoder.encode(prompts).to(self.device)
+            return torch.cat([self.text_encoder.encode([p]) for p in prompts]).to(self.device)
 
     @torch.inference_mode()
     def sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int], frames: int,
@@ -223,9 +225,8 @@ class TextToVideo:
                                           dtype=torch.float32) for g in gens]).to(self.device, self.dtype)
 
         x = draw()
-        fps_t = torch.full((len(gens),), fps, device=self.device, dtype=torch.long)
-        uncond = None if uncond is None else uncond.to(self.dtype)
-        keep, net = None, self.unet
+        fps_t = torch.full((1,), fps, device=self.device, dtype=torch.long)
+        keep = None
         if given is not None:
             given = given.to(self.device, self.dtype)
             if given.shape[2] > frames or given.shape[:2] != x.shape[:2] or given.shape[3:] != x.shape[3:]:
@@ -235,11 +236,24 @@ class TextToVideo:
             elif not self.config.model.frame_conditioning:
                 raise VcraftError(f"model '{self.config.name}' was not trained to continue given frames; "
                                   "use --extend replace")
-        if self.config.model.frame_conditioning:
-            net = _continuing(self.unet, x, given if extend == "mask" else None)
-        denoise = guided_denoiser(net, cond.to(self.dtype), uncond, fps_t, guidance)
-        if self.config.model.parameterization == "v":
-            denoise = eps_from_v(denoise, self.schedule)
+        shown = given if extend == "mask" else None  # frames the UNet itself sees
+
+        def video(i: int) -> Denoiser:
+            net = self.unet
+            if self.config.model.frame_conditioning:
+                net = _continuing(self.unet, x[i:i + 1], None if shown is None else shown[i:i + 1])
+            denoise = guided_denoiser(net, cond[i:i + 1].to(self.dtype),
+                                      None if uncond is None else uncond[i:i + 1].to(self.dtype), fps_t, guidance)
+            return eps_from_v(denoise, self.schedule) if self.config.model.parameterization == "v" else denoise
+
+        # Each video gets UNet calls of its own (its two guidance passes together): matrix-product and
+        # convolution kernels are picked by batch size and round differently, so one call for the whole batch
+        # would make a video's pixels depend on how many others share it.
+        videos = [video(i) for i in range(len(gens))]
+
+        def denoise(xs: torch.Tensor, t: int) -> torch.Tensor:
+            return torch.cat([one(xs[i:i + 1], t) for i, one in enumerate(videos)])
+
         total = len(ddim_timesteps(steps, self.schedule.timesteps))
 
         def report(i: int, *_: torch.Tensor) -> None:
