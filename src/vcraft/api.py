@@ -170,9 +170,11 @@ class TextToVideo:
     @torch.inference_mode()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         # One prompt at a time, like the UNet passes in _sample: a batched matrix product may round a row
-        # differently from the same row alone, and a video must not depend on its batch.
+        # differently from the same row alone, and a video must not depend on its batch. Each distinct prompt
+        # once: a batch's negative prompts are usually all "".
         with self._on_device(self.text_encoder):
-            return torch.cat([self.text_encoder.encode([p]) for p in prompts]).to(self.device)
+            encoded = {p: self.text_encoder.encode([p]) for p in dict.fromkeys(prompts)}
+        return torch.cat([encoded[p] for p in prompts]).to(self.device)
 
     @torch.inference_mode()
     def sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int], frames: int,

@@ -7,6 +7,7 @@ autoencoder and text encoder must be present with the right shape, and nothing m
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -72,8 +73,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     of one mapping of the whole file, which stays resident until the last tensor is gone; with separate
     tensors, loading fp16 weights as fp32 frees each fp16 tensor once converted (see `assign`), so it peaks
     near the fp32 size instead of at both. The format is an 8-byte header length, a JSON header, the data."""
-    import json
-
     tensors = {}
     file_size = path.stat().st_size
     with open(path, "rb") as f:
