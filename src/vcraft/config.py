@@ -141,6 +141,9 @@ class DiffusionTraining:
     weight_decay: float = 0.01
     ema: float = 0.998
     min_snr: Optional[float] = 5.0  # min-SNR-gamma loss weighting; None: plain MSE
+    # Timesteps drawn as T * u**k, u uniform in [0, 1): 1 is uniform; below 1 favours the noisy end
+    # (0.5: density rising linearly with t).
+    timestep_exponent: float = 1.0
     caption_dropout: float = 0.1  # for classifier-free guidance
     given_frames_prob: float = 0.3  # share of clips that get their first frames given (frame_conditioning)
     max_given_frames: int = 8
@@ -183,6 +186,8 @@ def _validated(data: Any, origin: str) -> Config:
         msg = str(exc).splitlines()[0]
         raise VcraftError(f"invalid config {origin}: {msg}") from None
     problem = _model_problem(cfg.model)  # type: ignore[union-attr]
+    if cfg.train is not None and not cfg.train.diffusion.timestep_exponent > 0:  # type: ignore[union-attr]
+        problem = "train.diffusion.timestep_exponent must be above 0"
     if problem:
         raise VcraftError(f"invalid config {origin}: {problem}")
     return cfg  # type: ignore[return-value]

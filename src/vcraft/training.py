@@ -221,6 +221,14 @@ def encode_dataset(models: Models, videos: np.ndarray, batch: int = 8) -> torch.
     return torch.cat(parts).contiguous()
 
 
+def draw_timesteps(total: int, n: int, exponent: float = 1.0) -> torch.Tensor:
+    """n timesteps `floor(total * u**exponent)`, u uniform: exponent 1 is uniform, below 1 favours the
+    noisy end. Uniform draws use randint, as before the exponent existed, so earlier runs still reproduce."""
+    if exponent == 1:
+        return torch.randint(total, (n,))
+    return (total * torch.rand(n) ** exponent).long().clamp(max=total - 1)
+
+
 def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: torch.Tensor,
                    empty: torch.Tensor) -> torch.Tensor:
     """One batch's loss: caption dropout, random timesteps, given first frames for some clips,
@@ -232,7 +240,7 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: t
     # Random draws on the CPU generator, whatever the device: the same run on every machine.
     drop = torch.rand(b) < dc.caption_dropout
     tokens = torch.where(drop[:, None].to(dev), empty, tokens)
-    t = torch.randint(schedule.timesteps, (b,))
+    t = draw_timesteps(schedule.timesteps, b, dc.timestep_exponent)
     noise = torch.randn(latents.shape).to(dev)
     x_t = q_sample(schedule, latents, t.to(dev), noise)
     context = models.text_encoder(tokens)

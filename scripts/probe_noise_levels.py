@@ -1,0 +1,82 @@
+"""Where along the noise schedule the shapes model loses what a clip shows: clips drawn like the training
+data are encoded, noised to timestep t and denoised by DDIM from t with their own captions; the colour, shape
+and motion read back from the result are compared with the clip's. From pure noise (t = 1000) this is plain
+generation; the lower t, the more of the clip's layout survives the noise for the model to build on.
+
+    python scripts/probe_noise_levels.py                  # the shipped model
+    python scripts/probe_noise_levels.py --config runs/X/config.yaml --ckpt runs/X/model.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vcraft.api import TextToVideo, _continuing
+from vcraft.config import load_config, load_preset
+from vcraft.data.measure import measure
+from vcraft.data.shapes import sample
+from vcraft.sampling.ddim import ddim_sample, ddim_timesteps, eps_from_v, guided_denoiser
+from vcraft.sampling.schedule import Schedule, q_sample
+
+ATTRIBUTES = ("colour", "shape", "motion")
+
+
+def truncated(schedule: Schedule, t: int) -> Schedule:
+    """The schedule's first t + 1 steps: DDIM over it starts near t instead of near the end."""
+    return Schedule(schedule.alphas_cumprod[:t + 1], schedule.scale_arr[:t + 1], schedule.betas[:t + 1])
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="config of the model (default: the shapes preset)")
+    parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--levels", type=int, nargs="+", default=[300, 500, 700, 800, 900, 961])
+    parser.add_argument("--held-out", action="store_true", help="clips of held-out combinations")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps from t down")
+    parser.add_argument("--guidance", type=float, help="default: the config's")
+    parser.add_argument("--seed", type=int, default=777000, help="clip k is drawn from seed + k")
+    args = parser.parse_args()
+
+    cfg = load_config(args.config) if args.config else load_preset("shapes")
+    pipe = TextToVideo.from_config(cfg, args.ckpt, device="cpu", dtype="fp32")
+    s, m = cfg.sampling, cfg.model
+    guidance = s.guidance if args.guidance is None else args.guidance
+    clips, captions, scenes = zip(*(sample(args.seed + k, s.frames, s.height, args.held_out)
+                                    for k in range(args.clips)))
+    x0 = pipe.autoencoder.encode(torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3) * 2 - 1)
+    cond, uncond = pipe.encode_prompts(list(captions)), pipe.encode_prompts([""] * args.clips)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed))
+    fps = torch.full((args.clips,), s.fps, dtype=torch.long)
+    net = _continuing(pipe.unet, x0, None) if m.frame_conditioning else pipe.unet
+    denoiser = guided_denoiser(net, cond, uncond, fps, guidance)
+    if m.parameterization == "v":
+        denoiser = eps_from_v(denoiser, pipe.schedule)
+
+    print(f"{args.clips} {'held-out' if args.held_out else 'seen'} clips, {args.steps} steps from t, "
+          f"guidance {guidance}; clips right out of {args.clips}")
+    print("| t | signal sqrt(a_t) | colour | shape | motion |")
+    print("|---|---|---|---|---|")
+    for level in args.levels:
+        started = time.perf_counter()
+        schedule = truncated(pipe.schedule, level)
+        top = ddim_timesteps(args.steps, schedule.timesteps)[-1]
+        x = q_sample(schedule, x0, torch.full((args.clips,), top), noise)
+        out = ddim_sample(denoiser, x, schedule, args.steps)
+        video = np.concatenate([c.numpy() for c in pipe.decode(out)], axis=1).astype(np.float32) / 255
+        seen = [measure(v) for v in video]
+        right = [sum(r[a] == getattr(sc, a) for r, sc in zip(seen, scenes)) for a in ATTRIBUTES]
+        signal = float(schedule.alphas_cumprod[top]) ** 0.5
+        print(f"| {top} | {signal:.3f} | " + " | ".join(map(str, right)) + " |", flush=True)
+        print(f"t = {top}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
