@@ -1,6 +1,6 @@
 """Where along the noise schedule the shapes model loses what a clip shows: clips drawn like the training
 data are encoded, noised to timestep t and denoised by DDIM from t with their own captions; the colour, shape
-and motion read back from the result are compared with the clip's. From pure noise (t = 1000) this is plain
+and motion read back from the result are compared with the clip's. Near the end of the schedule this is plain
 generation; the lower t, the more of the clip's layout survives the noise for the model to build on.
 
     python scripts/probe_noise_levels.py                  # the shipped model
