@@ -185,9 +185,7 @@ def _validated(data: Any, origin: str) -> Config:
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
         raise VcraftError(f"invalid config {origin}: {msg}") from None
-    problem = _model_problem(cfg.model)  # type: ignore[union-attr]
-    if cfg.train is not None and not cfg.train.diffusion.timestep_exponent > 0:  # type: ignore[union-attr]
-        problem = "train.diffusion.timestep_exponent must be above 0"
+    problem = _model_problem(cfg.model) or _train_problem(cfg.train)  # type: ignore[union-attr]
     if problem:
         raise VcraftError(f"invalid config {origin}: {problem}")
     return cfg  # type: ignore[return-value]
@@ -202,6 +200,12 @@ def _model_problem(m: ModelConfig) -> str | None:
         return (f"the UNet must take {inputs} channels and return {latent} (latent channels {latent}"
                 f"{', plus given frames and their mask' if m.frame_conditioning else ''}), "
                 f"not {m.unet.in_channels} and {m.unet.out_channels}")
+    return None
+
+
+def _train_problem(t: TrainConfig | None) -> str | None:
+    if t is not None and not t.diffusion.timestep_exponent > 0:
+        return "train.diffusion.timestep_exponent must be above 0"
     return None
 
 
