@@ -23,10 +23,8 @@ import torch
 
 from vcraft.api import TextToVideo
 from vcraft.config import load_config, load_preset
-from vcraft.data.measure import measure
+from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import HELD_OUT_SCENES, TRAIN_SCENES, Scene, caption
-
-ATTRIBUTES = ("colour", "shape", "motion")
 
 
 def load(args: argparse.Namespace) -> TextToVideo:

@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vcraft.api import TextToVideo, _continuing
+from vcraft.api import TextToVideo
 from vcraft.config import load_config, load_preset
-from vcraft.data.measure import measure
+from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import sample
-from vcraft.sampling.ddim import ddim_sample, ddim_timesteps, eps_from_v, guided_denoiser
+from vcraft.sampling.ddim import ddim_sample, ddim_timesteps
 from vcraft.sampling.schedule import Schedule, q_sample
-
-ATTRIBUTES = ("colour", "shape", "motion")
 
 
 def truncated(schedule: Schedule, t: int) -> Schedule:
@@ -47,18 +45,14 @@ def main() -> None:
 
     cfg = load_config(args.config) if args.config else load_preset("shapes")
     pipe = TextToVideo.from_config(cfg, args.ckpt, device="cpu", dtype="fp32")
-    s, m = cfg.sampling, cfg.model
+    s = cfg.sampling
     guidance = s.guidance if args.guidance is None else args.guidance
     clips, captions, scenes = zip(*(sample(args.seed + k, s.frames, s.height, args.held_out)
                                     for k in range(args.clips)))
     x0 = pipe.autoencoder.encode(torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3) * 2 - 1)
     cond, uncond = pipe.encode_prompts(list(captions)), pipe.encode_prompts([""] * args.clips)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed))
-    fps = torch.full((args.clips,), s.fps, dtype=torch.long)
-    net = _continuing(pipe.unet, x0, None) if m.frame_conditioning else pipe.unet
-    denoiser = guided_denoiser(net, cond, uncond, fps, guidance)
-    if m.parameterization == "v":
-        denoiser = eps_from_v(denoiser, pipe.schedule)
+    denoiser = pipe.denoiser(x0, cond, uncond, s.fps, guidance)
 
     print(f"{args.clips} {'held-out' if args.held_out else 'seen'} clips, {args.steps} steps from t, "
           f"guidance {guidance}; clips right out of {args.clips}")

@@ -215,6 +215,18 @@ class TextToVideo:
 
         yield from extend_video(window, s.frames, clip, s.overlap)
 
+    def denoiser(self, x: torch.Tensor, cond: torch.Tensor, uncond: Optional[torch.Tensor], fps: int,
+                 guidance: float, given: Optional[torch.Tensor] = None) -> Denoiser:
+        """The model as a noise predictor for latents shaped like `x`, guided by `cond` against `uncond`
+        (one row per video); frame-conditioned models see `given`, the clean first frames, if any."""
+        net = self.unet
+        if self.config.model.frame_conditioning:
+            net = _continuing(self.unet, x, given)
+        fps_t = torch.full((x.shape[0],), fps, device=self.device, dtype=torch.long)
+        denoise = guided_denoiser(net, cond.to(self.dtype), None if uncond is None else uncond.to(self.dtype),
+                                  fps_t, guidance)
+        return eps_from_v(denoise, self.schedule) if self.config.model.parameterization == "v" else denoise
+
     def _sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], gens: list[torch.Generator],
                 frames: int, height: int, width: int, steps: int, guidance: float, eta: float, fps: int,
                 callback: Optional[Callable[[int, int], None]], given: Optional[torch.Tensor],
@@ -227,7 +239,6 @@ class TextToVideo:
                                           dtype=torch.float32) for g in gens]).to(self.device, self.dtype)
 
         x = draw()
-        fps_t = torch.full((1,), fps, device=self.device, dtype=torch.long)
         keep = None
         if given is not None:
             given = given.to(self.device, self.dtype)
@@ -240,18 +251,11 @@ class TextToVideo:
                                   "use --extend replace")
         shown = given if extend == "mask" else None  # frames the UNet itself sees
 
-        def video(i: int) -> Denoiser:
-            net = self.unet
-            if self.config.model.frame_conditioning:
-                net = _continuing(self.unet, x[i:i + 1], None if shown is None else shown[i:i + 1])
-            denoise = guided_denoiser(net, cond[i:i + 1].to(self.dtype),
-                                      None if uncond is None else uncond[i:i + 1].to(self.dtype), fps_t, guidance)
-            return eps_from_v(denoise, self.schedule) if self.config.model.parameterization == "v" else denoise
-
         # Each video gets UNet calls of its own (its two guidance passes together): matrix-product and
         # convolution kernels are picked by batch size and round differently, so one call for the whole batch
         # would make a video's pixels depend on how many others share it.
-        videos = [video(i) for i in range(len(gens))]
+        videos = [self.denoiser(x[i:i + 1], cond[i:i + 1], None if uncond is None else uncond[i:i + 1], fps,
+                                guidance, None if shown is None else shown[i:i + 1]) for i in range(len(gens))]
 
         def denoise(xs: torch.Tensor, t: int) -> torch.Tensor:
             return torch.cat([one(xs[i:i + 1], t) for i, one in enumerate(videos)])

@@ -10,6 +10,8 @@ import numpy as np
 
 from vcraft.data.shapes import COLOURS
 
+ATTRIBUTES = ("colour", "shape", "motion")  # what measure() reads back, as named in a Scene
+
 
 def object_masks(video: np.ndarray, threshold: float = 0.25) -> np.ndarray:
     """Boolean `[T, H, W]`: pixels that differ from the frame's background (its median colour)."""
