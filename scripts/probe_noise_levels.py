@@ -22,12 +22,13 @@ from vcraft.config import load_config, load_preset
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import sample
 from vcraft.sampling.ddim import ddim_sample, ddim_timesteps
-from vcraft.sampling.schedule import Schedule, q_sample
+from vcraft.sampling.schedule import Schedule, frame_noise, q_sample
 
 
 def truncated(schedule: Schedule, t: int) -> Schedule:
     """The schedule's first t + 1 steps: DDIM over it starts near t instead of near the end."""
-    return Schedule(schedule.alphas_cumprod[:t + 1], schedule.scale_arr[:t + 1], schedule.betas[:t + 1])
+    return Schedule(schedule.alphas_cumprod[:t + 1], schedule.scale_arr[:t + 1], schedule.betas[:t + 1],
+                    schedule.frame_noise_share)
 
 
 @torch.inference_mode()
@@ -51,7 +52,9 @@ def main() -> None:
                                     for k in range(args.clips)))
     x0 = pipe.autoencoder.encode(torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3) * 2 - 1)
     cond, uncond = pipe.encode_prompts(list(captions)), pipe.encode_prompts([""] * args.clips)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed))
+    gen = torch.Generator().manual_seed(args.seed)
+    noise = frame_noise(pipe.schedule, lambda n: torch.randn(*x0.shape[:2], n, *x0.shape[3:], generator=gen),
+                        x0.shape[2])
     denoiser = pipe.denoiser(x0, cond, uncond, s.fps, guidance)
 
     print(f"{args.clips} {'held-out' if args.held_out else 'seen'} clips, {args.steps} steps from t, "

@@ -72,6 +72,11 @@ def test_model_inputs_must_fit_the_latents():
         apply_overrides(load_preset("vc2-512"), ["model.parameterization=x0"])
 
 
+def test_frame_noise_share_is_a_fraction():
+    with pytest.raises(VcraftError, match="frame_noise_share must be in"):
+        apply_overrides(load_preset("shapes"), ["model.schedule.frame_noise_share=1"])
+
+
 def test_training_timesteps_exponent_must_be_positive():
     assert apply_overrides(load_preset("shapes"), ["train.diffusion.timestep_exponent=0.5"]).train is not None
     with pytest.raises(VcraftError, match="timestep_exponent must be above 0"):

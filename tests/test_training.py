@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
+import vcraft.api
+from vcraft.api import TextToVideo
 from vcraft.config import apply_overrides, load_preset
-from vcraft.training import draw_timesteps, train
+from vcraft.sampling.schedule import frame_noise
+from vcraft.training import draw_timesteps, initial_models, train
 
 TINY = [
     "train.videos=6", "train.checkpoint_every=2",
@@ -76,3 +79,42 @@ def test_timestep_exponent_shifts_draws_to_the_noisy_end():
     skewed = draw_timesteps(1000, 20000, 0.5)
     assert skewed.min() >= 0 and skewed.max() <= 999
     assert abs(skewed.float().mean().item() - 666) < 10 and abs((skewed < 500).float().mean().item() - 0.25) < 0.02
+
+
+def _frame_correlation(noise: torch.Tensor) -> float:
+    """Mean correlation between different frames of `[b, c, frames, h, w]` noise."""
+    per_frame = noise.transpose(1, 2).flatten(2).transpose(0, 1).flatten(1)  # [frames, everything else]
+    corr = torch.corrcoef(per_frame)
+    n = len(corr)
+    return float((corr.sum() - n) / (n * n - n))
+
+
+def test_frame_noise_shares_part_of_its_variance_across_frames():
+    """Share 0 is exactly the plain draw (every seed's noise as before the option); 0.5 keeps unit variance
+    per frame and correlates any two frames by 0.5."""
+    def draws(share: float) -> torch.Tensor:
+        schedule = initial_models(tiny_config(f"model.schedule.frame_noise_share={share}")).schedule
+        gen = torch.Generator().manual_seed(0)
+        return frame_noise(schedule, lambda n: torch.randn(4, 4, n, 32, 32, generator=gen), 16)
+
+    assert torch.equal(draws(0.0), torch.randn(4, 4, 16, 32, 32, generator=torch.Generator().manual_seed(0)))
+    mixed = draws(0.5)
+    assert mixed.shape == (4, 4, 16, 32, 32) and abs(mixed.var().item() - 1) < 0.02
+    assert abs(_frame_correlation(mixed) - 0.5) < 0.03 and abs(_frame_correlation(draws(0.0))) < 0.03
+
+
+def test_sampling_starts_from_the_noise_the_model_was_trained_on(monkeypatch):
+    """A model trained with shared frame noise is sampled from noise with the same share."""
+    cfg = tiny_config("model.schedule.frame_noise_share=0.5")
+    models = initial_models(cfg)
+    pipe = TextToVideo(cfg, models, torch.device("cpu"), torch.float32)
+    started = []
+
+    def first_noise(denoise, x, *args, **kwargs):
+        started.append(x)
+        return x
+
+    monkeypatch.setattr(vcraft.api, "ddim_sample", first_noise)
+    cond = pipe.encode_prompts(["a red circle"] * 8)
+    pipe.sample(cond, None, list(range(8)), 8, 64, 64, steps=2, guidance=1.0, eta=0.0, fps=8)
+    assert abs(_frame_correlation(started[0]) - 0.5) < 0.05

@@ -26,6 +26,7 @@ from vcraft.loading import Models, identify_preset, load_models
 from vcraft.models.unet3d import with_given_frames
 from vcraft.sampling.ddim import Denoiser, ddim_sample, ddim_timesteps, eps_from_v, guided_denoiser
 from vcraft.sampling.long_video import extend_video, replace_known, window_count
+from vcraft.sampling.schedule import frame_noise
 
 CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
 
@@ -235,8 +236,10 @@ class TextToVideo:
         channels = self.config.model.autoencoder.embed_dim
 
         def draw(_: int = 0, n: int = frames) -> torch.Tensor:
-            return torch.cat([torch.randn((1, channels, n, height // f, width // f), generator=g,
-                                          dtype=torch.float32) for g in gens]).to(self.device, self.dtype)
+            def one(g: torch.Generator) -> torch.Tensor:
+                return frame_noise(self.schedule, lambda k: torch.randn((1, channels, k, height // f, width // f),
+                                                                        generator=g, dtype=torch.float32), n)
+            return torch.cat([one(g) for g in gens]).to(self.device, self.dtype)
 
         x = draw()
         keep = None

@@ -84,6 +84,9 @@ class ScheduleConfig:
     scale_b: float = 0.3
     mid_step: int = 400
     fix_scale_bug: bool = False
+    # Part of the noise's variance that is one draw common to all frames of a clip ("mixed" noise of
+    # Ge et al. 2023, "Preserve Your Own Correlation"); 0, as in VideoCrafter: every frame's own.
+    frame_noise_share: float = 0.0
 
 
 @dataclass
@@ -196,6 +199,8 @@ def _model_problem(m: ModelConfig) -> str | None:
     inputs = 2 * latent + 1 if m.frame_conditioning else latent
     if m.parameterization not in ("eps", "v"):
         return f"model.parameterization must be 'eps' or 'v', not '{m.parameterization}'"
+    if not 0 <= m.schedule.frame_noise_share < 1:
+        return f"model.schedule.frame_noise_share must be in [0, 1), not {m.schedule.frame_noise_share}"
     if m.unet.in_channels != inputs or m.unet.out_channels != latent:
         return (f"the UNet must take {inputs} channels and return {latent} (latent channels {latent}"
                 f"{', plus given frames and their mask' if m.frame_conditioning else ''}), "

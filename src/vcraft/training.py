@@ -36,7 +36,7 @@ from vcraft.errors import VcraftError
 from vcraft.loading import Models, build_models
 from vcraft.models.text_encoder import tokenize
 from vcraft.models.unet3d import with_given_frames, zero_init_residuals
-from vcraft.sampling.schedule import q_sample, v_target
+from vcraft.sampling.schedule import frame_noise, q_sample, v_target
 
 Log = Callable[[str], None]
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking",
@@ -241,7 +241,8 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: t
     drop = torch.rand(b) < dc.caption_dropout
     tokens = torch.where(drop[:, None].to(dev), empty, tokens)
     t = draw_timesteps(schedule.timesteps, b, dc.timestep_exponent)
-    noise = torch.randn(latents.shape).to(dev)
+    shape = latents.shape
+    noise = frame_noise(schedule, lambda n: torch.randn(*shape[:2], n, *shape[3:]), frames).to(dev)
     x_t = q_sample(schedule, latents, t.to(dev), noise)
     context = models.text_encoder(tokens)
     fps = torch.full((b,), cfg.sampling.fps, dtype=torch.long, device=dev)

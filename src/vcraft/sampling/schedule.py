@@ -7,6 +7,7 @@ from `scale_a` to `scale_b` over the first `mid_step` steps, then stays at `scal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ class Schedule:
     alphas_cumprod: torch.Tensor  # [timesteps], float32
     scale_arr: torch.Tensor  # [timesteps] (ones without use_scale), float32
     betas: torch.Tensor
+    frame_noise_share: float = 0.0  # see ScheduleConfig
 
     @property
     def timesteps(self) -> int:
@@ -33,6 +35,7 @@ def make_schedule(cfg: ScheduleConfig) -> Schedule:
         alphas_cumprod=torch.tensor(alphas_cumprod, dtype=torch.float32),
         scale_arr=torch.tensor(scale_array(cfg)[: cfg.timesteps], dtype=torch.float32),
         betas=torch.tensor(betas, dtype=torch.float32),
+        frame_noise_share=cfg.frame_noise_share,
     )
 
 
@@ -44,6 +47,17 @@ def scale_array(cfg: ScheduleConfig) -> np.ndarray:
     ramp = np.linspace(cfg.scale_a, cfg.scale_b, cfg.mid_step)
     tail = cfg.timesteps - cfg.mid_step if cfg.fix_scale_bug else cfg.timesteps
     return np.concatenate([ramp, np.full(tail, cfg.scale_b)])
+
+
+def frame_noise(schedule: Schedule, randn: Callable[[int], torch.Tensor], frames: int) -> torch.Tensor:
+    """Standard-normal noise for `frames` frames, from `randn(n)` (n frames along dim 2), with the
+    schedule's share of the variance common to all frames. Without a share, `randn(frames)` itself, so
+    seeds give the same noise as a plain draw."""
+    share = schedule.frame_noise_share
+    if share == 0:
+        return randn(frames)
+    z = randn(frames + 1)
+    return share ** 0.5 * z[:, :, :1] + (1 - share) ** 0.5 * z[:, :, 1:]
 
 
 def at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
