@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 import vcraft.api
+import vcraft.training
 from vcraft.api import TextToVideo
 from vcraft.config import apply_overrides, load_preset
-from vcraft.sampling.schedule import frame_noise
-from vcraft.training import draw_timesteps, initial_models, train
+from vcraft.sampling.schedule import frame_noise, q_sample
+from vcraft.training import diffusion_loss, draw_timesteps, initial_models, tokenize, train
 
 TINY = [
     "train.videos=6", "train.checkpoint_every=2",
@@ -103,10 +104,21 @@ def test_frame_noise_shares_part_of_its_variance_across_frames():
     assert abs(_frame_correlation(mixed) - 0.5) < 0.03 and abs(_frame_correlation(draws(0.0))) < 0.03
 
 
-def test_sampling_starts_from_the_noise_the_model_was_trained_on(monkeypatch):
-    """A model trained with shared frame noise is sampled from noise with the same share."""
+def test_training_and_sampling_draw_noise_with_the_configured_share(monkeypatch):
+    """The noise a batch is trained on and the noise the sampler starts from both have the config's share."""
     cfg = tiny_config("model.schedule.frame_noise_share=0.5")
     models = initial_models(cfg)
+    trained = []
+
+    def noising(schedule, x0, t, noise):
+        trained.append(noise)
+        return q_sample(schedule, x0, t, noise)
+
+    monkeypatch.setattr(vcraft.training, "q_sample", noising)
+    tokens = tokenize([""] * 16, cfg.model.text_encoder.context_length)
+    diffusion_loss(models, cfg, torch.zeros(16, 4, 8, 16, 16), tokens, tokens[:1])
+    assert abs(_frame_correlation(trained[0]) - 0.5) < 0.05
+
     pipe = TextToVideo(cfg, models, torch.device("cpu"), torch.float32)
     started = []
 
