@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ from vcraft.sampling.schedule import Schedule, frame_noise, q_sample
 
 def truncated(schedule: Schedule, t: int) -> Schedule:
     """The schedule's first t + 1 steps: DDIM over it starts near t instead of near the end."""
-    return Schedule(schedule.alphas_cumprod[:t + 1], schedule.scale_arr[:t + 1], schedule.betas[:t + 1],
-                    schedule.frame_noise_share)
+    return replace(schedule, alphas_cumprod=schedule.alphas_cumprod[:t + 1], scale_arr=schedule.scale_arr[:t + 1],
+                   betas=schedule.betas[:t + 1])
 
 
 @torch.inference_mode()
