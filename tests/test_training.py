@@ -70,6 +70,25 @@ def test_relative_positions_start_from_an_initialised_table():
         assert torch.isfinite(table).all() and 0 < table.std() and table.abs().max() <= bound
 
 
+def test_frame_positions_let_temporal_attention_tell_frames_apart():
+    """Identical frames give identical outputs without frame positions (attention is blind to order) and
+    different ones with them; the option adds no parameter, so checkpoints keep their layout."""
+    from vcraft.models.attention import TemporalTransformer
+
+    torch.manual_seed(0)
+    frames = torch.randn(2, 16, 4, 4).repeat_interleave(8, dim=0)  # [(batch frames), c, h, w], 8 equal frames
+    spreads = {}
+    for positions in (False, True):
+        torch.manual_seed(1)
+        layer = TemporalTransformer(16, 2, 8, 1, True, groups=4, frame_positions=positions)
+        out = layer(frames, batch=2).view(2, 8, 16, 4, 4)
+        spreads[positions] = (out - out[:, :1]).abs().max().item() / out.abs().max().item()
+    assert spreads[False] < 1e-5 and spreads[True] > 1e-2
+    keys = [set(initial_models(tiny_config(f"model.unet.frame_positions={v}")).unet.state_dict())
+            for v in ("false", "true")]
+    assert keys[0] == keys[1]
+
+
 def test_timestep_exponent_shifts_draws_to_the_noisy_end():
     """Exponent 1 is the plain uniform draw (randint, so runs made before the option reproduce); 0.5 gives a
     density rising linearly with t: mean 2/3 of the way, a quarter of the draws below the middle."""

@@ -38,6 +38,9 @@ class UNetConfig:
     temporal_conv: bool = False
     temporal_attention: bool = True
     use_relative_position: bool = False
+    # vcraft's own small models: an absolute sinusoidal frame index on temporal attention's tokens (see
+    # TemporalTransformer), so the model can place an object differently in each frame of a clip.
+    frame_positions: bool = False
     use_causal_attention: bool = False
     temporal_length: int = 16
     addition_attention: bool = False

@@ -5,9 +5,19 @@ Module and parameter names follow the official checkpoints so their state dicts 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """`[cos(p f), sin(p f)]` over geometric frequencies f from 1 down to 1/10000, computed in float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=positions.device) / half)
+    args = positions.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class RelativePosition(nn.Module):
@@ -141,13 +151,17 @@ class TemporalTransformer(nn.Module):
     """Attention along time, independently at every latent pixel.
 
     Only the self-attention form is built: every official config sets `temporal_selfatt_only`.
+    `frame_positions` adds a sinusoidal embedding of each frame's index to its tokens, as AnimateDiff's
+    motion modules do; VideoCrafter has none, and its attention alone cannot tell frames apart.
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, depth: int, use_linear: bool,
-                 relative_length: int | None = None, causal: bool = False, groups: int = 32):
+                 relative_length: int | None = None, causal: bool = False, groups: int = 32,
+                 frame_positions: bool = False):
         super().__init__()
         inner = heads * head_dim
         self.causal = causal
+        self.frame_positions = frame_positions
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
@@ -161,6 +175,8 @@ class TemporalTransformer(nn.Module):
         video = x.view(batch, t, c, h, w).transpose(1, 2)  # GroupNorm statistics span all frames
         tokens = self.norm(video).permute(0, 3, 4, 2, 1).reshape(batch * h * w, t, c)
         tokens = _project(self.proj_in, tokens)
+        if self.frame_positions:
+            tokens = tokens + sinusoidal_embedding(torch.arange(t, device=x.device), tokens.shape[-1]).to(tokens.dtype)
         for block in self.transformer_blocks:
             tokens = block(tokens, causal=self.causal)
         tokens = _project(self.proj_out, tokens)

@@ -7,22 +7,12 @@ parameters follow the official checkpoints, including their spelling (`temopral_
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vcraft.config import UNetConfig
-from vcraft.models.attention import SpatialTransformer, TemporalTransformer
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding `[cos(t f), sin(t f)]`, computed in float32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+from vcraft.models.attention import SpatialTransformer, TemporalTransformer, sinusoidal_embedding
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -136,7 +126,7 @@ class UNet3D(nn.Module):
             if cfg.temporal_attention:
                 layers.append(TemporalTransformer(
                     ch, heads, cfg.num_head_channels, cfg.temporal_transformer_depth, cfg.use_linear,
-                    relative, cfg.use_causal_attention, cfg.norm_groups))
+                    relative, cfg.use_causal_attention, cfg.norm_groups, cfg.frame_positions))
             return layers
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
@@ -154,7 +144,7 @@ class UNet3D(nn.Module):
             # Always 8 heads with Conv1d projections, whatever the config says elsewhere.
             self.init_attn = Block([TemporalTransformer(
                 mc, 8, cfg.num_head_channels, cfg.transformer_depth, False, relative, cfg.use_causal_attention,
-                cfg.norm_groups)])
+                cfg.norm_groups, cfg.frame_positions)])
         skip_channels = [mc]
         ch, ds = mc, 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -192,10 +182,10 @@ class UNet3D(nn.Module):
         b, _, frames, height, width = x.shape
         mc = self.cfg.model_channels
         t = t.expand(b) if t.ndim == 0 else t
-        emb = self.time_embed(timestep_embedding(t, mc).to(x.dtype))
+        emb = self.time_embed(sinusoidal_embedding(t, mc).to(x.dtype))
         if self.cfg.fps_cond:
             fps = torch.full_like(t, fps) if isinstance(fps, int) else fps.expand(b)
-            emb = emb + self.fps_embedding(timestep_embedding(fps, mc).to(x.dtype))
+            emb = emb + self.fps_embedding(sinusoidal_embedding(fps, mc).to(x.dtype))
         if self.cfg.pooled_text:
             emb = emb + self.text_embedding(context[:, -1])
         emb = emb.repeat_interleave(frames, dim=0)
