@@ -1,8 +1,9 @@
 """Synthetic captioned videos: one coloured shape on a dark background, moving or changing size.
 
 Everything is drawn from one seed, so a (seed, frames, size) triple always gives the same video and
-caption. Objects that move wrap around the frame edges (leaving on one side, coming back on the other),
-so the direction in the caption holds in every frame. Edges are anti-aliased from a signed distance.
+caption. Objects stay near the centre of the frame: those that move cross it, those that change size sit
+close to it. Moving objects that reach an edge wrap around it (leaving on one side, coming back on the
+other), so the direction in the caption holds in every frame. Edges are anti-aliased from a signed distance.
 """
 
 from __future__ import annotations
@@ -85,16 +86,21 @@ def render(scene: Scene, frames: int, size: int, rng: np.random.Generator) -> np
         small, large = rng.uniform(0.07, 0.10) * size, rng.uniform(0.22, 0.27) * size
         start, end = (small, large) if scene.motion == "growing" else (large, small)
         radius = start + (end - start) * t / max(frames - 1, 1)
-        cx = np.full_like(t, rng.uniform(0.35, 0.65) * size)
-        cy = np.full_like(t, rng.uniform(0.35, 0.65) * size)
+        cx = np.full_like(t, rng.uniform(0.4, 0.6) * size)
+        cy = np.full_like(t, rng.uniform(0.4, 0.6) * size)
     else:
         radius = np.full_like(t, rng.uniform(0.12, 0.18) * size)
         speed = rng.uniform(0.025, 0.04) * size
         dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[scene.motion]
-        # Free along the motion (it wraps), away from the edges across it.
-        cx = rng.uniform(0, size) if dx else rng.uniform(0.3, 0.7) * size
-        cy = rng.uniform(0, size) if dy else rng.uniform(0.3, 0.7) * size
-        cx, cy = cx + dx * speed * t, cy + dy * speed * t
+        # The path's midpoint is within a tenth of the frame from its centre, as filmed subjects mostly are.
+        # At the noisiest steps a model can only predict a caption's mean clip, and the motion in that mean
+        # is what starts a sample moving. What it is worth (300 rendered clips of one caption): the squared
+        # distance of the mean clip from its own time average is 50% of the clips' variance around the mean
+        # with midpoints in the central 20% of the frame, 11% in the central 40%, and 0.2% with paths
+        # anywhere along a wrapping line, whose mean hardly moves: models trained on those made no motion.
+        mid = rng.uniform(0.4, 0.6, size=2) * size
+        along = (t - (frames - 1) / 2) * speed
+        cx, cy = mid[0] + dx * along, mid[1] + dy * along
     background = rng.uniform(0.0, 0.1)
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     # Wrap-around: the nearest copy of the centre, one frame width away at most.
