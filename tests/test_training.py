@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import vcraft.api
@@ -70,23 +71,26 @@ def test_relative_positions_start_from_an_initialised_table():
         assert torch.isfinite(table).all() and 0 < table.std() and table.abs().max() <= bound
 
 
-def test_frame_positions_let_temporal_attention_tell_frames_apart():
-    """Identical frames give identical outputs without frame positions (attention is blind to order) and
-    different ones with them; the option adds no parameter, so checkpoints keep their layout."""
-    from vcraft.models.attention import TemporalTransformer
+@pytest.mark.parametrize("option, new_keys", [(None, set()), ("frame_positions", set()),
+                                             ("frame_embedding", {"frame_embedding.0.weight", "frame_embedding.0.bias",
+                                                                  "frame_embedding.2.weight", "frame_embedding.2.bias"})])
+def test_frame_order_options_let_the_unet_tell_frames_apart(option, new_keys):
+    """Without temporal convolutions (whose zero padding marks the clip's ends) a UNet given the same
+    latent in every frame returns the same output in every frame; each frame-order option makes them
+    differ, adding only the parameters named."""
+    from vcraft.loading import build_models
 
+    base = ["model.unet.temporal_conv=false"]
+    extra = [f"model.unet.{option}=true"] if option else []
     torch.manual_seed(0)
-    frames = torch.randn(2, 16, 4, 4).repeat_interleave(8, dim=0)  # [(batch frames), c, h, w], 8 equal frames
-    spreads = {}
-    for positions in (False, True):
-        torch.manual_seed(1)
-        layer = TemporalTransformer(16, 2, 8, 1, True, groups=4, frame_positions=positions)
-        out = layer(frames, batch=2).view(2, 8, 16, 4, 4)
-        spreads[positions] = (out - out[:, :1]).abs().max().item() / out.abs().max().item()
-    assert spreads[False] < 1e-5 and spreads[True] > 1e-2
-    keys = [set(initial_models(tiny_config(f"model.unet.frame_positions={v}")).unet.state_dict())
-            for v in ("false", "true")]
-    assert keys[0] == keys[1]
+    unet = build_models(tiny_config(*base, *extra).model, "cpu").unet  # random init: outputs are not zero
+    frame = torch.randn(1, 9, 1, 8, 8)
+    with torch.no_grad():
+        out = unet(frame.repeat(1, 1, 8, 1, 1), torch.tensor(900), torch.randn(1, 77, 64))
+    spread = float((out - out[:, :, :1]).abs().max() / out.abs().max())
+    assert (spread > 1e-2) if option else (spread < 1e-5), spread
+    plain = build_models(tiny_config(*base).model, "cpu").unet.state_dict()
+    assert set(unet.state_dict()) - set(plain) == new_keys
 
 
 def test_timestep_exponent_shifts_draws_to_the_noisy_end():

@@ -138,6 +138,8 @@ class UNet3D(nn.Module):
         if cfg.pooled_text:
             self.text_embedding = nn.Sequential(
                 nn.Linear(cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.frame_embedding:
+            self.frame_embedding = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         self.input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
         if cfg.addition_attention:
@@ -189,6 +191,9 @@ class UNet3D(nn.Module):
         if self.cfg.pooled_text:
             emb = emb + self.text_embedding(context[:, -1])
         emb = emb.repeat_interleave(frames, dim=0)
+        if self.cfg.frame_embedding:
+            index = sinusoidal_embedding(torch.arange(frames, device=x.device), mc).to(x.dtype)
+            emb = emb + self.frame_embedding(index).repeat(b, 1)
         context = context.repeat_interleave(frames, dim=0)
 
         h = x.transpose(1, 2).reshape(b * frames, -1, height, width)
