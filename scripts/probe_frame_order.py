@@ -2,12 +2,14 @@
 
 1. Same noise in every frame: how far each frame's output is from the middle frame's. A UNet that knows
    nothing of frame order gives identical frames back.
-2. From pure noise, the mean (over seeds) of the model's clean-clip estimate for "moving left / right / up /
-   down" prompts, decoded: how far the object's centre moves along the prompt's axis from the first four
-   frames to the last four. It follows the caption only if the model can make frames differ by their order.
+2. Motion share: from pure noise, the model's clean-clip estimate (mean over seeds) for one seen caption of each
+   motion, minus the caption's still mean (its mean latent clip averaged over time), projected on the motion
+   of that mean clip (the mean clip minus its still mean; from clips rendered by the data generator). 0: the
+   estimate holds still; 1: it moves as the data's mean does. At the noisiest steps the estimate is all a
+   sample starts from, so a model with a share near 0 there does not start motion.
 
     python scripts/probe_frame_order.py --config runs/shapes6/config.yaml --ckpt runs/shapes6/model.safetensors
-    python scripts/probe_frame_order.py --run runs/shapes7 --levels 961 700
+    python scripts/probe_frame_order.py --run runs/shapes10 --levels 961 800
 """
 
 from __future__ import annotations
@@ -15,13 +17,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from eval_shapes import load  # the same choice of model as the evaluation
+from vcraft.data.shapes import MOTIONS, TRAIN_SCENES, Scene, render
 from vcraft.sampling.schedule import frame_noise
+from vcraft.training import to_pixels
 
-DIRECTIONS = [("a red circle moving left", "x"), ("a red circle moving right", "x"),
-              ("a blue square moving up", "y"), ("a blue square moving down", "y")]
+SCENES = [next(s for s in TRAIN_SCENES if s.motion == m) for m in MOTIONS]
+
+
+def prompt_of(scene: Scene) -> str:
+    return f"a {scene.colour} {scene.shape} " + (scene.motion if scene.motion in ("growing", "shrinking")
+                                                  else f"moving {scene.motion}")
 
 
 def frame_spread(pipe, t: int, fps: int) -> list[float]:
@@ -29,30 +38,33 @@ def frame_spread(pipe, t: int, fps: int) -> list[float]:
     channels, frames = pipe.config.model.autoencoder.embed_dim, pipe.config.sampling.frames
     size = pipe.config.sampling.height // pipe.autoencoder.downsample
     x = torch.randn(1, channels, 1, size, size, generator=torch.Generator().manual_seed(0)).repeat(1, 1, frames, 1, 1)
-    out = pipe.denoiser(x, pipe.encode_prompts([DIRECTIONS[0][0]]), None, fps, 1.0)(x, t)
+    out = pipe.denoiser(x, pipe.encode_prompts([prompt_of(SCENES[0])]), None, fps, 1.0)(x, t)
     middle = out[:, :, frames // 2]
     return [float((out[:, :, f] - middle).norm() / middle.norm()) for f in range(frames)]
 
 
-def mean_drift(pipe, prompt: str, axis: str, t: int, fps: int, guidance: float, seeds: int) -> float:
-    """Pixels the decoded mean estimate's centre moves along `axis` (x: right, y: down is positive)."""
+def mean_clip(pipe, scene: Scene, clips: int) -> torch.Tensor:
+    """The mean latent clip of `clips` renderings of `scene`, as the training data are drawn and encoded."""
     s = pipe.config.sampling
-    channels, size = pipe.config.model.autoencoder.embed_dim, s.height // pipe.autoencoder.downsample
+    videos = np.stack([np.round(render(scene, s.frames, s.height, np.random.default_rng(k)) * 255)
+                       for k in range(clips)]).astype(np.uint8)
+    return torch.cat([pipe.autoencoder.encode(to_pixels(videos[i:i + 8])) for i in range(0, clips, 8)]).mean(0)
+
+
+def motion_share(pipe, scene: Scene, mean: torch.Tensor, t: int, fps: int, guidance: float, seeds: int) -> float:
+    s = pipe.config.sampling
     a = float(pipe.schedule.alphas_cumprod[t])
-    cond, uncond = pipe.encode_prompts([prompt]), pipe.encode_prompts([""])
+    cond, uncond = pipe.encode_prompts([prompt_of(scene)]), pipe.encode_prompts([""])
     estimates = []
     for seed in range(seeds):
         gen = torch.Generator().manual_seed(seed)
-        x = frame_noise(pipe.schedule, lambda n: torch.randn(1, channels, n, size, size, generator=gen),
+        x = frame_noise(pipe.schedule, lambda n: torch.randn(1, *mean.shape[:1], n, *mean.shape[2:], generator=gen),
                         s.frames)
         eps = pipe.denoiser(x, cond, uncond, fps, guidance)(x, t)
         estimates.append((x - (1 - a) ** 0.5 * eps) / a ** 0.5)
-    video = pipe.autoencoder.decode(torch.cat(estimates).mean(0, keepdim=True))[0]  # [3, T, H, W]
-    light = (video.clamp(-1, 1) + 1).mean(0)
-    light = (light - light.flatten(1).median(1).values[:, None, None]).clamp(min=0)  # above the background
-    profile = light.sum(1 if axis == "x" else 2)  # [T, W] or [T, H]
-    centre = (profile / profile.sum(1, keepdim=True) * torch.arange(profile.shape[1])).sum(1)
-    return float(centre[-4:].mean() - centre[:4].mean())
+    still = mean.mean(1, keepdim=True)
+    motion = mean - still
+    return float(((torch.cat(estimates).mean(0) - still) * motion).sum() / motion.pow(2).sum())
 
 
 @torch.inference_mode()
@@ -62,19 +74,22 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
     parser.add_argument("--run", type=Path, help="the latest checkpoint of this training run")
     parser.add_argument("--levels", type=int, nargs="+", default=[961, 700, 400], help="timesteps")
-    parser.add_argument("--seeds", type=int, default=6, help="noise draws averaged for the mean estimate")
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--seeds", type=int, default=6, help="noise draws averaged for the estimate")
+    parser.add_argument("--clips", type=int, default=64, help="renderings averaged for each caption's mean clip")
+    parser.add_argument("--guidance", type=float, default=1.0, help="of the estimate (1: the conditional one)")
     args = parser.parse_args()
     args.device = "cpu"
     pipe = load(args)
     fps = pipe.config.sampling.fps
-    print("| t | outputs of identical frames, largest distance from the middle frame | drift (px): "
-          + " | ".join(p.split()[-1] for p, _ in DIRECTIONS) + " |")
-    print("|---|---|" + "---|" * len(DIRECTIONS))
+    means = [mean_clip(pipe, scene, args.clips) for scene in SCENES]
+    print("| t | outputs of identical frames, largest distance from the middle frame | motion share: "
+          + " | ".join(prompt_of(scene) for scene in SCENES) + " |")
+    print("|---|---|" + "---|" * len(SCENES))
     for t in args.levels:
         spread = max(frame_spread(pipe, t, fps))
-        drifts = [mean_drift(pipe, p, axis, t, fps, args.guidance, args.seeds) for p, axis in DIRECTIONS]
-        print(f"| {t} | {spread:.1%} | " + " | ".join(f"{d:+.1f}" for d in drifts) + " |")
+        shares = [motion_share(pipe, scene, mean, t, fps, args.guidance, args.seeds)
+                  for scene, mean in zip(SCENES, means)]
+        print(f"| {t} | {spread:.1%} | " + " | ".join(f"{v:+.2f}" for v in shares) + " |")
 
 
 if __name__ == "__main__":
