@@ -41,9 +41,9 @@ class UNetConfig:
     # vcraft's own small models: an absolute sinusoidal frame index on temporal attention's tokens (see
     # TemporalTransformer), so the model can place an object differently in each frame of a clip.
     frame_positions: bool = False
-    # ... and a sinusoidal frame index through an MLP into every ResBlock's timestep embedding: a model
-    # then learns the motion of a caption's mean clip (what a sample starts from) faster than with
-    # frame_positions alone (README, "How well it follows prompts").
+    # ... and a sinusoidal frame index through an MLP into every ResBlock's timestep embedding, so that
+    # every block, not only temporal attention, knows which frame it works on (what it has shown so far:
+    # README, "How well it follows prompts").
     frame_embedding: bool = False
     use_causal_attention: bool = False
     temporal_length: int = 16
