@@ -23,7 +23,7 @@ import torch
 from eval_shapes import load  # the same choice of model as the evaluation
 from vcraft.data.shapes import MOTIONS, TRAIN_SCENES, Scene, render
 from vcraft.sampling.schedule import frame_noise
-from vcraft.training import to_pixels
+from vcraft.training import encode_dataset
 
 SCENES = [next(s for s in TRAIN_SCENES if s.motion == m) for m in MOTIONS]
 
@@ -48,7 +48,7 @@ def mean_clip(pipe, scene: Scene, clips: int) -> torch.Tensor:
     s = pipe.config.sampling
     videos = np.stack([np.round(render(scene, s.frames, s.height, np.random.default_rng(k)) * 255)
                        for k in range(clips)]).astype(np.uint8)
-    return torch.cat([pipe.autoencoder.encode(to_pixels(videos[i:i + 8])) for i in range(0, clips, 8)]).mean(0)
+    return encode_dataset(pipe.autoencoder, videos).mean(0) * pipe.autoencoder.scale_factor
 
 
 def motion_share(pipe, scene: Scene, mean: torch.Tensor, t: int, fps: int, guidance: float, seeds: int) -> float:
