@@ -64,6 +64,29 @@ def test_replace_continues_the_kept_latents_of_an_official_format_model():
     assert (alone[:, :, 4:] - second[:, :, 4:]).abs().mean() > 0.05
 
 
+def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(monkeypatch):
+    """Then they lie on DDIM's deterministic path from that noise to themselves, and share the window's
+    frame-common noise when the model draws one (frame_noise_share)."""
+    import vcraft.api
+    from vcraft import TextToVideo
+
+    pipe = TextToVideo.from_pretrained(str(tiny() / "config.yaml"), tiny() / "model.safetensors", device="cpu")
+    seen = {}
+
+    def capture(denoise, x, schedule, steps, eta, draw, report, keep):
+        seen.update(x=x.clone(), keep=keep)
+        return x.clone()
+
+    monkeypatch.setattr(vcraft.api, "ddim_sample", capture)
+    given = torch.randn(1, 4, 4, 8, 8)
+    cond = pipe.encode_prompts([FOX])
+    pipe._sample(cond, None, [torch.Generator().manual_seed(0)], 16, 64, 64, 6, 1.0, 0.0, 8, None, given, "replace")
+    t = 999
+    a, s = float(pipe.schedule.alphas_cumprod[t]), float(pipe.schedule.scale_arr[t])
+    expected = a ** 0.5 * s * given + (1 - a) ** 0.5 * seen["x"][:, :, :4]
+    assert torch.allclose(seen["keep"](seen["x"], t)[:, :, :4], expected, atol=1e-6)
+
+
 def test_long_video_from_the_command_line(tmp_path):
     out = tmp_path / "long"
     args = [*small_video_args(), "--frames", "21", "--steps", "3", "--seed", "2", "--format", "png"]

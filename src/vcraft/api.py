@@ -248,7 +248,9 @@ class TextToVideo:
             if given.shape[2] > frames or given.shape[:2] != x.shape[:2] or given.shape[3:] != x.shape[3:]:
                 raise VcraftError(f"given latents {list(given.shape)} do not fit a video of latents {list(x.shape)}")
             if extend == "replace":
-                keep = replace_known(given, draw(n=given.shape[2]), self.schedule)
+                # Noised with the window's own starting noise at those frames: DDIM's deterministic path from
+                # it ends at the kept latents, and it shares the window's frame-common draw (frame_noise_share).
+                keep = replace_known(given, x[:, :, :given.shape[2]].clone(), self.schedule)
             elif not self.config.model.frame_conditioning:
                 raise VcraftError(f"model '{self.config.name}' was not trained to continue given frames; "
                                   "use --extend replace")
