@@ -191,10 +191,13 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
         x = to_pixels(videos[pick // frames_per_clip, pick % frames_per_clip][:, None])[:, :, 0].to(_device(vae))
         lr = _set_lr(opt, lr_at(i, ac.steps, ac.lr, min(100, ac.steps // 10 + 1)))
         posterior = vae.encode(x).latent_dist
-        # Decoded from the posterior mean: with a KL weight this small the posterior ends up nearly
-        # deterministic anyway, and decoding noisy samples from the start (std ~1 at initialisation)
-        # washes out colour and shape for hundreds of steps.
-        recon = vae.decode(posterior.mode()).sample
+        # Decoded from a posterior sample, as a VAE is trained: to survive that noise every colour's latents
+        # must stand off the background by more than it, so that the diffusion noise drowns objects of all
+        # colours alike. Decoded from the mean (the recipe of the first shipped weights), the encoder put a
+        # red object 0.5 latent std from the background and a white one 17; red ones were gone under the
+        # noise long before white ones and came out as scattered blobs. (Noise drawn on the CPU: see train.)
+        noise = torch.randn(posterior.mean.shape).to(posterior.mean.device)
+        recon = vae.decode(posterior.mean + posterior.std * noise).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + ac.kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
