@@ -195,7 +195,8 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
         # must stand off the background by more than it, so that the diffusion noise drowns objects of all
         # colours alike. Decoded from the mean (the recipe of the first shipped weights), the encoder put a
         # red object 0.5 latent std from the background and a white one 17; red ones were gone under the
-        # noise long before white ones and came out as scattered blobs. (Noise drawn on the CPU: see train.)
+        # noise long before white ones and came out as scattered blobs. Drawn on the CPU, as every random
+        # number of a run is, so the same run on every machine.
         noise = torch.randn(posterior.mean.shape).to(posterior.mean.device)
         recon = vae.decode(posterior.mean + posterior.std * noise).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + ac.kl_weight * posterior.kl().mean()
