@@ -27,6 +27,13 @@ from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import HELD_OUT_SCENES, TRAIN_SCENES, Scene, caption
 
 
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the model `load` returns: the shipped one unless told otherwise."""
+    parser.add_argument("--config", type=Path, help="config of the model (default: the shapes preset)")
+    parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
+    parser.add_argument("--run", type=Path, help="the latest checkpoint of this training run instead")
+
+
 def load(args: argparse.Namespace) -> TextToVideo:
     if args.run is None:
         cfg = load_config(args.config) if args.config else load_preset("shapes")
@@ -53,9 +60,7 @@ def jobs(seen: int, seeds: int, base_seed: int) -> list[tuple[str, Scene, str, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="config of the model (default: the shapes preset)")
-    parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
-    parser.add_argument("--run", type=Path, help="score the latest checkpoint of this training run")
+    model_arguments(parser)
     parser.add_argument("--seeds", type=int, default=2, help="videos per combination")
     parser.add_argument("--seen", type=int, default=24, help="how many seen combinations to score")
     parser.add_argument("--steps", type=int)

@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from eval_shapes import load  # the same choice of model as the evaluation
+from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
 from vcraft.data.shapes import MOTIONS, TRAIN_SCENES, Scene, render
 from vcraft.sampling.schedule import frame_noise
 from vcraft.training import encode_dataset
@@ -70,9 +69,7 @@ def motion_share(pipe, scene: Scene, mean: torch.Tensor, t: int, fps: int, guida
 @torch.inference_mode()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="config of the model (default: the shapes preset)")
-    parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
-    parser.add_argument("--run", type=Path, help="the latest checkpoint of this training run")
+    model_arguments(parser)
     parser.add_argument("--levels", type=int, nargs="+", default=[961, 700, 400], help="timesteps")
     parser.add_argument("--seeds", type=int, default=6, help="noise draws averaged for the estimate")
     parser.add_argument("--clips", type=int, default=64, help="renderings averaged for each caption's mean clip")

@@ -11,13 +11,12 @@ and its layout has to be made in the last few steps.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eval_shapes import load  # the same choice of model as the evaluation
+from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
 from vcraft.data.shapes import COLOURS, Scene, render
 from vcraft.training import to_pixels
 
@@ -41,9 +40,7 @@ def contrast(pipe, colour: str, renderings: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="config of the model (default: the shapes preset)")
-    parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
-    parser.add_argument("--run", type=Path, help="the autoencoder of this training run")
+    model_arguments(parser)
     parser.add_argument("--renderings", type=int, default=4, help="clips averaged per colour")
     args = parser.parse_args()
     args.device = "cpu"

@@ -5,6 +5,7 @@ generation; the lower t, the more of the clip's layout survives the noise for th
 
     python scripts/probe_noise_levels.py                  # the shipped model
     python scripts/probe_noise_levels.py --config runs/X/config.yaml --ckpt runs/X/model.safetensors
+    python scripts/probe_noise_levels.py --run runs/X          # a training run's latest checkpoint
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from vcraft.api import TextToVideo
-from vcraft.config import load_config, load_preset
+from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import sample
 from vcraft.sampling.ddim import ddim_sample, ddim_timesteps
@@ -35,8 +34,7 @@ def truncated(schedule: Schedule, t: int) -> Schedule:
 @torch.inference_mode()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="config of the model (default: the shapes preset)")
-    parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
+    model_arguments(parser)
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--levels", type=int, nargs="+", default=[300, 500, 700, 800, 900, 961])
     parser.add_argument("--held-out", action="store_true", help="clips of held-out combinations")
@@ -45,8 +43,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777000, help="clip k is drawn from seed + k")
     args = parser.parse_args()
 
-    cfg = load_config(args.config) if args.config else load_preset("shapes")
-    pipe = TextToVideo.from_config(cfg, args.ckpt, device="cpu", dtype="fp32")
+    args.device = "cpu"
+    pipe = load(args)
+    cfg = pipe.config
     s = cfg.sampling
     guidance = s.guidance if args.guidance is None else args.guidance
     clips, captions, scenes = zip(*(sample(args.seed + k, s.frames, s.height, args.held_out)
