@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
+from vcraft.data.measure import object_masks
 from vcraft.data.shapes import COLOURS, Scene, render
 from vcraft.training import to_pixels
 
@@ -29,7 +30,7 @@ def contrast(pipe, colour: str, renderings: int) -> float:
     for seed in range(renderings):
         video = render(Scene(colour, "square", "right"), s.frames, s.height, np.random.default_rng(seed))
         z = pipe.autoencoder.encode(to_pixels(np.round(video * 255).astype(np.uint8)[None]))[0]
-        inside = torch.from_numpy(np.abs(video - video[:, :1, :1]).max(-1) > 0.3).float()  # [T, H, W]
+        inside = torch.from_numpy(object_masks(video, threshold=0.3)).float()  # [T, H, W]
         full = F.avg_pool2d(inside, f) > 0.99  # latent pixels wholly inside the object
         away = F.max_pool2d(inside, 3 * f, f, f) == 0  # latent pixels at least a latent pixel from it
         z = z.permute(1, 2, 3, 0)  # [T, h, w, c]

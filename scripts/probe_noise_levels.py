@@ -45,8 +45,7 @@ def main() -> None:
 
     args.device = "cpu"
     pipe = load(args)
-    cfg = pipe.config
-    s = cfg.sampling
+    s = pipe.config.sampling
     guidance = s.guidance if args.guidance is None else args.guidance
     clips, captions, scenes = zip(*(sample(args.seed + k, s.frames, s.height, args.held_out)
                                     for k in range(args.clips)))
