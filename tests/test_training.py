@@ -153,3 +153,29 @@ def test_training_and_sampling_draw_noise_with_the_configured_share(monkeypatch)
     cond = pipe.encode_prompts(["a red circle"] * 8)
     pipe.sample(cond, None, list(range(8)), 8, 64, 64, steps=2, guidance=1.0, eta=0.0, fps=8)
     assert abs(_frame_correlation(started[0]) - 0.5) < 0.05
+
+
+@torch.inference_mode()
+def _anchor_error(models, videos) -> float:
+    import torch.nn.functional as F
+
+    from vcraft.training import to_pixels
+
+    x = to_pixels(videos[:, :4]).transpose(1, 2).flatten(0, 1)  # frames
+    mean = models.autoencoder.vae.encode(x).latent_dist.mean
+    return float(F.mse_loss(mean[:, :3], F.avg_pool2d(x, x.shape[-1] // mean.shape[-1])))
+
+
+def test_colour_anchor_ties_the_first_latent_channels_to_the_average_colour(tmp_path):
+    from vcraft.training import make_dataset, train_autoencoder
+
+    errors = {}
+    for weight in (0.0, 1.0):
+        cfg = tiny_config("train.autoencoder.steps=40", f"train.autoencoder.colour_anchor={weight}")
+        models = initial_models(cfg)
+        videos = make_dataset(cfg)[0]
+        run = tmp_path / str(weight)
+        run.mkdir()
+        assert train_autoencoder(models, videos, cfg, run, log=lambda _: None)
+        errors[weight] = _anchor_error(models, videos)
+    assert errors[1.0] < 0.2 * errors[0.0], errors

@@ -133,6 +133,9 @@ class AutoencoderTraining:
     batch_size: int = 32  # frames
     lr: float = 1e-3
     kl_weight: float = 1e-6
+    # Weight of a loss tying the first three latent channels (posterior mean) to the frame's RGB averaged
+    # over each latent pixel; 0: off. See train_autoencoder.
+    colour_anchor: float = 0.0
 
 
 @dataclass

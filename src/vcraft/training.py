@@ -191,15 +191,18 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
         x = to_pixels(videos[pick // frames_per_clip, pick % frames_per_clip][:, None])[:, :, 0].to(_device(vae))
         lr = _set_lr(opt, lr_at(i, ac.steps, ac.lr, min(100, ac.steps // 10 + 1)))
         posterior = vae.encode(x).latent_dist
-        # Decoded from a posterior sample, as a VAE is trained: to survive that noise every colour's latents
-        # must stand off the background by more than it, so that the diffusion noise drowns objects of all
-        # colours alike. Decoded from the mean (the recipe of the first shipped weights), the encoder put a
-        # red object 0.5 latent std from the background and a white one 17; red ones were gone under the
-        # noise long before white ones and came out as scattered blobs. Drawn on the CPU, as every random
-        # number of a run is, so the same run on every machine.
+        # Decoded from a posterior sample, as a VAE is trained, with the noise drawn on the CPU as every random
+        # number of a run is (the same run on every machine).
         noise = torch.randn(posterior.mean.shape).to(posterior.mean.device)
         recon = vae.decode(posterior.mean + posterior.std * noise).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + ac.kl_weight * posterior.kl().mean()
+        if ac.colour_anchor:
+            # Left free, the encoder gave colours latents of very different sizes: a red object 0.5 latent std
+            # from the background, a white one 17 (scripts/probe_latent_contrast.py), so the diffusion noise
+            # hid red objects long before white ones and red prompts came out as scattered blobs. Tied to
+            # the average colour, every object stands off the background by its pixel contrast.
+            pooled = F.avg_pool2d(x, x.shape[-1] // posterior.mean.shape[-1])
+            loss = loss + ac.colour_anchor * F.mse_loss(posterior.mean[:, :3], pooled)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
