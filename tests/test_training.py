@@ -80,7 +80,7 @@ def test_frame_order_options_let_the_unet_tell_frames_apart(option, new_keys):
     differ, adding only the parameters named."""
     from vcraft.loading import build_models
 
-    base = ["model.unet.temporal_conv=false"]
+    base = ["model.unet.temporal_conv=false", "model.unet.frame_positions=false", "model.unet.frame_embedding=false"]
     extra = [f"model.unet.{option}=true"] if option else []
     torch.manual_seed(0)
     unet = build_models(tiny_config(*base, *extra).model, "cpu").unet  # random init: outputs are not zero
