@@ -179,3 +179,25 @@ def test_colour_anchor_ties_the_first_latent_channels_to_the_average_colour(tmp_
         assert train_autoencoder(models, videos, cfg, run, log=lambda _: None)
         errors[weight] = _anchor_error(models, videos)
     assert errors[1.0] < 0.2 * errors[0.0], errors
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_shift_given_rolls_the_whole_clip_of_continuation_examples(shift):
+    """The UNet is given the clip's clean first frames, rolled by a random shift per clip when `shift_given`
+    is on, and as they are when it is off."""
+    cfg = tiny_config("train.diffusion.given_frames_prob=1", f"train.diffusion.shift_given={shift}")
+    models = initial_models(cfg)
+    seen = []
+    unet = models.unet
+    models.unet = lambda x, *args: seen.append(x) or unet(x, *args)
+    latents = torch.zeros(6, 4, 8, 16, 16)
+    latents[:, :, :, 5, 7] = 1.0  # one bright latent pixel in every frame
+    tokens = tokenize([""] * 6, cfg.model.text_encoder.context_length)
+    torch.manual_seed(0)
+    diffusion_loss(models, cfg, latents, tokens, tokens[:1])
+    given, mask = seen[0][:, 4:8, 0], seen[0][:, 8, 0]  # the first frame is always given
+    assert (mask == 1).all()
+    places = [tuple(int(i) for i in torch.nonzero(clip[0])[0]) for clip in given]
+    for clip, (y, x) in zip(given, places):
+        assert torch.equal(clip, latents[0, :, 0].roll((y - 5, x - 7), dims=(-2, -1)))
+    assert (len(set(places)) > 1) if shift else (set(places) == {(5, 7)}), places

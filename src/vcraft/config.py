@@ -160,6 +160,9 @@ class DiffusionTraining:
     caption_dropout: float = 0.1  # for classifier-free guidance
     given_frames_prob: float = 0.3  # share of clips that get their first frames given (frame_conditioning)
     max_given_frames: int = 8
+    # Roll every clip that gets given frames by a random whole number of latent pixels (the shapes world wraps
+    # around, so it stays a clip of its caption), so that continuations from anywhere in the frame are seen.
+    shift_given: bool = False
 
 
 @dataclass

@@ -258,6 +258,9 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: t
         most = min(dc.max_given_frames, frames - 1)  # at least one frame is left to make
         given = torch.randint(1, most + 1, (b,)) * (torch.rand(b) < dc.given_frames_prob)
         mask = (torch.arange(frames)[None] < given[:, None]).float().view(b, 1, frames, 1, 1).to(dev)
+        if dc.shift_given:
+            shifts = torch.randint(latents.shape[-1], (b, 2)) * (given > 0)[:, None]
+            latents, noise, x_t = (_roll(v, shifts) for v in (latents, noise, x_t))
         x_t = with_given_frames(x_t, latents, mask)
     out = models.unet(x_t, t.to(dev), context, fps)
     a = schedule.alphas_cumprod[t]
@@ -272,6 +275,11 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: t
     made = 1 - mask.view(b, frames)
     per_clip = (per_frame * made).sum(1) / made.sum(1)
     return (weight * per_clip).mean()
+
+
+def _roll(clips: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Clip k rolled by `shifts[k]` (rows, columns) latent pixels, wrapping around."""
+    return torch.stack([clip.roll((int(dy), int(dx)), dims=(-2, -1)) for clip, (dy, dx) in zip(clips, shifts)])
 
 
 def pretrain_text_encoder(models: Models, tokens: torch.Tensor, scenes: list[Scene], cfg: Config, run: Path,
