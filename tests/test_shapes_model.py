@@ -55,9 +55,9 @@ def long_video(pipe):
 
 def test_a_long_video_keeps_its_object(long_video):
     assert long_video.shape == (40, 64, 64, 3)
-    assert (object_masks(long_video).mean(axis=(1, 2)) > 0.005).all()
-    assert all(measure_colour(frame[None], mask[None]) == "red" for frame, mask in
-               zip(long_video, object_masks(long_video)))
+    masks = object_masks(long_video)
+    assert (masks.mean(axis=(1, 2)) > 0.005).all()
+    assert all(measure_colour(frame[None], mask[None]) == "red" for frame, mask in zip(long_video, masks))
 
 
 # The shipped weights learnt on objects whose paths cross the centre, and a continuation window's given

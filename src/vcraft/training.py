@@ -201,7 +201,7 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
             # from the background, a white one 17 (scripts/probe_latent_contrast.py), so the diffusion noise
             # hid red objects long before white ones and red prompts came out as scattered blobs. Tied to
             # the average colour, every object stands off the background by its pixel contrast.
-            pooled = F.avg_pool2d(x, x.shape[-1] // posterior.mean.shape[-1])
+            pooled = F.avg_pool2d(x, models.autoencoder.downsample)
             loss = loss + ac.colour_anchor * F.mse_loss(posterior.mean[:, :3], pooled)
         opt.zero_grad(set_to_none=True)
         loss.backward()
