@@ -4,6 +4,7 @@
     python scripts/check_long_video.py                      # 96 frames, the default model and settings
     python scripts/check_long_video.py --frames 256 --extend replace --json
     python scripts/check_long_video.py --uncond-without-frames   # LVDM's guidance variant, for comparison
+    python scripts/check_long_video.py --run runs/X              # a training run's latest checkpoint
 
 Seam: the mean absolute change between the two frames on either side of each window boundary, against
 the median change between neighbouring frames inside windows (a seam shows up as a larger jump).
@@ -21,8 +22,8 @@ from functools import partial
 import numpy as np
 
 import vcraft.api
-from vcraft.api import TextToVideo
-from vcraft.config import load_preset, validate_sampling
+from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
+from vcraft.config import validate_sampling
 from vcraft.data.measure import measure_colour, measure_motion, object_masks
 
 PROMPTS = [("a red circle moving left", "red", "left"), ("The blue triangle moves down.", "blue", "down"),
@@ -50,6 +51,7 @@ def check(video: np.ndarray, colour: str, motion: str, clip: int, overlap: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    model_arguments(parser)
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--extend", choices=["mask", "replace"])
@@ -63,7 +65,8 @@ def main() -> None:
     if args.uncond_without_frames:
         vcraft.api._continuing = partial(vcraft.api._continuing, uncond_sees_given=False)
 
-    pipe = TextToVideo.from_config(load_preset("shapes"), device="cpu", dtype="fp32")
+    args.device = "cpu"
+    pipe = load(args)
     chosen = {"frames": args.frames, "overlap": args.overlap, "extend": args.extend, "steps": args.steps,
               "guidance": args.guidance}
     settings = validate_sampling(replace(pipe.config.sampling, **{k: v for k, v in chosen.items() if v is not None}),
