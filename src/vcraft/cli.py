@@ -89,7 +89,8 @@ def generate(
     negative: Optional[str] = typer.Option(None, help="Negative prompt (default: the empty prompt)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
     overlap: Optional[int] = typer.Option(None, help="Long videos: latent frames each window keeps from the "
-                                                     "one before (default: a quarter of the model's clip)."),
+                                                     "one before (default: the config's, else a quarter of the "
+                                                     "model's clip)."),
     extend: Optional[str] = typer.Option(None, help="Long videos: mask (models trained to continue) or "
                                                     "replace (any model). Default: per model."),
     seed: Optional[int] = typer.Option(None, min=0, help="Base seed (default: random, reported)."),
