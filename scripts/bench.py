@@ -70,13 +70,15 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n ** 3 / statistics.median(runs) / 1e9
 
 
-def random_pipe(name: str, device: torch.device, dtype: torch.dtype) -> TextToVideo:
-    cfg = load_preset(name)
+def random_pipe(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> TextToVideo:
+    cfg = load_preset(args.model)
     torch.manual_seed(0)
-    models = build_models(cfg.model, device)
+    home = torch.device("cpu") if args.offload else device  # as from_config places them
+    models = build_models(cfg.model, home)
     for module in (models.text_encoder, models.unet, models.autoencoder):
         module.to(dtype)
-    return TextToVideo(cfg, ready_for_inference(models, device), device, dtype)
+    pipe = TextToVideo(cfg, ready_for_inference(models, home), device, dtype, args.offload)
+    return pipe.compile() if args.compile else pipe
 
 
 def shape(text: str) -> tuple[int, int, int]:
@@ -90,36 +92,44 @@ def peak_rss_gib() -> float:
 
 @torch.inference_mode()
 def guided_step(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    pipe = random_pipe(args.model, device, dtype)
+    pipe = random_pipe(args, device, dtype)
     sf, sh, sw = shape(args.step_shape)
     context = torch.cat([pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])])
     f = pipe.autoencoder.downsample
     x = torch.randn(2, pipe.config.model.unet.in_channels, sf, sh // f, sw // f, device=device, dtype=dtype)
     t = torch.full((2,), 999, device=device)
     fps = torch.full((2,), pipe.config.sampling.fps, device=device)
+    reset_peak(device)
+    step = statistics.median(timed(lambda: pipe.unet(x, t, context, fps), device, args.runs))
+    # Counted after timing: a first call under the counter's dispatch mode would keep --compile from compiling.
     with FlopCounterMode(display=False) as counter:
         pipe.unet(x, t, context, fps)
     gflop = counter.get_total_flops() / 1e9
-    reset_peak(device)
-    step = statistics.median(timed(lambda: pipe.unet(x, t, context, fps), device, args.runs))
     return {"shape": args.step_shape, "gflop": round(gflop, 1), "seconds": round(step, 4),
             "gflops": round(gflop / step, 1), "gpu_peak_gib": gpu_peak_gib(device)}
 
 
 @torch.inference_mode()
 def generate(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    pipe = random_pipe(args.model, device, dtype)
+    pipe = random_pipe(args, device, dtype)
     vf, vh, vw = shape(args.video)
     s = pipe.config.sampling
+
+    def run(steps: int) -> float:
+        sync(device)
+        started = time.perf_counter()
+        cond, uncond = pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])
+        latents = pipe.sample(cond, uncond, [0], vf, vh, vw, steps, s.guidance, 0.0, s.fps)
+        assert sum(chunk.shape[1] for chunk in pipe.decode(latents)) == vf
+        sync(device)
+        return time.perf_counter() - started
+
+    # A short run first at the same shape, as a long-running process would have done: kernel selection and,
+    # with --compile, compilation stay out of the timed run (the warm-up's seconds are reported).
+    warmup = run(2)
     reset_peak(device)
-    sync(device)
-    started = time.perf_counter()
-    cond, uncond = pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])
-    latents = pipe.sample(cond, uncond, [0], vf, vh, vw, args.steps, s.guidance, 0.0, s.fps)
-    frames = sum(chunk.shape[1] for chunk in pipe.decode(latents))
-    sync(device)
-    return {"video": args.video, "steps": args.steps, "frames": frames,
-            "seconds": round(time.perf_counter() - started, 2), "gpu_peak_gib": gpu_peak_gib(device)}
+    return {"video": args.video, "steps": args.steps, "seconds": round(run(args.steps), 2),
+            "warmup_2_steps_seconds": round(warmup, 2), "gpu_peak_gib": gpu_peak_gib(device)}
 
 
 @torch.inference_mode()
@@ -142,7 +152,8 @@ def vae_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
 
 
 def save_random(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    pipe = random_pipe(args.model, torch.device("cpu"), torch.float32)
+    pipe = random_pipe(argparse.Namespace(model=args.model, offload=False, compile=False), torch.device("cpu"),
+                       torch.float32)
     state = {**{UNET_PREFIX + k: v for k, v in pipe.unet.state_dict().items()},
              **{TEXT_PREFIX + k: v for k, v in pipe.text_encoder.state_dict().items()},
              **{VAE_PREFIX + k: v for k, v in pipe.autoencoder.vae.state_dict().items()}}
@@ -181,6 +192,10 @@ def main() -> None:
     parser.add_argument("--video", default="16x320x512", help="frames x height x width of the generation")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the whole generation")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--offload", action="store_true", help="as --offload model: each stage on the device "
+                                                               "only while it runs (generation only)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (compiled during the "
+                                                               "warm-up)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["step", "generate", "vae", "load"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", choices=list(MEASUREMENTS), help=argparse.SUPPRESS)
@@ -191,6 +206,8 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype, device)
     gpu = device.type == "cuda"
     args.step_shape = args.step_shape or ("16x320x512" if gpu else "8x256x256")
+    if args.offload:  # it changes where the weights wait between stages, so only the whole generation
+        args.skip = sorted({*args.skip, "step", "vae", "load"})
     if args.child:
         before = peak_rss_gib()  # the interpreter, torch and the libraries
         result = MEASUREMENTS[args.child](args, device, dtype)
@@ -200,7 +217,7 @@ def main() -> None:
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     results: dict = {"model": args.model, "device": torch.cuda.get_device_name(device) if gpu else "cpu",
                      "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-                     "torch": torch.__version__}
+                     "torch": torch.__version__, "offload": args.offload, "compile": args.compile}
     results["matmul_peak_gflops"] = round(matmul_peak(device, dtype), 1)
     log(f"matmul peak: {results['matmul_peak_gflops']} GFLOP/s")
     with tempfile.TemporaryDirectory() as folder:

@@ -154,6 +154,14 @@ class TextToVideo:
             raise VcraftError(f"{exc}; the file is a '{match}' checkpoint: use --model {match}") from None
         return cls(cfg, models, dev, dt, offload)
 
+    def compile(self, **options) -> "TextToVideo":
+        """Compile the UNet with torch.compile (in place; returns self; `options` go to torch.compile, e.g.
+        mode="max-autotune"). The first step at each new shape then compiles for a minute or more, and every
+        later step runs faster: 1.6x on an H100 (README). Off unless asked for, since short runs would spend
+        more time compiling than they save."""
+        self.unet.compile(**options)
+        return self
+
     @contextmanager
     def _on_device(self, module: torch.nn.Module) -> Iterator[None]:
         """Offloading: `module` on the device for the duration of the block, then back in CPU memory."""

@@ -100,6 +100,9 @@ def generate(
     dtype: str = typer.Option("auto", help="auto, fp32, fp16 or bf16."),
     offload: str = typer.Option("none", help="none, or model: each stage (text encoder, UNet, autoencoder) "
                                              "on the device only while it runs, for small GPUs."),
+    compile_unet: bool = typer.Option(False, "--compile", help="Compile the UNet (torch.compile): the first "
+                                                              "step takes a minute or more, later ones run "
+                                                              "faster; for long runs on a GPU."),
     fmt: Optional[Format] = typer.Option(None, "--format", help="mp4 (default), gif or png frames."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -159,6 +162,9 @@ def generate(
     pipe = TextToVideo.from_config(cfg, ckpt_path, device, dtype, offload == "model")
     _log(f"loaded {cfg.name} from {ckpt_path} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}) "
          f"in {time.perf_counter() - started:.1f} s", quiet)
+    if compile_unet:
+        pipe.compile()
+        _log("--compile: the first step compiles the UNet (a minute or more)", quiet)
     clip = cfg.model.unet.temporal_length
     recorded = {"model": cfg.name, "config": str(config.resolve()) if config else None,
                 "ckpt": str(Path(ckpt_path).resolve()), "format": fmt.value, "overrides": list(overrides),
