@@ -65,7 +65,6 @@ def main() -> None:
     if args.uncond_without_frames:
         vcraft.api._continuing = partial(vcraft.api._continuing, uncond_sees_given=False)
 
-    args.device = "cpu"
     pipe = load(args)
     chosen = {"frames": args.frames, "overlap": args.overlap, "extend": args.extend, "steps": args.steps,
               "guidance": args.guidance}

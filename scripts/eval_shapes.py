@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vcraft.api import TextToVideo
+from vcraft.api import TextToVideo, resolve_device
 from vcraft.config import load_config, load_preset
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import HELD_OUT_SCENES, TRAIN_SCENES, Scene, caption
@@ -32,6 +32,7 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="config of the model (default: the shapes preset)")
     parser.add_argument("--ckpt", type=Path, help="checkpoint (default: the preset's)")
     parser.add_argument("--run", type=Path, help="the latest checkpoint of this training run instead")
+    parser.add_argument("--device", default="cpu")
 
 
 def load(args: argparse.Namespace) -> TextToVideo:
@@ -42,8 +43,9 @@ def load(args: argparse.Namespace) -> TextToVideo:
     from vcraft.training import checkpoint_of_run
 
     cfg = load_config(args.run / "config.yaml")
-    models = load_models(cfg.model, checkpoint_of_run(args.run), str(args.run))
-    return TextToVideo(cfg, models, torch.device("cpu"), torch.float32)
+    device = resolve_device(args.device)
+    return TextToVideo(cfg, load_models(cfg.model, checkpoint_of_run(args.run), str(args.run), device), device,
+                       torch.float32)
 
 
 def jobs(seen: int, seeds: int, base_seed: int) -> list[tuple[str, Scene, str, int]]:
@@ -68,7 +70,6 @@ def main() -> None:
     parser.add_argument("--eta", type=float)
     parser.add_argument("--batch", type=int, default=8, help="videos generated together")
     parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="one JSON object per video, then the summary")
     args = parser.parse_args()
 

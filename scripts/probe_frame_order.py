@@ -75,7 +75,6 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64, help="renderings averaged for each caption's mean clip")
     parser.add_argument("--guidance", type=float, default=1.0, help="of the estimate (1: the conditional one)")
     args = parser.parse_args()
-    args.device = "cpu"
     pipe = load(args)
     fps = pipe.config.sampling.fps
     means = [mean_clip(pipe, scene, args.clips) for scene in SCENES]

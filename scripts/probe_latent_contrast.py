@@ -44,7 +44,6 @@ def main() -> None:
     model_arguments(parser)
     parser.add_argument("--renderings", type=int, default=4, help="clips averaged per colour")
     args = parser.parse_args()
-    args.device = "cpu"
     pipe = load(args)
     print("| " + " | ".join(COLOURS) + " |")
     print("|" + "---|" * len(COLOURS))

@@ -43,7 +43,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777000, help="clip k is drawn from seed + k")
     args = parser.parse_args()
 
-    args.device = "cpu"
     pipe = load(args)
     s = pipe.config.sampling
     guidance = s.guidance if args.guidance is None else args.guidance
