@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -85,6 +86,9 @@ def test_convert_fp16_then_info_and_generate(tmp_path):
     target = tmp_path / "tiny.safetensors"
     result = vcraft("convert", tiny() / "model.ckpt", target, "--dtype", "fp16")
     assert result.returncode == 0, result.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others as any new file is
     info = vcraft("info", target, "--json")
     assert info.returncode == 0, info.stderr
     facts = json.loads(info.stdout)

@@ -174,6 +174,12 @@ def check_schedule(buffers: dict[str, torch.Tensor], alphas_cumprod: torch.Tenso
                               f"({key}: {list(theirs.shape)} values in the file, {list(ours.shape)} here)")
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it
+    os.umask(mask)
+    return mask
+
+
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: str | None = None,
                     metadata: dict[str, str] | None = None) -> None:
     """Write tensors as safetensors, atomically (temporary name, then rename). `dtype` applies to the
@@ -188,6 +194,7 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, dty
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(out, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files owner-only, whatever the umask
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
