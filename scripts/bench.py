@@ -2,11 +2,13 @@
 
     python scripts/bench.py                                   # vc2-512 on the CPU, fp32, the CPU shapes
     python scripts/bench.py --device cuda --dtype bf16 --json bench-h100.json
+    python scripts/bench.py --device cuda --dtype bf16 --compile --skip vae load   # torch.compile of the UNet
+    python scripts/bench.py --device cuda --dtype bf16 --offload                    # --offload model
 
 Reports, in one table: the matrix-multiply peak of this device and dtype (measured in the same run), one
 guided UNet step (both guidance passes in one batch) with its GFLOP and the share of that peak, a whole
-generation (text, DDIM steps, VAE decode), the VAE decode alone, loading the model from an fp16 safetensors
-file, and peak memory: allocated by torch on a GPU; on a CPU the peak resident set, each measurement running
+generation (text, DDIM steps, VAE decode; after a 2-step warm-up), the VAE decode alone, loading the model from
+an fp16 safetensors file, and peak memory: allocated by torch on a GPU; on a CPU the peak resident set, each measurement running
 in a process of its own (with the resident set of the libraries before it started, for reference).
 """
 
