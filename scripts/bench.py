@@ -121,7 +121,8 @@ def generate(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         sync(device)
         started = time.perf_counter()
         cond, uncond = pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])
-        latents = pipe.sample(cond, uncond, [0], vf, vh, vw, steps, s.guidance, 0.0, s.fps)
+        latents = pipe.sample(cond, uncond, [0], vf, vh, vw, steps, s.guidance, 0.0, s.fps,
+                              guidance_min_t=s.guidance_min_t)
         assert sum(chunk.shape[1] for chunk in pipe.decode(latents)) == vf
         sync(device)
         return time.perf_counter() - started

@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--extend", choices=["mask", "replace"])
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
+    parser.add_argument("--guidance-min-t", type=int)
     parser.add_argument("--seeds", type=int, default=2, help="videos per prompt")
     parser.add_argument("--json", action="store_true", help="one JSON object per video, then the summary")
     parser.add_argument("--uncond-without-frames", action="store_true",
@@ -67,12 +68,12 @@ def main() -> None:
 
     pipe = load(args)
     chosen = {"frames": args.frames, "overlap": args.overlap, "extend": args.extend, "steps": args.steps,
-              "guidance": args.guidance}
+              "guidance": args.guidance, "guidance_min_t": args.guidance_min_t}
     settings = validate_sampling(replace(pipe.config.sampling, **{k: v for k, v in chosen.items() if v is not None}),
                                  pipe.config.model)
     clip = pipe.config.model.unet.temporal_length
     print(f"{settings.frames} frames, overlap {settings.overlap}, extend {settings.extend}, "
-          f"{settings.steps} steps, guidance {settings.guidance}", file=sys.stderr)
+          f"{settings.steps} steps, guidance {settings.guidance} at t >= {settings.guidance_min_t}", file=sys.stderr)
     rows, started = [], time.perf_counter()
     for prompt, colour, motion in PROMPTS:
         for seed in range(args.seeds):

@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seen", type=int, default=24, help="how many seen combinations to score")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
+    parser.add_argument("--guidance-min-t", type=int)
     parser.add_argument("--eta", type=float)
     parser.add_argument("--batch", type=int, default=8, help="videos generated together")
     parser.add_argument("--seed", type=int, default=1000)
@@ -74,10 +75,12 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = load(args)
-    chosen = {"steps": args.steps, "guidance": args.guidance, "eta": args.eta}
+    chosen = {"steps": args.steps, "guidance": args.guidance, "guidance_min_t": args.guidance_min_t,
+              "eta": args.eta}
     s = replace(pipe.config.sampling, **{k: v for k, v in chosen.items() if v is not None})
     todo = jobs(args.seen, args.seeds, args.seed)
-    print(f"{len(todo)} videos, {s.steps} steps, guidance {s.guidance}, eta {s.eta}", file=sys.stderr)
+    print(f"{len(todo)} videos, {s.steps} steps, guidance {s.guidance} at t >= {s.guidance_min_t}, eta {s.eta}",
+          file=sys.stderr)
     started = time.perf_counter()
     results = []
     for i in range(0, len(todo), args.batch):
@@ -86,7 +89,7 @@ def main() -> None:
         cond = pipe.encode_prompts(prompts)
         uncond = pipe.encode_prompts([""] * len(part))
         latents = pipe.sample(cond, uncond, [seed for *_, seed in part], s.frames, s.height, s.width,
-                              s.steps, s.guidance, s.eta, s.fps)
+                              s.steps, s.guidance, s.eta, s.fps, guidance_min_t=s.guidance_min_t)
         videos = np.concatenate([chunk.numpy() for chunk in pipe.decode(latents)], axis=1)
         for (split, scene, prompt, seed), video in zip(part, videos, strict=True):
             seen = measure(video.astype(np.float32) / 255)
@@ -109,7 +112,8 @@ def main() -> None:
               + " |")
     print(f"{len(results)} videos in {elapsed:.0f} s", file=sys.stderr)
     if args.json:
-        print(json.dumps({"summary": summary, "steps": s.steps, "guidance": s.guidance, "eta": s.eta}))
+        print(json.dumps({"summary": summary, "steps": s.steps, "guidance": s.guidance,
+                          "guidance_min_t": s.guidance_min_t, "eta": s.eta}))
 
 
 if __name__ == "__main__":

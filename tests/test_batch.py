@@ -86,10 +86,11 @@ def test_interrupted_batch_resumes_with_skip_existing(tmp_path):
 
 
 def test_a_failed_video_is_reported_and_the_batch_goes_on(tmp_path):
-    """A guidance scale so large that the latents overflow fails its video (NaN), not the run."""
+    """A guidance scale so large that the latents overflow (guided at every step) fails its video (NaN), not
+    the run."""
     (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "guidance": 1e38}\n'
                                       '{"prompt": "a blue circle moving left"}\n')
-    result = run("-f", tmp_path / "p.jsonl", *FAST, "-o", tmp_path / "out")
+    result = run("-f", tmp_path / "p.jsonl", *FAST, "--guidance-min-t", "0", "-o", tmp_path / "out")
     assert result.returncode == 1, result.stderr
     assert [Path(p).name for p in result.stdout.split()] == ["0001-a-blue-circle-moving-left-4.mp4"]
     assert "error: video 0 ('a red circle moving left') failed: FloatingPointError" in result.stderr
@@ -106,6 +107,19 @@ def test_from_sidecar_makes_the_same_video(tmp_path):
     assert again.returncode == 0, again.stderr
     assert np.array_equal(read_pngs(tmp_path / "one"), read_pngs(tmp_path / "two"))
     assert json.loads((tmp_path / "two.json").read_text())["guidance"] == 3
+
+
+def test_a_sidecar_from_before_the_guidance_interval_is_guided_at_every_step(tmp_path):
+    args = ["a yellow circle moving right", *FAST, "--frames", "8", "--format", "png"]
+    assert run(*args, "-o", tmp_path / "new").returncode == 0
+    old = json.loads((tmp_path / "new.json").read_text())
+    assert old.pop("guidance_min_t") == 600  # the preset's
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    again = run("--from", tmp_path / "old.json", "-o", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    assert run(*args, "--guidance-min-t", "0", "-o", tmp_path / "every").returncode == 0
+    assert np.array_equal(read_pngs(tmp_path / "again"), read_pngs(tmp_path / "every"))
+    assert not np.array_equal(read_pngs(tmp_path / "again"), read_pngs(tmp_path / "new"))
 
 
 def test_video_bytes_to_stdout(tmp_path):
@@ -142,6 +156,8 @@ BAD_INPUTS = {
     "steps too many": ([P, "--steps", "5000"], "--steps must be between 1 and 1000"),
     "negative guidance": ([P, "--guidance", "-1"], "--guidance must be"),
     "guidance nan": ([P, "--guidance", "nan"], "--guidance must be"),
+    "guidance min t too large": ([P, "--guidance-min-t", "1001"], "--guidance-min-t must be between 0 and 1000"),
+    "guidance min t negative": ([P, "--guidance-min-t", "-1"], "--guidance-min-t must be between 0 and 1000"),
     "negative eta": ([P, "--eta", "-0.5"], "--eta must be 0 or more"),
     "fps 0": ([P, "--fps", "0"], "--fps must be at least 1"),
     "save fps 0": ([P, "--save-fps", "0"], "--save-fps must be positive"),

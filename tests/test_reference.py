@@ -112,6 +112,21 @@ def test_ddim_nocfg(variant):
     assert_close(out, cases["ddim_nocfg.output"], 1e-4, 1e-4, what="ddim_nocfg")
 
 
+def test_guidance_stops_below_guidance_min_t():
+    """With a guidance interval, steps at t >= min_t are guided as always and steps below it are the
+    conditional prediction alone (one UNet pass)."""
+    models, cases, _ = fixture("vc2_512")
+    x, cond, fps = cases["ddim.x_T"], cases["ddim.text_emb"], torch.tensor([8])
+    with torch.inference_mode():
+        uncond = models.text_encoder.encode([""])
+        always = guided_denoiser(models.unet, cond, uncond, fps, 12.0)
+        interval = guided_denoiser(models.unet, cond, uncond, fps, 12.0, min_t=500)
+        alone = guided_denoiser(models.unet, cond, None, fps, 12.0)
+        assert torch.equal(interval(x, 500), always(x, 500))
+        assert torch.equal(interval(x, 499), alone(x, 499))
+        assert not torch.allclose(always(x, 499), alone(x, 499), atol=1e-3)  # guidance does change that step
+
+
 def test_ddim_eta1(variant):
     out, _, cases = _ddim(variant, 12.0, 1.0, "ddim_eta1")
     assert_close(out, cases["ddim_eta1.output"], 1e-4, 1e-4, what="ddim_eta1")

@@ -189,14 +189,15 @@ class TextToVideo:
     def sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int], frames: int,
                height: int, width: int, steps: int, guidance: float, eta: float, fps: int,
                callback: Optional[Callable[[int, int], None]] = None,
-               given: Optional[torch.Tensor] = None, extend: str = "mask") -> torch.Tensor:
+               given: Optional[torch.Tensor] = None, extend: str = "mask", guidance_min_t: int = 0) -> torch.Tensor:
         """Final latents `[len(seeds), c, frames, h, w]` of one clip; video k's noise comes from seeds[k]
         alone: its initial noise, then (eta > 0) one draw per step, from a CPU generator in float32.
         `given`: clean latents `[len(seeds), c, k, h, w]` of the first k frames, which the clip continues
         and starts with; `extend` says how: "mask" (frame-conditioned models: the UNet sees them) or
-        "replace" (any model: put back, noised to each step's level)."""
+        "replace" (any model: put back, noised to each step's level). Guidance applies at timesteps
+        >= `guidance_min_t` only."""
         return self._sample(cond, uncond, _generators(seeds), frames, height, width, steps, guidance, eta, fps,
-                            callback, given, extend)
+                            callback, given, extend, guidance_min_t)
 
     def sample_long(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], seeds: list[int],
                     settings: SamplingConfig, callback: Optional[Callable[[int, int], None]] = None
@@ -220,26 +221,27 @@ class TextToVideo:
 
             with torch.inference_mode():
                 return self._sample(cond, uncond, gens, min(s.frames, clip), s.height, s.width, s.steps,
-                                    s.guidance, s.eta, s.fps, report, kept, s.extend)
+                                    s.guidance, s.eta, s.fps, report, kept, s.extend, s.guidance_min_t)
 
         yield from extend_video(window, s.frames, clip, s.overlap)
 
     def denoiser(self, x: torch.Tensor, cond: torch.Tensor, uncond: Optional[torch.Tensor], fps: int,
-                 guidance: float, given: Optional[torch.Tensor] = None) -> Denoiser:
+                 guidance: float, given: Optional[torch.Tensor] = None, guidance_min_t: int = 0) -> Denoiser:
         """The model as a noise predictor for latents shaped like `x`, guided by `cond` against `uncond`
-        (one row per video); frame-conditioned models see `given`, the clean first frames, if any."""
+        (one row per video) at timesteps >= `guidance_min_t`; frame-conditioned models see `given`, the
+        clean first frames, if any."""
         net = self.unet
         if self.config.model.frame_conditioning:
             net = _continuing(self.unet, x, given)
         fps_t = torch.full((x.shape[0],), fps, device=self.device, dtype=torch.long)
         denoise = guided_denoiser(net, cond.to(self.dtype), None if uncond is None else uncond.to(self.dtype),
-                                  fps_t, guidance)
+                                  fps_t, guidance, guidance_min_t)
         return eps_from_v(denoise, self.schedule) if self.config.model.parameterization == "v" else denoise
 
     def _sample(self, cond: torch.Tensor, uncond: Optional[torch.Tensor], gens: list[torch.Generator],
                 frames: int, height: int, width: int, steps: int, guidance: float, eta: float, fps: int,
                 callback: Optional[Callable[[int, int], None]], given: Optional[torch.Tensor],
-                extend: str) -> torch.Tensor:
+                extend: str, guidance_min_t: int = 0) -> torch.Tensor:
         f = self.autoencoder.downsample
         channels = self.config.model.autoencoder.embed_dim
 
@@ -268,7 +270,8 @@ class TextToVideo:
         # convolution kernels are picked by batch size and round differently, so one call for the whole batch
         # would make a video's pixels depend on how many others share it.
         videos = [self.denoiser(x[i:i + 1], cond[i:i + 1], None if uncond is None else uncond[i:i + 1], fps,
-                                guidance, None if shown is None else shown[i:i + 1]) for i in range(len(gens))]
+                                guidance, None if shown is None else shown[i:i + 1], guidance_min_t)
+                  for i in range(len(gens))]
 
         def denoise(xs: torch.Tensor, t: int) -> torch.Tensor:
             return torch.cat([one(xs[i:i + 1], t) for i, one in enumerate(videos)])
@@ -305,7 +308,7 @@ class TextToVideo:
 
     def __call__(self, prompt: str, seed: int = 0, negative: str | None = None,
                  callback: Optional[Callable[[int, int], None]] = None, **settings) -> np.ndarray:
-        """One video as uint8 `[T, H, W, 3]`. Settings (frames, height, width, steps, guidance, eta, fps,
-        overlap, extend) default to the config's."""
+        """One video as uint8 `[T, H, W, 3]`. Settings (frames, height, width, steps, guidance, guidance_min_t,
+        eta, fps, overlap, extend) default to the config's."""
         chosen = replace(self.config.sampling, **settings)
         return np.concatenate(list(self.stream(prompt, chosen, seed, negative, callback)))

@@ -57,6 +57,8 @@ def _recipe(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar ({exc})") from None
     needed = ("prompt", "seed", "model", *SAMPLING_FIELDS)
+    if isinstance(recipe, dict):
+        recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
     if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
     return recipe
@@ -86,6 +88,8 @@ def generate(
     save_fps: Optional[int] = typer.Option(None, "--save-fps", help="Playback rate written to the file."),
     steps: Optional[int] = typer.Option(None, help="DDIM steps."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = off)."),
+    guidance_min_t: Optional[int] = typer.Option(None, "--guidance-min-t", help="Guidance only at timesteps "
+                                                 "at or above this (0-1000; 0 = every step, as VideoCrafter)."),
     negative: Optional[str] = typer.Option(None, help="Negative prompt (default: the empty prompt)."),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
     overlap: Optional[int] = typer.Option(None, help="Long videos: latent frames each window keeps from the "
@@ -115,7 +119,7 @@ def generate(
     from vcraft.prompts import PromptRow, gather_prompts
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
-              "steps": steps, "guidance": guidance, "eta": eta, "overlap": overlap, "extend": extend}
+              "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta, "overlap": overlap, "extend": extend}
     if from_json is not None:
         if prompts or prompts_file or model or config:
             raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")

@@ -24,12 +24,13 @@ def ddim_timesteps(steps: int, total: int = 1000) -> list[int]:
 
 
 def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: Optional[torch.Tensor],
-                    fps: torch.Tensor, guidance: float) -> Denoiser:
-    """Classifier-free guidance, `e_u + s (e_c - e_u)`, with both passes in one batched UNet call."""
+                    fps: torch.Tensor, guidance: float, min_t: int = 0) -> Denoiser:
+    """Classifier-free guidance, `e_u + s (e_c - e_u)`, with both passes in one batched UNet call; at
+    timesteps below `min_t`, the conditional pass alone."""
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        if guidance == 1.0 or uncond is None:
+        if guidance == 1.0 or uncond is None or t < min_t:
             return unet(x, tt, cond, fps)
         e_cond, e_uncond = unet(torch.cat([x, x]), tt.repeat(2), torch.cat([cond, uncond]), fps.repeat(2)).chunk(2)
         return e_uncond + guidance * (e_cond - e_uncond)
