@@ -8,8 +8,9 @@
 Reports, in one table: the matrix-multiply peak of this device and dtype (measured in the same run), one
 guided UNet step (both guidance passes in one batch) with its GFLOP and the share of that peak, a whole
 generation (text, DDIM steps, VAE decode; after a 2-step warm-up), the VAE decode alone, loading the model from
-an fp16 safetensors file, and peak memory: allocated by torch on a GPU; on a CPU the peak resident set, each measurement running
-in a process of its own (with the resident set of the libraries before it started, for reference).
+an fp16 safetensors file, and peak memory: allocated by torch on a GPU; on a CPU the peak resident set, each
+measurement running in a process of its own (with the resident set of the libraries before it started, for
+reference).
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def generate(
     from vcraft.prompts import PromptRow, gather_prompts
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
-              "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta, "overlap": overlap, "extend": extend}
+              "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta, "overlap": overlap,
+              "extend": extend}
     if from_json is not None:
         if prompts or prompts_file or model or config:
             raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")
