@@ -7,10 +7,10 @@
 
 Reports, in one table: the matrix-multiply peak of this device and dtype (measured in the same run), one
 guided UNet step (both guidance passes in one batch) with its GFLOP and the share of that peak, a whole
-generation (text, DDIM steps, VAE decode; after a 2-step warm-up), the VAE decode alone, loading the model from
-an fp16 safetensors file, and peak memory: allocated by torch on a GPU; on a CPU the peak resident set, each
-measurement running in a process of its own (with the resident set of the libraries before it started, for
-reference).
+generation (text, DDIM steps, VAE decode; after the same generation as a warm-up), the VAE decode alone,
+loading the model from an fp16 safetensors file, and peak memory: allocated by torch on a GPU; on a CPU the
+peak resident set, each measurement running in a process of its own (with the resident set of the libraries
+before it started, for reference).
 """
 
 from __future__ import annotations
@@ -73,15 +73,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n ** 3 / statistics.median(runs) / 1e9
 
 
-def random_pipe(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> TextToVideo:
-    cfg = load_preset(args.model)
+def random_pipe(name: str, device: torch.device, dtype: torch.dtype, offload: bool = False,
+                compile_unet: bool = False) -> TextToVideo:
+    cfg = load_preset(name)
     torch.manual_seed(0)
-    home = torch.device("cpu") if args.offload else device  # as from_config places them
+    home = torch.device("cpu") if offload else device  # as from_config places them
     models = build_models(cfg.model, home)
     for module in (models.text_encoder, models.unet, models.autoencoder):
         module.to(dtype)
-    pipe = TextToVideo(cfg, ready_for_inference(models, home), device, dtype, args.offload)
-    return pipe.compile() if args.compile else pipe
+    pipe = TextToVideo(cfg, ready_for_inference(models, home), device, dtype, offload)
+    return pipe.compile() if compile_unet else pipe
 
 
 def shape(text: str) -> tuple[int, int, int]:
@@ -95,7 +96,7 @@ def peak_rss_gib() -> float:
 
 @torch.inference_mode()
 def guided_step(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    pipe = random_pipe(args, device, dtype)
+    pipe = random_pipe(args.model, device, dtype, args.offload, args.compile)
     sf, sh, sw = shape(args.step_shape)
     context = torch.cat([pipe.encode_prompts([PROMPT]), pipe.encode_prompts([""])])
     f = pipe.autoencoder.downsample
@@ -114,7 +115,7 @@ def guided_step(args: argparse.Namespace, device: torch.device, dtype: torch.dty
 
 @torch.inference_mode()
 def generate(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    pipe = random_pipe(args, device, dtype)
+    pipe = random_pipe(args.model, device, dtype, args.offload, args.compile)
     vf, vh, vw = shape(args.video)
     s = pipe.config.sampling
 
@@ -128,12 +129,13 @@ def generate(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         sync(device)
         return time.perf_counter() - started
 
-    # A short run first at the same shape, as a long-running process would have done: kernel selection and,
-    # with --compile, compilation stay out of the timed run (the warm-up's seconds are reported).
-    warmup = run(2)
+    # The same generation once first, as a long-running process would have done: kernel selection and, with
+    # --compile, compilation stay out of the timed run (the warm-up's seconds are reported). A whole one, since
+    # a shorter run can miss passes: with a guidance interval, the guided or the unguided steps.
+    warmup = run(args.steps)
     reset_peak(device)
     return {"video": args.video, "steps": args.steps, "seconds": round(run(args.steps), 2),
-            "warmup_2_steps_seconds": round(warmup, 2), "gpu_peak_gib": gpu_peak_gib(device)}
+            "warmup_seconds": round(warmup, 2), "gpu_peak_gib": gpu_peak_gib(device)}
 
 
 @torch.inference_mode()
@@ -156,8 +158,7 @@ def vae_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
 
 
 def save_random(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    pipe = random_pipe(argparse.Namespace(model=args.model, offload=False, compile=False), torch.device("cpu"),
-                       torch.float32)
+    pipe = random_pipe(args.model, torch.device("cpu"), torch.float32)
     state = {**{UNET_PREFIX + k: v for k, v in pipe.unet.state_dict().items()},
              **{TEXT_PREFIX + k: v for k, v in pipe.text_encoder.state_dict().items()},
              **{VAE_PREFIX + k: v for k, v in pipe.autoencoder.vae.state_dict().items()}}
