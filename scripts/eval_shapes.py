@@ -35,17 +35,17 @@ def model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-def load(args: argparse.Namespace) -> TextToVideo:
+def load(args: argparse.Namespace, encoder: bool = False) -> TextToVideo:
     if args.run is None:
         cfg = load_config(args.config) if args.config else load_preset("shapes")
-        return TextToVideo.from_config(cfg, args.ckpt, device=args.device, dtype="fp32")
+        return TextToVideo.from_config(cfg, args.ckpt, device=args.device, dtype="fp32", encoder=encoder)
     from vcraft.loading import load_models
     from vcraft.training import checkpoint_of_run
 
     cfg = load_config(args.run / "config.yaml")
     device = resolve_device(args.device)
-    return TextToVideo(cfg, load_models(cfg.model, checkpoint_of_run(args.run), str(args.run), device), device,
-                       torch.float32)
+    models = load_models(cfg.model, checkpoint_of_run(args.run), str(args.run), device, encoder=encoder)
+    return TextToVideo(cfg, models, device, torch.float32)
 
 
 def jobs(seen: int, seeds: int, base_seed: int) -> list[tuple[str, Scene, str, int]]:

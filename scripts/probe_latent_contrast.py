@@ -44,7 +44,7 @@ def main() -> None:
     model_arguments(parser)
     parser.add_argument("--renderings", type=int, default=4, help="clips averaged per colour")
     args = parser.parse_args()
-    pipe = load(args)
+    pipe = load(args, encoder=True)
     print("| " + " | ".join(COLOURS) + " |")
     print("|" + "---|" * len(COLOURS))
     print("| " + " | ".join(f"{contrast(pipe, c, args.renderings):.2f}" for c in COLOURS) + " |")

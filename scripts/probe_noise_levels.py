@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777000, help="clip k is drawn from seed + k")
     args = parser.parse_args()
 
-    pipe = load(args)
+    pipe = load(args, encoder=True)
     s = pipe.config.sampling
     guidance = s.guidance if args.guidance is None else args.guidance
     clips, captions, scenes = zip(*(sample(args.seed + k, s.frames, s.height, args.held_out)

@@ -24,7 +24,7 @@ def fixture(variant: str, container: str = "model.safetensors"):
     if key not in _cache:
         root = reference_dir() / "tiny" / variant
         cfg = load_config(root / "config.yaml")
-        models = load_models(cfg.model, load_state_dict(root / container), container)
+        models = load_models(cfg.model, load_state_dict(root / container), container, encoder=True)
         cases = load_file(root / "cases.safetensors")
         meta = json.loads((root / "cases.json").read_text())
         _cache[key] = (models, cases, meta)
@@ -61,6 +61,48 @@ def test_vae_decode(variant):
     with torch.inference_mode():
         out = models.autoencoder.decode(cases["vae_decode.z"], chunk=3)
     assert_close(out, cases["vae_decode.output"], 1e-5, 1e-5, 1e-6, "vae_decode")
+
+
+def test_without_its_encoder_the_autoencoder_decodes_the_same_and_refuses_to_encode(variant):
+    """What generation loads by default: the checkpoint's encoder tensors are skipped, not demanded."""
+    from vcraft.errors import VcraftError
+
+    root = reference_dir() / "tiny" / variant
+    models = load_models(load_config(root / "config.yaml").model, load_state_dict(root / "model.ckpt"), "tiny")
+    cases = fixture(variant)[1]
+    assert models.autoencoder.encoder is None
+    with torch.inference_mode():
+        out = models.autoencoder.decode(cases["vae_decode.z"])
+        with pytest.raises(VcraftError, match="without its encoder"):
+            models.autoencoder.encode(cases["vae_encode.frames"])
+    assert_close(out, cases["vae_decode.output"], 1e-5, 1e-5, 1e-6, "vae_decode")
+
+
+@pytest.mark.parametrize("band_pixels", [2 ** 14, 200, 1])
+def test_vae_decoder_is_diffusers_decoder_within_fp32_rounding(monkeypatch, band_pixels):
+    """vcraft's banded decoder, given diffusers' Decoder's weights, is no further from a float64 evaluation
+    than diffusers' own fp32 output is; also with bands of 2 rows and of 1 row (every band has edges)."""
+    from diffusers import AutoencoderKL
+
+    from vcraft.config import AutoencoderConfig
+    from vcraft.models import vae_decoder
+    from vcraft.models.autoencoder import diffusers_vae_config
+
+    monkeypatch.setattr(vae_decoder, "CPU_BAND_PIXELS", band_pixels)
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(ch=32, ch_mult=[1, 2, 2, 2], num_res_blocks=1, norm_groups=8)
+    theirs = AutoencoderKL(**diffusers_vae_config(cfg)).decoder.eval()
+    for norm in (m for m in theirs.modules() if isinstance(m, torch.nn.GroupNorm)):
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)  # not the identity, so scale and shift are checked
+        torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    ours = vae_decoder.Decoder(cfg).eval()
+    ours.load_state_dict(theirs.state_dict())
+    z = torch.randn(2, 4, 9, 12) * 3 + 1  # an offset mean: the pooled group statistics must not cancel
+    with torch.inference_mode():
+        out, fp32 = ours(z), theirs(z)
+        exact = theirs.double()(z.double())
+    assert out.shape == (2, 3, 72, 96)
+    assert (out.double() - exact).abs().max() <= 1.5 * (fp32.double() - exact).abs().max()
 
 
 def test_vae_encode(variant):
@@ -158,7 +200,7 @@ def test_full_size_presets_fit_the_official_layout(variant, preset):
     manifest = json.loads((reference_dir() / "manifests" / f"{variant}.json").read_text())
     state = {k: torch.empty(v["shape"], device="meta") for k, v in manifest["keys"].items()}
     cfg = load_preset(preset).model
-    models = build_models(cfg)
+    models = build_models(cfg, encoder=True)
     place_checkpoint(models, cfg, state, f"{variant} manifest")  # strict: raises on any difference
     placed = sum(p.numel() for m in (models.unet, models.autoencoder, models.text_encoder) for p in m.parameters())
     counts = manifest["param_counts"]

@@ -131,22 +131,23 @@ class TextToVideo:
     @classmethod
     def from_pretrained(cls, model: str = "shapes", ckpt: str | os.PathLike | None = None,
                         device: str = "auto", dtype: str = "auto", overrides: list[str] = (),
-                        offload: bool = False) -> "TextToVideo":
+                        offload: bool = False, encoder: bool = False) -> "TextToVideo":
         """`model` is a preset name or the path of a config (vcraft or original VideoCrafter YAML);
-        `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location)."""
+        `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location); `encoder` also
+        loads the autoencoder's encoder (for `autoencoder.encode`; generating never needs it)."""
         cfg = load_config(model, overrides) if Path(model).suffix in (".yaml", ".yml") else \
             apply_overrides(load_preset(model), list(overrides))
-        return cls.from_config(cfg, ckpt, device, dtype, offload)
+        return cls.from_config(cfg, ckpt, device, dtype, offload, encoder)
 
     @classmethod
     def from_config(cls, cfg: Config, ckpt: str | os.PathLike | None = None, device: str = "auto",
-                    dtype: str = "auto", offload: bool = False) -> "TextToVideo":
+                    dtype: str = "auto", offload: bool = False, encoder: bool = False) -> "TextToVideo":
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         path = Path(ckpt) if ckpt is not None else find_checkpoint(cfg)
         state = load_state_dict(path)
         try:
-            models = load_models(cfg.model, state, str(path), torch.device("cpu") if offload else dev, dt)
+            models = load_models(cfg.model, state, str(path), torch.device("cpu") if offload else dev, dt, encoder)
         except VcraftError as exc:
             match = identify_preset(state)
             if match is None or match == cfg.name:

@@ -27,12 +27,13 @@ class Models:
     schedule: Schedule
 
 
-def build_models(cfg: ModelConfig, device: str | torch.device = "meta") -> Models:
-    """Instantiate the modules; on the meta device (the default) this allocates nothing."""
+def build_models(cfg: ModelConfig, device: str | torch.device = "meta", encoder: bool = False) -> Models:
+    """Instantiate the modules; on the meta device (the default) this allocates nothing. The autoencoder's
+    encoder only with `encoder` (text-to-video never encodes)."""
     try:
         with torch.device(device):
             modules = (TextEncoder(cfg.text_encoder), UNet3D(cfg.unet),
-                       VideoAutoencoder(cfg.autoencoder, cfg.scale_factor))
+                       VideoAutoencoder(cfg.autoencoder, cfg.scale_factor, encoder))
     except (ValueError, AssertionError, ZeroDivisionError) as exc:
         raise VcraftError(f"invalid model config: {exc}") from None
     return Models(*modules, make_schedule(cfg.schedule))
@@ -49,8 +50,10 @@ def fit_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tens
     if len(vae) != len(parts.vae):
         raise VcraftError(f"{source} does not fit the autoencoder of this config: "
                           f"{len(parts.vae) - len(vae)} keys could not be mapped")
+    if models.autoencoder.encoder is None:
+        vae = {k: v for k, v in vae.items() if not k.startswith(("encoder.", "quant_conv."))}
     fitted = [(models.unet, parts.unet, "UNet"), (models.text_encoder, parts.text, "text encoder"),
-              (models.autoencoder.vae, vae, "autoencoder")]
+              (models.autoencoder, vae, "autoencoder")]
     for module, tensors, what in fitted:
         check_fits(module, tensors, what, source)
     scale_full = torch.tensor(scale_array(cfg.schedule), dtype=torch.float32)
@@ -66,10 +69,12 @@ def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Te
 
 
 def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
-                device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> Models:
-    """A ready-to-run model stack on `device` in `dtype`, in inference mode. Consumes `state` (it is left
-    empty), so each tensor read in another dtype is freed as soon as it is converted."""
-    models = build_models(cfg)
+                device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
+                encoder: bool = False) -> Models:
+    """A ready-to-run model stack on `device` in `dtype`, in inference mode (the autoencoder's encoder only
+    with `encoder`). Consumes `state` (it is left empty), so each tensor read in another dtype is freed as
+    soon as it is converted."""
+    models = build_models(cfg, encoder=encoder)
     fitted = fit_checkpoint(models, cfg, state, source)
     state.clear()
     for module, tensors in fitted:

@@ -34,7 +34,7 @@ from vcraft.data.shapes import COLOURS, COLOURS_INDEX, MOTIONS, SHAPES, TRAIN_SC
 from vcraft.data.shapes import sample as sample_clip
 from vcraft.errors import VcraftError
 from vcraft.loading import Models, build_models
-from vcraft.models.autoencoder import VideoAutoencoder
+from vcraft.models.autoencoder import VideoAutoencoder, diffusers_vae_config
 from vcraft.models.text_encoder import tokenize
 from vcraft.models.unet3d import with_given_frames, zero_init_residuals
 from vcraft.sampling.schedule import frame_noise, q_sample, v_target
@@ -178,9 +178,12 @@ def _loop(stage: str, run: Path, start: int, total: int, stop_after: int | None,
 def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path, log: Log,
                       stop_after: int | None = None) -> bool:
     """Reconstruction (L1 + L2) plus a small KL term, on single frames. Returns True when the stage is done."""
+    from diffusers import AutoencoderKL  # diffusers' for training: vcraft's decoder is for inference only
+
     tc = _train_config(cfg)
     ac = tc.autoencoder
-    vae = models.autoencoder.vae
+    vae = AutoencoderKL(**diffusers_vae_config(cfg.model.autoencoder)).to(_device(models.autoencoder))
+    vae.load_state_dict(models.autoencoder.state_dict())
     opt = _optimiser(vae.parameters(), ac.lr, 0.0)
     path = run / "autoencoder.pt"
     start, _ = _resume(path, vae, opt, tc.seed + 1)
@@ -214,7 +217,7 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
 
     vae.train()
     complete = _loop("autoencoder", run, start, ac.steps, stop_after, tc.checkpoint_every, step, save, log)
-    vae.eval()
+    models.autoencoder.load_state_dict(vae.state_dict())
     return complete
 
 
@@ -378,7 +381,7 @@ def checkpoint_of_run(run: Path) -> dict[str, torch.Tensor]:
 def initial_models(cfg: Config, device: str | torch.device = "cpu") -> Models:
     """Freshly initialised modules (drawn on the CPU: the same for the same config and seed), on `device`."""
     torch.manual_seed(_train_config(cfg).seed)
-    models = build_models(cfg.model, "cpu")
+    models = build_models(cfg.model, "cpu", encoder=True)
     zero_init_residuals(models.unet)
     torch.nn.init.constant_(models.text_encoder.model.logit_scale, math.log(1 / 0.07))  # unused, kept defined
     for module in (models.text_encoder, models.unet, models.autoencoder):
@@ -406,14 +409,14 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
 
     if latents_path.is_file():
         stored = load_file(latents_path)
-        models.autoencoder.vae.load_state_dict(
+        models.autoencoder.load_state_dict(
             {k[len(VAE_PREFIX):]: v for k, v in stored.items() if k.startswith(VAE_PREFIX)})
     elif not train_autoencoder(models, videos, cfg, run, log, stop_after):
         return None
     else:
         t0 = time.perf_counter()
         raw = encode_dataset(models.autoencoder, videos)
-        vae_state = {VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.vae.state_dict().items()}
+        vae_state = {VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.state_dict().items()}
         save_state_dict({"latents": raw, **vae_state}, latents_path)
         stored = {"latents": raw}
         log(f"encoded the data set in {time.perf_counter() - t0:.0f} s")
@@ -436,7 +439,7 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
 def export(models: Models, ema: dict[str, torch.Tensor], cfg: Config, path: Path, dtype: str = "fp16") -> Path:
     """The trained model in vcraft's checkpoint layout (official prefixes; autoencoder in diffusers' layout)."""
     state = {k: v.cpu() for k, v in ema.items()}
-    state.update({VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.vae.state_dict().items()})
+    state.update({VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.state_dict().items()})
     state["alphas_cumprod"] = models.schedule.alphas_cumprod
     save_state_dict(state, path, dtype, {"format": "vcraft", "preset": cfg.name})
     return path

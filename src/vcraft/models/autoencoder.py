@@ -1,4 +1,4 @@
-"""The KL autoencoder, applied frame by frame to videos: diffusers' AutoencoderKL plus the latent scale."""
+"""The KL autoencoder, applied frame by frame to videos, with its latent scale."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from vcraft.config import AutoencoderConfig
+from vcraft.errors import VcraftError
+from vcraft.models.vae_decoder import Decoder
 
 
 def diffusers_vae_config(cfg: AutoencoderConfig) -> dict:
@@ -42,21 +44,35 @@ DECODE_PIXELS = 2 ** 18
 
 
 class VideoAutoencoder(nn.Module):
-    """Encodes `[b, 3, t, H, W]` videos in [-1, 1] to scaled latents `[b, c, t, H/8, W/8]` and back."""
+    """Encodes `[b, 3, t, H, W]` videos in [-1, 1] to scaled latents `[b, c, t, H/8, W/8]` and back.
 
-    def __init__(self, cfg: AutoencoderConfig, scale_factor: float):
+    The state dict has diffusers' AutoencoderKL layout. The encoder is diffusers' and is built only when
+    asked for (text-to-video never encodes; see vae_decoder for what that saves); the decoder is vcraft's."""
+
+    def __init__(self, cfg: AutoencoderConfig, scale_factor: float, encoder: bool = True):
         super().__init__()
-        from diffusers import AutoencoderKL
+        latent = cfg.embed_dim
+        self.encoder = self.quant_conv = None
+        if encoder:
+            from diffusers.models.autoencoders.vae import Encoder
 
-        self.vae = AutoencoderKL(**diffusers_vae_config(cfg))
+            settings = diffusers_vae_config(cfg)
+            self.encoder = Encoder(in_channels=cfg.in_channels, out_channels=latent, double_z=True,
+                                   **{k: settings[k] for k in ("down_block_types", "block_out_channels",
+                                                               "layers_per_block", "norm_num_groups")})
+            self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1)
+        self.post_quant_conv = nn.Conv2d(latent, latent, 1)
+        self.decoder = Decoder(cfg)
         self.scale_factor = scale_factor
         self.downsample = 2 ** (len(cfg.ch_mult) - 1)
 
     def encode_moments(self, video: torch.Tensor) -> torch.Tensor:
         """Per frame, the posterior's mean and log-variance stacked on channels (before clamping)."""
+        if self.encoder is None:
+            raise VcraftError("this autoencoder was built without its encoder (load it with encoder=True)")
         b, _, t = video.shape[:3]
         frames = video.transpose(1, 2).flatten(0, 1)
-        moments = self.vae.quant_conv(self.vae.encoder(frames))
+        moments = self.quant_conv(self.encoder(frames))
         return moments.unflatten(0, (b, t)).transpose(1, 2)
 
     def encode(self, video: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,7 +85,7 @@ class VideoAutoencoder(nn.Module):
     def decode_chunks(self, latents: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:
         """Decode `chunk` frames at a time (there is no temporal mixing in the VAE), so memory does not
         grow with the video's length. By default as many frames as make DECODE_PIXELS output pixels (at least
-        one): the decoder's full-resolution activations, not its weights, set its peak memory.
+        one): the decoder's full-resolution activations set its peak memory.
         Yields `[b, 3, chunk, H, W]`, not clamped."""
         b, _, t = latents.shape[:3]
         if chunk is None:
@@ -79,7 +95,7 @@ class VideoAutoencoder(nn.Module):
             part = z[:, :, start:start + chunk]
             n = part.shape[2]
             frames = part.transpose(1, 2).flatten(0, 1).contiguous(memory_format=torch.channels_last)
-            frames = self.vae.decoder(self.vae.post_quant_conv(frames))
+            frames = self.decoder(self.post_quant_conv(frames))
             yield frames.unflatten(0, (b, n)).transpose(1, 2)
 
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:

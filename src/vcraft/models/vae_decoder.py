@@ -1,0 +1,195 @@
+"""The KL autoencoder's decoder, for inference, written for memory rather than taken from diffusers.
+
+Two reasons, both measured by scripts/bench.py (320x512 frames, fp32, on a CPU):
+- diffusers' Decoder holds up to three full-resolution activations at once (a block's input, its normalised
+  copy and the activated copy); here normalisation and convolutions run over bands of rows, so a ResNet block
+  holds only its input and one more activation, into which it writes its output.
+- importing diffusers imports torch._dynamo and sympy (0.19 GiB resident), which a process that only
+  decodes then never pays (the autoencoder's encoder, which is diffusers', is built only when asked for).
+
+Parameter names are those of diffusers' `Decoder`, so checkpoints and diffusers' AutoencoderKL (used for
+training, which needs gradients, see training.py) share one state-dict layout. The same arithmetic as
+diffusers' in every layer; only the order of summation differs, within fp32 rounding (tests compare both).
+Inference only: activations are overwritten in place.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vcraft.config import AutoencoderConfig
+
+# Pixels per band of rows (8 rows of a 512-wide frame on a CPU). On a CPU, bands of 2**12 to 2**14 pixels decode
+# at the same speed (8.8 s per 320x512 frame on 2 cores), and the smallest kept the peak lowest: glibc serves
+# band-sized temporaries from its heap, which grew by 70 MB with 2**14. On a GPU each band is a few kernel
+# launches, so the bands are larger there (not measured yet).
+CPU_BAND_PIXELS = 2 ** 12
+GPU_BAND_PIXELS = 2 ** 16
+
+Rows = Callable[[int, int], torch.Tensor]  # rows [lo, hi) of a convolution's input, computed on demand
+
+
+def _band_rows(x: torch.Tensor) -> int:
+    pixels = CPU_BAND_PIXELS if x.device.type == "cpu" else GPU_BAND_PIXELS
+    return max(1, pixels // x.shape[-1])
+
+
+def _group_affine(x: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scale and shift with `norm(x) == x * scale + shift`, as torch's kernel computes it.
+
+    Each band's mean and variance come from torch.var_mean and are pooled exactly (mean of the band variances
+    plus the variance of the band means), so no temporary is larger than a band and nothing cancels."""
+    n, c, h, w = x.shape
+    rows = _band_rows(x)
+    variances, means, weights = [], [], []
+    for r in range(0, h, rows):
+        band = x[:, :, r:r + rows].unflatten(1, (norm.num_groups, -1)).float()
+        var, mean = torch.var_mean(band, dim=(2, 3, 4), correction=0)
+        variances.append(var)
+        means.append(mean)
+        weights.append(band.shape[3] / h)
+    weight = torch.tensor(weights, device=x.device)[:, None, None]
+    means_ = torch.stack(means)
+    mean = (means_ * weight).sum(0)
+    var = ((torch.stack(variances) + (means_ - mean).square()) * weight).sum(0)
+    per_channel = c // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_channel, 1) * norm.weight.float()
+    shift = norm.bias.float() - mean.repeat_interleave(per_channel, 1) * scale
+    return scale[:, :, None, None], shift[:, :, None, None]
+
+
+def _normalised(x: torch.Tensor, norm: nn.GroupNorm) -> Rows:
+    """silu(norm(x)), a band at a time."""
+    scale, shift = _group_affine(x, norm)
+    return lambda lo, hi: F.silu(torch.addcmul(shift, x[:, :, lo:hi], scale).to(x.dtype), inplace=True)
+
+
+def _upsampled(x: torch.Tensor) -> Rows:
+    """Nearest-neighbour x2, a band at a time: output row i is input row i // 2."""
+    return lambda lo, hi: F.interpolate(x[:, :, lo // 2:(hi + 1) // 2], scale_factor=2.0,
+                                        mode="nearest")[:, :, lo % 2:lo % 2 + hi - lo]
+
+
+def _empty(x: torch.Tensor, channels: int, scale: int = 1) -> torch.Tensor:
+    n, _, h, w = x.shape
+    return torch.empty(n, channels, h * scale, w * scale, dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def _conv_bands(rows_of: Rows, conv: nn.Conv2d, out: torch.Tensor, add: Rows | None = None) -> torch.Tensor:
+    """`out` = a 3x3 convolution (stride 1, zero padding 1) of an input that exists only as `rows_of`, plus
+    `add` if given, computed a band of output rows at a time from its rows and one more above and below.
+
+    Each band is stored only once the next one is computed, which is the last to read its rows (as its halo),
+    so `out` may be the very tensor that `rows_of` reads."""
+    h = out.shape[2]
+    rows = _band_rows(out)
+    pending = None
+    for r in range(0, h, rows):
+        end = min(r + rows, h)
+        lo, hi = max(r - 1, 0), min(end + 1, h)
+        band = rows_of(lo, hi)
+        if lo == r or hi == end:  # the frame's top or bottom edge: its zero padding
+            band = F.pad(band, (0, 0, lo - r + 1, end + 1 - hi))
+        y = F.conv2d(band, conv.weight, conv.bias, padding=(0, 1))
+        if add is not None:
+            y += add(r, end)
+        if pending is not None:
+            out[:, :, pending[0]:pending[1]] = pending[2]
+        pending = r, end, y
+    out[:, :, pending[0]:pending[1]] = pending[2]
+    return out
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=1e-6)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=1e-6)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (projected if the channels differ) + conv2(silu(norm2(conv1(silu(norm1(x)))))), written over
+        conv1's output: x and that output are the only whole activations held."""
+        h = _conv_bands(_normalised(x, self.norm1), self.conv1, _empty(x, self.conv1.out_channels))
+        project = self.conv_shortcut if self.conv_shortcut is not None else nn.Identity()
+        return _conv_bands(_normalised(h, self.norm2), self.conv2, h, add=lambda lo, hi: project(x[:, :, lo:hi]))
+
+
+class Attention(nn.Module):
+    """The middle block's single-head self-attention over the latent grid (small: run whole)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.group_norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.to_q, self.to_k, self.to_v = (nn.Linear(channels, channels) for _ in range(3))
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        tokens = self.group_norm(x).flatten(2).transpose(1, 2)
+        q, k, v = (proj(tokens)[:, None] for proj in (self.to_q, self.to_k, self.to_v))
+        out = self.to_out[0](F.scaled_dot_product_attention(q, k, v)[:, 0])
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
+
+
+class MidBlock(nn.Module):
+    """Weights only, named as diffusers' (Decoder.forward runs the layers)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups) for _ in range(2)])
+        self.attentions = nn.ModuleList([Attention(channels, groups)])
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _conv_bands(_upsampled(x), self.conv, _empty(x, self.conv.out_channels, scale=2))
+
+
+class UpBlock(nn.Module):
+    """Weights only, named as diffusers' (Decoder.forward runs the layers)."""
+
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(cin if i == 0 else cout, cout, groups) for i in range(layers)])
+        self.upsamplers = nn.ModuleList([Upsample(cout)]) if upsample else nn.ModuleList()
+
+
+class Decoder(nn.Module):
+    """Latents `[n, z, h, w]` to frames `[n, out_ch, 8h, 8w]` (with 4 levels), not clamped."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        channels = [cfg.ch * m for m in reversed(cfg.ch_mult)]
+        groups = cfg.norm_groups
+        self.conv_in = nn.Conv2d(cfg.embed_dim, channels[0], 3, padding=1)
+        self.mid_block = MidBlock(channels[0], groups)
+        self.up_blocks = nn.ModuleList([
+            UpBlock(channels[max(i - 1, 0)], c, cfg.num_res_blocks + 1, groups, upsample=i < len(channels) - 1)
+            for i, c in enumerate(channels)])
+        self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=1e-6)
+        self.conv_out = nn.Conv2d(channels[-1], cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # The layers run from this one loop, whose `x` is the only reference to the activation between two of
+        # them, so each is freed as soon as the next exists: a block's forward calling its layers would keep
+        # the block's input alive until its end (a whole full-resolution activation more at the last block).
+        mid = self.mid_block
+        layers = [mid.resnets[0], mid.attentions[0], mid.resnets[1],
+                  *(layer for block in self.up_blocks for layer in (*block.resnets, *block.upsamplers))]
+        x = self.conv_in(z.contiguous(memory_format=torch.channels_last))
+        for layer in layers:
+            x = layer(x)
+        out = _empty(x, self.conv_out.out_channels)
+        return _conv_bands(_normalised(x, self.conv_norm_out), self.conv_out, out)
