@@ -25,10 +25,11 @@ from vcraft.config import AutoencoderConfig
 
 # Pixels per band of rows (8 rows of a 512-wide frame on a CPU). On a CPU, bands of 2**12 to 2**14 pixels decode
 # at the same speed (8.8 s per 320x512 frame on 2 cores), and the smallest kept the peak lowest: glibc serves
-# band-sized temporaries from its heap, which grew by 70 MB with 2**14. On a GPU each band is a few kernel
-# launches, so the bands are larger there (not measured yet).
+# band-sized temporaries from its heap, which grew by 70 MB with 2**14. On a GPU, where decoding's memory is small
+# next to the UNet's (0.47 GiB of 5.06 GiB peak for VideoCrafter2 at 320x512 on an H100) and every band costs
+# kernel launches, frames up to 1024x1024 are one band.
 CPU_BAND_PIXELS = 2 ** 12
-GPU_BAND_PIXELS = 2 ** 16
+GPU_BAND_PIXELS = 2 ** 20
 
 Rows = Callable[[int, int], torch.Tensor]  # rows [lo, hi) of a convolution's input, computed on demand
 
