@@ -122,6 +122,18 @@ def test_a_sidecar_from_before_the_guidance_interval_is_guided_at_every_step(tmp
     assert not np.array_equal(read_pngs(tmp_path / "again"), read_pngs(tmp_path / "new"))
 
 
+def test_a_row_sets_its_own_guidance_interval(tmp_path):
+    """A prompt-file row's guidance_min_t is its video's: the same video as asking for it on the command line."""
+    args = [*FAST, "--frames", "8", "--format", "png"]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a yellow circle moving right", "guidance_min_t": 0}\n')
+    assert run("-f", tmp_path / "p.jsonl", *args, "-o", tmp_path / "row").returncode == 0
+    assert json.loads((tmp_path / "row.json").read_text())["guidance_min_t"] == 0
+    assert run("a yellow circle moving right", *args, "--guidance-min-t", "0", "-o", tmp_path / "flag").returncode == 0
+    assert run("a yellow circle moving right", *args, "-o", tmp_path / "preset").returncode == 0
+    assert np.array_equal(read_pngs(tmp_path / "row"), read_pngs(tmp_path / "flag"))
+    assert not np.array_equal(read_pngs(tmp_path / "row"), read_pngs(tmp_path / "preset"))
+
+
 def test_video_bytes_to_stdout(tmp_path):
     command = [sys.executable, "-m", "vcraft", "generate", "a red circle moving left", *FAST, "-o", "-", "-q"]
     data = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path)
@@ -140,6 +152,7 @@ def _bad_files(tmp: Path) -> None:
     (tmp / "broken.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
     (tmp / "nocol.csv").write_text("text\na fox\n")
     (tmp / "badrow.jsonl").write_text('{"prompt": "a", "frames": 0}\n')
+    (tmp / "badmin.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b", "guidance_min_t": 1001}\n')
     (tmp / "broken.yaml").write_text("model: [unclosed\n")
     (tmp / "file").write_text("x")
     (tmp / "not-a-sidecar.json").write_text("{}")
@@ -179,6 +192,8 @@ BAD_INPUTS = {
     "broken json": (["-f", "{tmp}/broken.jsonl"], "broken.jsonl:2: not valid JSON"),
     "missing column": (["-f", "{tmp}/nocol.csv"], "no 'prompt' column"),
     "bad row setting": (["-f", "{tmp}/badrow.jsonl"], "badrow.jsonl:1: --frames must be at least 1"),
+    "bad row guidance interval": (["-f", "{tmp}/badmin.jsonl"],
+                                  "badmin.jsonl:2: --guidance-min-t must be between 0 and 1000"),
     "missing prompts file": (["-f", "{tmp}/nope.txt"], "prompt file not found"),
     "missing config": ([P, "--config", "{tmp}/nope.yaml"], "not found"),
     "broken config": ([P, "--config", "{tmp}/broken.yaml"], "broken.yaml"),

@@ -23,10 +23,11 @@ def test_txt_skips_blank_lines_and_comments(tmp_path):
 
 
 def test_jsonl_and_csv_rows_carry_their_settings(tmp_path):
-    jsonl = write(tmp_path, "p.jsonl", '{"prompt": "a fox", "seed": 4, "frames": 8, "guidance": 7}\n'
+    jsonl = write(tmp_path, "p.jsonl", '{"prompt": "a fox", "seed": 4, "frames": 8, "guidance": 7, '
+                                       '"guidance_min_t": 600}\n'
                                        '\n{"prompt": "a cat", "negative": "blur", "name": "cat"}\n')
     assert read_prompt_file(jsonl) == [
-        PromptRow("a fox", {"seed": 4, "frames": 8, "guidance": 7.0}, "p.jsonl:1"),
+        PromptRow("a fox", {"seed": 4, "frames": 8, "guidance": 7.0, "guidance_min_t": 600}, "p.jsonl:1"),
         PromptRow("a cat", {"negative": "blur", "name": "cat"}, "p.jsonl:3")]
     table = write(tmp_path, "p.csv", 'prompt,seed,steps,negative\n"a fox, running",4,,\na cat,,10,blur\n')
     assert read_prompt_file(table) == [PromptRow("a fox, running", {"seed": 4}, "p.csv:2"),

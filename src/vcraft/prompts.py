@@ -1,7 +1,8 @@
 """Prompt sources: command-line arguments, stdin (`-`), and prompt files (`.txt`, `.jsonl`, `.csv`).
 
 Files are read whole and checked before anything is rendered; a bad row is reported with its file and line.
-`.jsonl` and `.csv` rows may carry their own settings (seed, frames, fps, steps, guidance, negative, name).
+`.jsonl` and `.csv` rows may carry their own settings (seed, frames, fps, steps, guidance, guidance_min_t,
+negative, name).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from vcraft.errors import VcraftError
 
 # Per-row settings and the type each must have.
 ROW_SETTINGS: dict[str, type] = {"seed": int, "frames": int, "fps": int, "steps": int, "guidance": float,
-                                 "negative": str, "name": str}
+                                 "guidance_min_t": int, "negative": str, "name": str}
 
 
 @dataclass(frozen=True)
