@@ -1,6 +1,6 @@
 """The KL autoencoder's decoder, for inference, written for memory rather than taken from diffusers.
 
-Two reasons, both measured by scripts/bench.py (320x512 frames, fp32, on a CPU):
+Two reasons, both measured on a CPU (320x512 frames, fp32; the whole decode's peak by scripts/bench.py):
 - diffusers' Decoder holds up to three full-resolution activations at once (a block's input, its normalised
   copy and the activated copy); here normalisation and convolutions run over bands of rows, so a ResNet block
   holds only its input and one more activation, into which it writes its output.
