@@ -118,9 +118,12 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (projected if the channels differ) + conv2(silu(norm2(conv1(silu(norm1(x)))))), written over
         conv1's output: x and that output are the only whole activations held."""
+        def skip(lo: int, hi: int) -> torch.Tensor:
+            rows = x[:, :, lo:hi]
+            return rows if self.conv_shortcut is None else self.conv_shortcut(rows)
+
         h = _conv_bands(_normalised(x, self.norm1), self.conv1, _empty(x, self.conv1.out_channels))
-        project = self.conv_shortcut if self.conv_shortcut is not None else nn.Identity()
-        return _conv_bands(_normalised(h, self.norm2), self.conv2, h, add=lambda lo, hi: project(x[:, :, lo:hi]))
+        return _conv_bands(_normalised(h, self.norm2), self.conv2, h, add=skip)
 
 
 class Attention(nn.Module):
