@@ -40,7 +40,7 @@ def load(args: argparse.Namespace, encoder: bool = False) -> TextToVideo:
         cfg = load_config(args.config) if args.config else load_preset("shapes")
         return TextToVideo.from_config(cfg, args.ckpt, device=args.device, dtype="fp32", encoder=encoder)
     from vcraft.loading import load_models
-    from vcraft.training import checkpoint_of_run
+    from vcraft.train import checkpoint_of_run
 
     cfg = load_config(args.run / "config.yaml")
     device = resolve_device(args.device)

@@ -22,7 +22,7 @@ import torch
 from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
 from vcraft.data.shapes import MOTIONS, TRAIN_SCENES, Scene, render
 from vcraft.sampling.schedule import frame_noise
-from vcraft.training import encode_dataset
+from vcraft.train import encode_dataset
 
 SCENES = [next(s for s in TRAIN_SCENES if s.motion == m) for m in MOTIONS]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
 from vcraft.data.measure import object_masks
 from vcraft.data.shapes import COLOURS, Scene, render
-from vcraft.training import to_pixels
+from vcraft.train import to_pixels
 
 
 @torch.inference_mode()

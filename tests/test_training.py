@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 import vcraft.api
-import vcraft.training
+import vcraft.train.stages
 from vcraft.api import TextToVideo
 from vcraft.config import apply_overrides, load_preset
+from vcraft.errors import VcraftError
+from vcraft.models.text_encoder import tokenize
 from vcraft.sampling.schedule import frame_noise, q_sample
-from vcraft.training import diffusion_loss, draw_timesteps, initial_models, tokenize, train
+from vcraft.train import diffusion_loss, draw_timesteps, initial_models, train
 
 TINY = [
     "train.videos=6", "train.checkpoint_every=2",
     "train.autoencoder.steps=4", "train.autoencoder.batch_size=4", "train.text.steps=3", "train.text.batch_size=4",
-    "train.diffusion.steps=4", "train.diffusion.batch_size=2", "train.diffusion.warmup=1",
+    "train.diffusion.steps=4", "train.diffusion.phases=[]", "train.diffusion.batch_size=2", "train.diffusion.warmup=1",
     "model.unet.channel_mult=[1,2]", "model.unet.attention_resolutions=[2]",
     "model.text_encoder.layers=1", "sampling.frames=8",
 ]
@@ -47,6 +51,104 @@ def test_stop_and_resume_is_bit_exact(tmp_path):
     assert all(torch.equal(v, load_file(resumed)[k]) for k, v in load_file(straight).items())
 
 
+PHASES = ["train.diffusion.steps=5", "train.diffusion.phases=[{until: 3}, "
+          "{until: 5, given_frames_prob: 1, shift_given: true, batch_size: 3, lr: 1.0e-3}]"]
+
+
+def _recording_settings(monkeypatch) -> list[tuple[float, bool, int]]:
+    """Every diffusion batch's (given_frames_prob, shift_given, batch size), as the loss is handed them."""
+    seen = []
+    loss = vcraft.train.stages.diffusion_loss
+
+    def recording(models, cfg, latents, tokens, empty, settings=None):
+        seen.append((settings.given_frames_prob, settings.shift_given, len(latents)))
+        return loss(models, cfg, latents, tokens, empty, settings)
+
+    monkeypatch.setattr(vcraft.train.stages, "diffusion_loss", recording)
+    return seen
+
+
+def _same_weights(a, b) -> None:
+    from safetensors.torch import load_file
+
+    x, y = (torch.load(run / "diffusion.pt", weights_only=True) for run in (a, b))
+    assert x["step"] == y["step"]
+    for part in ("model", "ema"):
+        for key, value in x[part].items():
+            assert torch.equal(value, y[part][key]), (part, key)
+    exported = load_file(b / "model.safetensors")
+    assert all(torch.equal(v, exported[k]) for k, v in load_file(a / "model.safetensors").items())
+
+
+def test_phases_train_with_their_settings_and_resume_across_a_boundary(tmp_path, monkeypatch):
+    """One run with two phases: each phase's settings for its steps; stopped inside the first phase and again
+    after the boundary, it ends with the same weights; and it equals the two phases run the old way, one
+    command after the other in one folder with the options given."""
+    seen = _recording_settings(monkeypatch)
+    first, second = (0.25, False, 2), (1.0, True, 3)
+    cfg = tiny_config(*PHASES)
+    straight = tmp_path / "straight"
+    assert train(cfg, straight, log=lambda _: None) is not None
+    assert seen == [first] * 3 + [second] * 2
+    assert "diffusion phase 2 of 2, steps 3-5: " in (straight / "train.log").read_text()
+
+    def run_sharing_the_autoencoder(name):
+        run = tmp_path / name
+        run.mkdir()
+        shutil.copy(straight / "latents.safetensors", run)  # the autoencoder stage is not what is tested here
+        return run
+
+    resumed = run_sharing_the_autoencoder("resumed")
+    seen.clear()
+    assert train(cfg, resumed, log=lambda _: None, stop_after=2) is None
+    assert train(cfg, resumed, log=lambda _: None, stop_after=2) is None  # across the boundary, after step 3
+    assert torch.load(resumed / "diffusion.pt", weights_only=True)["step"] == 4
+    assert train(cfg, resumed, log=lambda _: None) is not None
+    assert seen == [first] * 3 + [second] * 2
+    _same_weights(straight, resumed)
+
+    by_hand = run_sharing_the_autoencoder("by_hand")
+    assert train(tiny_config("train.diffusion.steps=3"), by_hand, log=lambda _: None) is not None
+    later = ["train.diffusion.steps=5", "train.diffusion.given_frames_prob=1", "train.diffusion.shift_given=true",
+             "train.diffusion.batch_size=3", "train.diffusion.lr=1.0e-3"]
+    assert train(tiny_config(*later), by_hand, log=lambda _: None) is not None
+    _same_weights(straight, by_hand)
+
+
+def test_the_shapes_recipe_is_its_three_phases():
+    """The shipped recipe: the first training, then continuation with the cosine of 3,000 steps from step 2,400
+    on, then a restart on the cosine of 5,400 steps from step 3,000 on, with timesteps towards the clean end."""
+    from vcraft.train import diffusion_lr, lr_at, phase_of
+
+    d = load_preset("shapes").train.diffusion
+    phases = d.resolved_phases()
+    assert [until for until, _ in phases] == [2400, 3000, 5400] and d.steps == 5400
+    for step, until, shift, exponent in [(0, 2400, False, 1), (2399, 2400, False, 1), (2400, 3000, True, 1),
+                                         (2999, 3000, True, 1), (3000, 5400, True, 2), (5399, 5400, True, 2)]:
+        _, settings = phase_of(step, phases)
+        assert (settings.shift_given, settings.timestep_exponent) == (shift, exponent)
+        assert settings.given_frames_prob == (0.5 if shift else 0.25) and settings.lr == d.lr
+        assert diffusion_lr(step, phases) == lr_at(step, until, d.lr, d.warmup)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.diffusion.steps=3000"], "phases end at step 5400 but train.diffusion.steps is 3000"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 5}, {until: 5}]"],
+     r"phases\[1\].until must be a whole number of steps above 5"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, colour: red}]"],
+     r"phases\[0\] sets 'colour', which a phase cannot set; it can set: batch_size"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, steps: 3}]"], "sets 'steps'"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, lr: fast}]"], "could not be converted"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, timestep_exponent: 0}]"],
+     "timestep_exponent must be above 0"),
+])
+def test_phases_are_validated_with_the_config(overrides, message):
+    with pytest.raises(VcraftError, match=message) as raised:
+        apply_overrides(load_preset("shapes"), overrides)
+    assert "\n" not in str(raised.value)
+    assert apply_overrides(load_preset("shapes"), ["train.diffusion.steps=7", "train.diffusion.phases=[]"])
+
+
 def test_training_a_config_without_a_train_section_is_refused(tmp_path):
     from test_cli import tiny, vcraft
 
@@ -61,8 +163,6 @@ def test_relative_positions_start_from_an_initialised_table():
     """Nothing fills the temporal attention's relative-position table when training from scratch: it must be
     initialised (an uninitialised one made the first diffusion steps NaN)."""
     from vcraft.models.attention import RelativePosition
-    from vcraft.training import initial_models
-
     unet = initial_models(tiny_config("model.unet.use_relative_position=true")).unet
     tables = [m.embeddings_table for m in unet.modules() if isinstance(m, RelativePosition)]
     assert tables
@@ -137,7 +237,7 @@ def test_training_and_sampling_draw_noise_with_the_configured_share(monkeypatch)
         trained.append(noise)
         return q_sample(schedule, x0, t, noise)
 
-    monkeypatch.setattr(vcraft.training, "q_sample", noising)
+    monkeypatch.setattr(vcraft.train.stages, "q_sample", noising)
     tokens = tokenize([""] * 16, cfg.model.text_encoder.context_length)
     diffusion_loss(models, cfg, torch.zeros(16, 4, 8, 16, 16), tokens, tokens[:1])
     assert abs(_frame_correlation(trained[0]) - 0.5) < 0.05
@@ -159,7 +259,7 @@ def test_training_and_sampling_draw_noise_with_the_configured_share(monkeypatch)
 def _anchor_error(models, videos) -> float:
     import torch.nn.functional as F
 
-    from vcraft.training import to_pixels
+    from vcraft.train import to_pixels
 
     x = to_pixels(videos[:, :4])
     mean = models.autoencoder.encode_moments(x)[:, :3].transpose(1, 2).flatten(0, 1)
@@ -168,7 +268,7 @@ def _anchor_error(models, videos) -> float:
 
 
 def test_colour_anchor_ties_the_first_latent_channels_to_the_average_colour(tmp_path):
-    from vcraft.training import make_dataset, train_autoencoder
+    from vcraft.train import make_dataset, train_autoencoder
 
     errors = {}
     for weight in (0.0, 1.0):

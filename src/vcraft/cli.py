@@ -332,7 +332,7 @@ def train(
     Resumable: run the same command again to continue from the last checkpoint in the run folder."""
     cfg = load_config(config, overrides)
     from vcraft.api import resolve_device
-    from vcraft.training import train as run_training
+    from vcraft.train import train as run_training
 
     dev = resolve_device(device)
     started = time.perf_counter()

@@ -167,6 +167,28 @@ class DiffusionTraining:
     # Roll every clip that gets given frames by a random whole number of latent pixels (the shapes world wraps
     # around, so it stays a clip of its caption), so that continuations from anywhere in the frame are seen.
     shift_given: bool = False
+    # Parts of the stage with settings of their own (resolved_phases), so that a recipe in parts is one command.
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+    def resolved_phases(self) -> list[tuple[int, DiffusionTraining]]:
+        """`(until, settings)` of every phase in order. A phase `{until: N, field: value, ...}` trains the steps
+        before N with these settings, the fields it names changed; its learning rate follows
+        `lr_at(step, N, lr, warmup)`, a cosine ending at N. The last `until` is `steps`; without phases, one
+        phase of `steps`."""
+        if not self.phases:
+            return [(self.steps, self)]
+        base = OmegaConf.structured(replace(self, phases=[]))
+        return [(phase["until"], _phase_settings(base, phase)) for phase in self.phases]
+
+
+def _phase_changes(phase: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in phase.items() if k != "until"}
+
+
+def _phase_settings(base: DictConfig, phase: dict[str, Any]) -> DiffusionTraining:
+    return OmegaConf.to_object(OmegaConf.merge(base, _phase_changes(phase)))  # type: ignore[return-value]
+
+
 
 
 @dataclass
@@ -226,8 +248,33 @@ def _model_problem(m: ModelConfig) -> str | None:
 
 
 def _train_problem(t: TrainConfig | None) -> str | None:
-    if t is not None and not t.diffusion.timestep_exponent > 0:
+    if t is None:
+        return None
+    d = t.diffusion
+    if not d.timestep_exponent > 0:
         return "train.diffusion.timestep_exponent must be above 0"
+    base = OmegaConf.structured(replace(d, phases=[]))
+    known = set(base.keys()) - {"steps", "phases"}
+    previous = 0
+    for i, phase in enumerate(d.phases):
+        name = f"train.diffusion.phases[{i}]"
+        until = phase.get("until")
+        if not isinstance(until, int) or isinstance(until, bool) or until <= previous:
+            after = f" (where phases[{i - 1}] ends)" if i else ""
+            return f"{name}.until must be a whole number of steps above {previous}{after}, not {until!r}"
+        unknown = sorted(set(_phase_changes(phase)) - known)
+        if unknown:
+            return f"{name} sets '{unknown[0]}', which a phase cannot set; it can set: {', '.join(sorted(known))}"
+        try:
+            settings = _phase_settings(base, phase)
+        except OmegaConfBaseException as exc:
+            return f"{name}: {str(exc).splitlines()[0]}"
+        if not settings.timestep_exponent > 0:
+            return f"{name}.timestep_exponent must be above 0"
+        previous = until
+    if d.phases and previous != d.steps:
+        return (f"train.diffusion.phases end at step {previous} but train.diffusion.steps is {d.steps}: make them "
+                f"equal, or set train.diffusion.phases=[] for one phase of {d.steps} steps")
     return None
 
 

@@ -1,0 +1,96 @@
+"""The whole recipe in one run folder: fresh models, the stages in order, the exported model."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from vcraft.checkpoints import VAE_PREFIX, save_state_dict
+from vcraft.config import Config
+from vcraft.errors import VcraftError
+from vcraft.loading import Models, build_models
+from vcraft.models.text_encoder import tokenize
+from vcraft.models.unet3d import zero_init_residuals
+from vcraft.train.data import encode_dataset, make_dataset, reversed_clips, train_config
+from vcraft.train.loop import Log, load_state
+from vcraft.train.stages import checkpoint_layout, pretrain_text_encoder, train_autoencoder, train_diffusion
+
+
+def initial_models(cfg: Config, device: str | torch.device = "cpu") -> Models:
+    """Freshly initialised modules (drawn on the CPU: the same for the same config and seed), on `device`."""
+    torch.manual_seed(train_config(cfg).seed)
+    models = build_models(cfg.model, "cpu", encoder=True)
+    zero_init_residuals(models.unet)
+    torch.nn.init.constant_(models.text_encoder.model.logit_scale, math.log(1 / 0.07))  # unused, kept defined
+    for module in (models.text_encoder, models.unet, models.autoencoder):
+        module.to(device)
+    return models
+
+
+def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = None,
+          device: str | torch.device = "cpu") -> Path | None:
+    """Run (or resume) the whole recipe in folder `run`, on `device`. Returns the trained model's path, or
+    None when `stop_after` steps of the current stage ended the call early."""
+    tc = train_config(cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    videos, captions, scenes = make_dataset(cfg)
+    log(f"data: {len(videos)} clips of {videos.shape[1]}x{videos.shape[2]}x{videos.shape[3]} "
+        f"in {time.perf_counter() - t0:.0f} s")
+    models = initial_models(cfg, device)
+    latents_path = run / "latents.safetensors"
+    from safetensors.torch import load_file
+
+    if latents_path.is_file():
+        stored = load_file(latents_path)
+        models.autoencoder.load_state_dict(
+            {k[len(VAE_PREFIX):]: v for k, v in stored.items() if k.startswith(VAE_PREFIX)})
+    elif not train_autoencoder(models, videos, cfg, run, log, stop_after):
+        return None
+    else:
+        t0 = time.perf_counter()
+        raw = encode_dataset(models.autoencoder, videos)
+        vae_state = {VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.state_dict().items()}
+        save_state_dict({"latents": raw, **vae_state}, latents_path)
+        stored = {"latents": raw}
+        log(f"encoded the data set in {time.perf_counter() - t0:.0f} s")
+    raw = stored["latents"]
+    back, back_captions, back_scenes = reversed_clips(raw, scenes, tc.seed)
+    raw, captions, scenes = torch.cat([raw, back]), captions + back_captions, scenes + back_scenes
+    scale = float(1 / raw.std())
+    cfg = replace(cfg, model=replace(cfg.model, scale_factor=scale))
+    models.autoencoder.scale_factor = scale
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    tokens = tokenize(captions, cfg.model.text_encoder.context_length)
+    if not (run / "diffusion.pt").is_file():  # else the text encoder is in the diffusion checkpoint
+        pretrain_text_encoder(models, tokens, scenes, cfg, run, log)
+    ema, done = train_diffusion(models, raw * scale, tokens, cfg, run, log, stop_after)
+    if not done:
+        return None
+    return export(models, ema, cfg, run / "model.safetensors")
+
+
+def export(models: Models, ema: dict[str, torch.Tensor], cfg: Config, path: Path, dtype: str = "fp16") -> Path:
+    """The trained model in vcraft's checkpoint layout (official prefixes; autoencoder in diffusers' layout)."""
+    state = {k: v.cpu() for k, v in ema.items()}
+    state.update({VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.state_dict().items()})
+    state["alphas_cumprod"] = models.schedule.alphas_cumprod
+    save_state_dict(state, path, dtype, {"format": "vcraft", "preset": cfg.name})
+    return path
+
+
+def checkpoint_of_run(run: Path) -> dict[str, torch.Tensor]:
+    """The EMA weights of a run's latest diffusion checkpoint, in checkpoint layout (to look at a run
+    in progress; the run's config.yaml describes them)."""
+    from safetensors.torch import load_file
+
+    state = load_state(run / "diffusion.pt")
+    if state is None:
+        raise VcraftError(f"{run} has no diffusion checkpoint yet")
+    vae = {k: v for k, v in load_file(run / "latents.safetensors").items() if k.startswith(VAE_PREFIX)}
+    return {**checkpoint_layout(state["ema"]), **vae}
