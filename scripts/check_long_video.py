@@ -16,14 +16,9 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
-from functools import partial
-
 import numpy as np
 
-import vcraft.api
 from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
-from vcraft.config import validate_sampling
 from vcraft.data.measure import measure_colour, measure_motion, object_masks
 
 PROMPTS = [("a red circle moving left", "red", "left"), ("The blue triangle moves down.", "blue", "down"),
@@ -63,21 +58,21 @@ def main() -> None:
     parser.add_argument("--uncond-without-frames", action="store_true",
                         help="guide against a pass without the kept frames (LVDM) instead of one with them")
     args = parser.parse_args()
-    if args.uncond_without_frames:
-        vcraft.api._continuing = partial(vcraft.api._continuing, uncond_sees_given=False)
 
     pipe = load(args)
     chosen = {"frames": args.frames, "overlap": args.overlap, "extend": args.extend, "steps": args.steps,
               "guidance": args.guidance, "guidance_min_t": args.guidance_min_t}
-    settings = validate_sampling(replace(pipe.config.sampling, **{k: v for k, v in chosen.items() if v is not None}),
-                                 pipe.config.model)
+    settings = pipe.settings(PROMPTS[0][0], **chosen)
     clip = pipe.config.model.unet.temporal_length
     print(f"{settings.frames} frames, overlap {settings.overlap}, extend {settings.extend}, "
           f"{settings.steps} steps, guidance {settings.guidance} at t >= {settings.guidance_min_t}", file=sys.stderr)
     rows, started = [], time.perf_counter()
     for prompt, colour, motion in PROMPTS:
         for seed in range(args.seeds):
-            video = np.concatenate(list(pipe.stream(prompt, settings, seed))).astype(np.float32) / 255
+            one = pipe.settings(prompt, seed=seed, **chosen)
+            windows = pipe.latents(one, uncond_sees_given=not args.uncond_without_frames)
+            video = np.concatenate([c[0].numpy() for latents in windows for c in pipe.decode(latents)])
+            video = video.astype(np.float32) / 255
             row = {"prompt": prompt, "seed": seed, **check(video, colour, motion, clip, settings.overlap)}
             rows.append(row)
             if args.json:

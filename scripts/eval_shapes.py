@@ -15,13 +15,13 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vcraft.api import TextToVideo, resolve_device
+from vcraft.api import TextToVideo
+from vcraft.devices import resolve_device
 from vcraft.config import load_config, load_preset
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import HELD_OUT_SCENES, TRAIN_SCENES, Scene, caption
@@ -69,7 +69,6 @@ def main() -> None:
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--guidance-min-t", type=int)
     parser.add_argument("--eta", type=float)
-    parser.add_argument("--batch", type=int, default=8, help="videos generated together")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--json", action="store_true", help="one JSON object per video, then the summary")
     args = parser.parse_args()
@@ -77,27 +76,19 @@ def main() -> None:
     pipe = load(args)
     chosen = {"steps": args.steps, "guidance": args.guidance, "guidance_min_t": args.guidance_min_t,
               "eta": args.eta}
-    s = replace(pipe.config.sampling, **{k: v for k, v in chosen.items() if v is not None})
+    s = pipe.settings("-", **chosen)
     todo = jobs(args.seen, args.seeds, args.seed)
     print(f"{len(todo)} videos, {s.steps} steps, guidance {s.guidance} at t >= {s.guidance_min_t}, eta {s.eta}",
           file=sys.stderr)
     started = time.perf_counter()
     results = []
-    for i in range(0, len(todo), args.batch):
-        part = todo[i:i + args.batch]
-        prompts = [p for _, _, p, _ in part]
-        cond = pipe.encode_prompts(prompts)
-        uncond = pipe.encode_prompts([""] * len(part))
-        latents = pipe.sample(cond, uncond, [seed for *_, seed in part], s.frames, s.height, s.width,
-                              s.steps, s.guidance, s.eta, s.fps, guidance_min_t=s.guidance_min_t)
-        videos = np.concatenate([chunk.numpy() for chunk in pipe.decode(latents)], axis=1)
-        for (split, scene, prompt, seed), video in zip(part, videos, strict=True):
-            seen = measure(video.astype(np.float32) / 255)
-            row = {"split": split, "prompt": prompt, "seed": seed, **{f"want_{a}": getattr(scene, a) for a in
-                   ATTRIBUTES}, **{f"got_{a}": seen[a] for a in ATTRIBUTES}}
-            results.append(row)
-            if args.json:
-                print(json.dumps(row), flush=True)
+    for split, scene, prompt, seed in todo:
+        seen = measure(pipe(prompt, seed=seed, **chosen).astype(np.float32) / 255)
+        row = {"split": split, "prompt": prompt, "seed": seed, **{f"want_{a}": getattr(scene, a) for a in
+               ATTRIBUTES}, **{f"got_{a}": seen[a] for a in ATTRIBUTES}}
+        results.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
     elapsed = time.perf_counter() - started
 
     print("| split | videos | colour | shape | motion | all three |")

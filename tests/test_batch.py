@@ -1,11 +1,11 @@
-"""Batch rendering through the real `vcraft` command with the default model: prompt sources, JSON lines,
-batch-size invariance, resume after an interrupt, --from, -o -, and one clear error for every bad input."""
+"""Batch rendering through the `vcraft` command with the default model: prompt sources, JSON lines, resume
+after an interrupt, --from, -o -, and one clear error for every bad input. In-process (`vcraft.cli.run`),
+except where the process itself is tested (stdin, stdout bytes, exit codes)."""
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli import read_pngs, tiny, vcraft
+from test_cli import read_pngs, vcraft, vcraft_process
 
 FAST = ["--steps", "4", "--seed", "3"]  # the default model, few steps: these tests are about the plumbing
 
 
-def run(*args, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vcraft", "generate", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+def run(*args, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return vcraft("generate", *args, stdin=stdin, cwd=cwd)
 
 
 def test_stdin_in_json_lines_out(tmp_path):
-    result = run("-", *FAST, "--json", "-o", tmp_path, stdin="a red circle moving left\n\na blue square moving up\n")
+    result = vcraft_process("generate", "-", *FAST, "--json", "-o", tmp_path,
+                            stdin="a red circle moving left\n\na blue square moving up\n")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["prompt"], r["seed"], r["frames"], r["size"]) for r in lines] == [
@@ -55,33 +55,36 @@ def test_prompt_files_with_per_video_settings(tmp_path):
         "an orange square moving right"
 
 
-def test_pixels_do_not_depend_on_the_batch_size(tmp_path):
-    """The same videos one at a time and three at a time: the same pixels, to the last bit."""
-    prompts = ["a red circle moving left", "a cyan triangle moving up", "a purple square shrinking"]
-    videos = {}
-    for size in (1, 3):
-        result = run(*prompts, *FAST, "--batch-size", size, "--format", "png", "-o", tmp_path / str(size))
-        assert result.returncode == 0, result.stderr
-        videos[size] = [read_pngs(Path(p)).astype(int) for p in result.stdout.split()]
-    for one, three in zip(videos[1], videos[3], strict=True):
-        assert np.array_equal(one, three), np.abs(one - three).max()
+def test_interrupted_batch_resumes_with_skip_existing(tmp_path, monkeypatch):
+    """Ctrl-C while the second video is being written (raised after its first frames reach the temporary
+    file): exit 130, the first video kept, nothing of the second; the same command with --skip-existing then
+    makes the other two, the same as an uninterrupted run."""
+    from vcraft.api import TextToVideo
 
-
-def test_interrupted_batch_resumes_with_skip_existing(tmp_path):
     prompts = ["a red circle moving left", "a blue triangle moving down", "a green square growing"]
-    args = [*prompts, "--steps", "30", "--seed", "5", "--format", "png", "-o", tmp_path / "run"]
-    proc = subprocess.Popen([sys.executable, "-m", "vcraft", "generate", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    first = proc.stdout.readline().strip()  # the first video is done; stop during the second
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([Path(first).name, Path(first).name + ".json"])
+    args = [*prompts, *FAST, "--format", "png", "-o", tmp_path / "run"]
+    real, calls = TextToVideo.stream, []
+
+    def interrupted(self, settings, callback=None):
+        calls.append(settings)
+        if len(calls) == 2:
+            yield from itertools.islice(real(self, settings, callback), 1)
+            raise KeyboardInterrupt
+        yield from real(self, settings, callback)
+
+    monkeypatch.setattr(TextToVideo, "stream", interrupted)
+    result = run(*args)
+    assert result.returncode == 130 and result.stderr.strip().splitlines()[-1] == "error: interrupted"
+    first = Path(result.stdout.strip())
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [first.name, first.name + ".json"]
+    monkeypatch.setattr(TextToVideo, "stream", real)
     again = run(*args, "--skip-existing")
     assert again.returncode == 0, again.stderr
     assert "skipping 1 video" in again.stderr and len(again.stdout.split()) == 2
     whole = run(*args[:-1], tmp_path / "whole")
-    for name in ("0000-a-red-circle-moving-left-5", "0001-a-blue-triangle-moving-down-6", "0002-a-green-square-growing-7"):
+    assert whole.returncode == 0, whole.stderr
+    for name in ("0000-a-red-circle-moving-left-3", "0001-a-blue-triangle-moving-down-4",
+                 "0002-a-green-square-growing-5"):
         assert np.array_equal(read_pngs(tmp_path / "run" / name), read_pngs(tmp_path / "whole" / name))
 
 
@@ -90,7 +93,8 @@ def test_a_failed_video_is_reported_and_the_batch_goes_on(tmp_path):
     the run."""
     (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "guidance": 1e38}\n'
                                       '{"prompt": "a blue circle moving left"}\n')
-    result = run("-f", tmp_path / "p.jsonl", *FAST, "--guidance-min-t", "0", "-o", tmp_path / "out")
+    result = vcraft_process("generate", "-f", tmp_path / "p.jsonl", *FAST, "--guidance-min-t", "0",
+                            "-o", tmp_path / "out")
     assert result.returncode == 1, result.stderr
     assert [Path(p).name for p in result.stdout.split()] == ["0001-a-blue-circle-moving-left-4.mp4"]
     assert "error: video 0 ('a red circle moving left') failed: FloatingPointError" in result.stderr
@@ -134,6 +138,12 @@ def test_a_row_sets_its_own_guidance_interval(tmp_path):
     assert not np.array_equal(read_pngs(tmp_path / "row"), read_pngs(tmp_path / "preset"))
 
 
+def test_bad_input_exits_2_from_a_real_process(tmp_path):
+    result = vcraft_process("generate", "a red circle", "--frames", "0", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == "error: --frames must be at least 1, got 0\n"
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
 def test_video_bytes_to_stdout(tmp_path):
     command = [sys.executable, "-m", "vcraft", "generate", "a red circle moving left", *FAST, "-o", "-", "-q"]
     data = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path)
@@ -156,6 +166,7 @@ def _bad_files(tmp: Path) -> None:
     (tmp / "broken.yaml").write_text("model: [unclosed\n")
     (tmp / "file").write_text("x")
     (tmp / "not-a-sidecar.json").write_text("{}")
+    (tmp / "badcol.jsonl").write_text('{"prompt": "a", "colour": "red"}\n')
 
 
 P = "a red circle"
@@ -175,7 +186,7 @@ BAD_INPUTS = {
     "fps 0": ([P, "--fps", "0"], "--fps must be at least 1"),
     "save fps 0": ([P, "--save-fps", "0"], "--save-fps must be positive"),
     "unknown device": ([P, "--device", "tpu"], "unknown device"),
-    "cuda absent": ([P, "--device", "cuda"], "cuda"),
+    "cuda absent": ([P, "--device", "cuda"], "no CUDA GPU is available"),
     "unknown dtype": ([P, "--dtype", "fp8"], "unknown dtype"),
     "unknown offload": ([P, "--offload", "disk"], "unknown --offload"),
     "unknown format": ([P, "--format", "avi"], "avi"),
@@ -199,7 +210,9 @@ BAD_INPUTS = {
     "broken config": ([P, "--config", "{tmp}/broken.yaml"], "broken.yaml"),
     "missing checkpoint": ([P, "--ckpt", "{tmp}/nope.safetensors"], "checkpoint not found"),
     "bad samples": ([P, "--samples", "0"], "--samples must be at least 1"),
-    "bad batch size": ([P, "--batch-size", "0"], "--batch-size must be at least 1"),
+    "output not writable": ([P, "-o", "/proc/vcraft/out.mp4"], "cannot write videos to /proc/vcraft"),
+    "folder under a file": ([P, "b", "-o", "{tmp}/file/videos"], "cannot write videos to"),
+    "row sets an unknown column": (["-f", "{tmp}/badcol.jsonl"], "badcol.jsonl:1: unknown column 'colour'"),
     "overwrite and skip": ([P, "--overwrite", "--skip-existing"], "not both"),
     "bad name template": ([P, "--name", "{{colour}}"], "bad name template"),
     "name with a slash": ([P, "--name", "a/b"], "is not a file name"),
@@ -214,6 +227,11 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, case):
+    if case == "cuda absent":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA GPU, so --device cuda is not bad input here")
     bad = tmp_path / "bad"
     bad.mkdir()
     _bad_files(bad)

@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from reference import PRESET_OF, VARIANTS, reference_dir
-from vcraft.config import apply_overrides, load_config, load_preset, preset_names, validate_sampling
+from vcraft.config import apply_overrides, load_config, load_preset, preset_names
+from vcraft.settings import make_settings
 from vcraft.errors import VcraftError
 
 
@@ -54,13 +55,30 @@ def test_bad_config_files(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-def test_sampling_validation():
+def test_settings_validation():
+    """Every default comes from the config; each bad value is refused with the option it came from."""
     cfg = load_preset("vc2-512")
-    validate_sampling(cfg.sampling, cfg.model)
+    settings = make_settings(cfg, "a fox")
+    assert (settings.frames, settings.steps, settings.guidance, settings.seed, settings.negative) == \
+        (cfg.sampling.frames, cfg.sampling.steps, cfg.sampling.guidance, 0, "")
+    assert (settings.overlap, settings.extend) == (4, "replace")  # a quarter of the clip; no frame conditioning
     for field, value in (("frames", 0), ("height", 300), ("width", 0), ("steps", 0), ("eta", -1.0), ("fps", 0)):
-        bad = type(cfg.sampling)(**{**cfg.sampling.__dict__, field: value})
-        with pytest.raises(VcraftError):
-            validate_sampling(bad, cfg.model)
+        with pytest.raises(VcraftError, match=f"--{field}"):
+            make_settings(cfg, "a fox", **{field: value})
+    for field, value, message in (("frames", "8", "'frames' must be a number"), ("seed", 1.5, "'seed'"),
+                                  ("negative", 3, "'negative' must be text"), ("colour", "red", "unknown setting"),
+                                  ("seed", -1, "out of range")):
+        with pytest.raises(VcraftError, match=message):
+            make_settings(cfg, "a fox", **{field: value})
+    with pytest.raises(VcraftError, match="a prompt is empty"):
+        make_settings(cfg, "  ")
+
+
+def test_model_configs_that_cannot_be_built_are_config_errors():
+    with pytest.raises(VcraftError, match="norm_groups"):
+        apply_overrides(load_preset("shapes"), ["model.unet.norm_groups=7"])
+    with pytest.raises(VcraftError, match="layer must be"):
+        apply_overrides(load_preset("shapes"), ["model.text_encoder.layer=first"])
 
 
 def test_model_inputs_must_fit_the_latents():

@@ -12,79 +12,88 @@ import pytest
 import torch
 
 from test_cli import FOX, read_pngs, small_video_args, tiny, vcraft
-from vcraft.sampling.long_video import extend_video, window_count
+from vcraft.sampling.long_video import window_count
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from vcraft import TextToVideo
+
+    return TextToVideo.from_pretrained(str(tiny() / "config.yaml"), tiny() / "model.safetensors", device="cpu")
 
 
 @pytest.mark.parametrize("frames", [5, 16, 17, 28, 29, 100])
-def test_windows_make_exactly_the_frames_asked_for(frames):
-    clip, overlap, seen = 16, 4, []
+def test_windows_make_exactly_the_frames_asked_for(pipe, monkeypatch, frames):
+    """A stand-in sampler numbers a window's frames on from its first given frame: frame i of the video must
+    be i, every window continuing exactly where its kept frames left off."""
+    import vcraft.api
 
-    def window(kept):
-        seen.append(None if kept is None else kept[0, 0, :, 0, 0].tolist())
-        start = 0 if kept is None else int(kept[0, 0, 0, 0, 0])
-        return torch.arange(start, start + clip, dtype=torch.float32).view(1, 1, clip, 1, 1)
+    seen = []
 
-    made = torch.cat(list(extend_video(window, frames, clip, overlap)), dim=2)
-    # Frame i of the video is i: every window continues exactly where the kept frames left off.
-    assert made.flatten().tolist() == list(range(frames))
-    assert len(seen) == window_count(frames, clip, overlap)
+    def numbering(denoiser, x, *args, **kwargs):
+        given = denoiser.cond.given
+        seen.append(None if given is None else given[0, 0, :, 0, 0].tolist())
+        start = 0 if given is None else int(given[0, 0, 0, 0, 0])
+        return torch.arange(start, start + x.shape[2], dtype=x.dtype).view(1, 1, -1, 1, 1).expand(x.shape).clone()
+
+    monkeypatch.setattr(vcraft.api, "ddim_sample", numbering)
+    settings = pipe.settings(FOX, frames=frames, height=64, width=64, steps=2, overlap=4)
+    made = torch.cat(list(pipe.latents(settings)), dim=2)
+    assert made[0, 0, :, 0, 0].tolist() == list(range(frames))
+    assert len(seen) == window_count(frames, 16, 4)
     assert all(kept == list(range(k * 12 + 12, k * 12 + 16)) for k, kept in enumerate(seen[1:]))
 
 
-def test_replace_continues_the_kept_latents_of_an_official_format_model():
+def test_replace_continues_the_kept_latents_of_an_official_format_model(pipe, monkeypatch):
     """Training-free extension with a tiny VideoCrafter2 checkpoint: each window starts with the previous
     window's last latent frames, and those frames steer the new ones."""
-    from vcraft import TextToVideo
-    from vcraft.config import SamplingConfig, validate_sampling
+    import dataclasses
 
-    pipe = TextToVideo.from_pretrained(str(tiny() / "config.yaml"), tiny() / "model.safetensors", device="cpu")
-    settings = validate_sampling(
-        SamplingConfig(frames=24, height=64, width=64, steps=6, guidance=7.5, eta=0.0, fps=8),
-        pipe.config.model)
+    import vcraft.api
+
+    settings = pipe.settings(FOX, seed=5, frames=24, height=64, width=64, steps=6, guidance=7.5, eta=0.0, fps=8)
     assert settings.extend == "replace" and settings.overlap == 4
-    windows = []
-    sample = pipe._sample
+    real, windows = vcraft.api.ddim_sample, []
 
-    def recording(*args):
-        out = sample(*args)
-        windows.append((args[11], out.clone()))  # (given, window)
+    def recording(denoiser, x, *args):
+        start = x.clone()
+        out = real(denoiser, x, *args)
+        windows.append((denoiser, start, out.clone()))
         return out
 
-    pipe._sample = recording
-    cond, uncond = pipe.encode_prompts([FOX]), pipe.encode_prompts([""])
-    video = torch.cat(list(pipe.sample_long(cond, uncond, [5], settings)), dim=2)
+    monkeypatch.setattr(vcraft.api, "ddim_sample", recording)
+    video = torch.cat(list(pipe.latents(settings)), dim=2)
     assert video.shape[2] == 24 and len(windows) == 2
-    (none, first), (kept, second) = windows
-    assert none is None and torch.equal(kept, first[:, :, -4:]) and torch.equal(second[:, :, :4], kept)
+    (first_denoiser, _, first), (second_denoiser, start, second) = windows
+    kept = second_denoiser.cond.given
+    assert first_denoiser.cond.given is None and torch.equal(kept, first[:, :, -4:])
     assert torch.equal(video, torch.cat([first, second[:, :, 4:12]], dim=2))
-    # The same noise without the kept frames gives other new frames: the kept frames are used.
-    gen = torch.Generator().manual_seed(5)
-    torch.randn(first.shape, generator=gen)  # the first window's draw
-    alone = sample(cond, uncond, [gen], 16, 64, 64, 6, 7.5, 0.0, 8, None, None, "replace")
-    assert (alone[:, :, 4:] - second[:, :, 4:]).abs().mean() > 0.05
+    # The same starting noise without the kept frames gives other new frames: the kept frames are used.
+    alone = dataclasses.replace(second_denoiser, cond=dataclasses.replace(second_denoiser.cond, given=None))
+    with torch.inference_mode():
+        free = real(alone, start, pipe.schedule, 6)
+    assert (free[:, :, 4:] - second[:, :, 4:]).abs().mean() > 0.05
 
 
-def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(monkeypatch):
+def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(pipe, monkeypatch):
     """Then they lie on DDIM's deterministic path from that noise to themselves, and share the window's
     frame-common noise when the model draws one (frame_noise_share)."""
     import vcraft.api
-    from vcraft import TextToVideo
 
-    pipe = TextToVideo.from_pretrained(str(tiny() / "config.yaml"), tiny() / "model.safetensors", device="cpu")
-    seen = {}
+    seen = []
 
-    def capture(denoise, x, schedule, steps, eta, draw, report, keep):
-        seen.update(x=x.clone(), keep=keep)
+    def capture(denoiser, x, schedule, steps, eta, noise, callback, keep):
+        seen.append((denoiser.cond.given, x.clone(), keep))
         return x.clone()
 
     monkeypatch.setattr(vcraft.api, "ddim_sample", capture)
-    given = torch.randn(1, 4, 4, 8, 8)
-    cond = pipe.encode_prompts([FOX])
-    pipe._sample(cond, None, [torch.Generator().manual_seed(0)], 16, 64, 64, 6, 1.0, 0.0, 8, None, given, "replace")
+    list(pipe.latents(pipe.settings(FOX, frames=20, height=64, width=64, steps=6, guidance=1.0)))
+    (_, _, no_keep), (given, x, keep) = seen
+    assert no_keep is None
     t = 999
     a, s = float(pipe.schedule.alphas_cumprod[t]), float(pipe.schedule.scale_arr[t])
-    expected = a ** 0.5 * s * given + (1 - a) ** 0.5 * seen["x"][:, :, :4]
-    assert torch.allclose(seen["keep"](seen["x"], t)[:, :, :4], expected, atol=1e-6)
+    expected = a ** 0.5 * s * given + (1 - a) ** 0.5 * x[:, :, :4]
+    assert torch.allclose(keep(x, t)[:, :, :4], expected, atol=1e-6)
 
 
 def test_long_video_from_the_command_line(tmp_path):

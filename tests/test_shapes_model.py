@@ -13,8 +13,9 @@ from vcraft.data.measure import measure, measure_colour, measure_motion, object_
 
 
 def test_checkpoint_is_found_by_default_and_small():
-    from vcraft.api import find_checkpoint
-    from vcraft.config import DEFAULT_PRESET, load_preset
+    from vcraft import DEFAULT_PRESET
+    from vcraft.checkpoints import find_checkpoint
+    from vcraft.config import load_preset
 
     assert DEFAULT_PRESET == "shapes"
     path = find_checkpoint(load_preset("shapes"))
@@ -66,7 +67,7 @@ def test_the_joins_of_a_long_video_are_no_bigger_than_its_frame_steps(pipe, long
     change = np.abs(np.diff(long_video, axis=0)).mean(axis=(1, 2, 3))  # change[i]: frame i -> i + 1
     joins = [start - 1 for start in range(16, 40, 16 - pipe.config.sampling.overlap)]
     # The mean over the joins, as scripts/check_long_video.py measures it. The largest single join of this video
-    # is 2.03x since the preset guides only at t >= 600 (1.93x guided throughout; README, long videos).
+    # is 2.03x since the preset guides only at t >= 600 (docs/embedded-model.md).
     assert change[joins].mean() <= 2 * np.median(change), change
 
 

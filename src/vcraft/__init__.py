@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["TextToVideo", "load_config", "load_preset", "VcraftError"]
+DEFAULT_PRESET = "shapes"  # the embedded model, which needs no download
+__all__ = ["TextToVideo", "Settings", "load_config", "load_preset", "VcraftError"]
 
 
 def __getattr__(name: str):
@@ -14,6 +15,10 @@ def __getattr__(name: str):
         from vcraft.api import TextToVideo
 
         return TextToVideo
+    if name == "Settings":
+        from vcraft.settings import Settings
+
+        return Settings
     if name in ("load_config", "load_preset"):
         from vcraft import config
 

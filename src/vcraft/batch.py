@@ -1,23 +1,24 @@
-"""A run of many videos: plan every video (prompt, seed, settings, output path) and check it all before any
-heavy work, then render them, several at a time where their settings allow.
+"""A run of many videos: plan every video (its settings and output path) and check it all, output folders
+included, before any heavy work.
 
 Video k of a run, in output order (every sample of every prompt), gets seed `base + k`, unless its row
-gives a seed, which then belongs to its first sample (`seed + j` for sample j). Its noise comes from its
-seed alone, so its pixels do not depend on which other videos share its batch.
+gives a seed, which then belongs to its first sample (`seed + j` for sample j). Every video is sampled on
+its own, so its pixels depend on its settings alone, not on the others of the run.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, replace
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Optional
 
-import numpy as np
-
-from vcraft.config import ModelConfig, SamplingConfig, validate_sampling
+from vcraft.config import Config
 from vcraft.errors import VcraftError
 from vcraft.prompts import PromptRow
+from vcraft.settings import Settings, make_settings
 
 DEFAULT_NAME = "{index:04d}-{slug}-{seed}"
 NAME_FIELDS = ("index", "slug", "seed", "sample", "prompt")
@@ -28,10 +29,7 @@ STDOUT = Path("-")
 class Video:
     index: int
     sample: int
-    prompt: str
-    negative: Optional[str]
-    seed: int
-    settings: SamplingConfig  # validated
+    settings: Settings
     path: Path  # STDOUT: the bytes go to standard output
     where: str  # where the prompt came from, for messages
 
@@ -40,7 +38,7 @@ def slug(text: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "video"
 
 
-def _name(template: str, where: str, **fields) -> str:
+def _name(template: str, where: str, **fields: Any) -> str:
     try:
         name = template.format(**fields)
     except (KeyError, IndexError, ValueError) as exc:
@@ -73,11 +71,19 @@ def _destination(output: Optional[Path], fmt: str, suffix: str, count: int) -> t
     return None, folder
 
 
-def plan(rows: list[PromptRow], base: SamplingConfig, model: ModelConfig, base_seed: int, samples: int,
-         negative: Optional[str], name: str, output: Optional[Path], fmt: str, overwrite: bool,
-         skip_existing: bool) -> list[Video]:
-    """Every video of the run with its checked settings and output path; raises VcraftError (naming the
-    prompt's file and line) for anything wrong, before a model is loaded."""
+def _settings(config: Config, row: PromptRow, chosen: dict[str, Any], seed: int) -> Settings:
+    values = {**chosen, **{k: v for k, v in row.settings.items() if k not in ("seed", "name")}, "seed": seed}
+    try:
+        return make_settings(config, row.prompt, **values)
+    except VcraftError as exc:
+        raise VcraftError(f"{row.where}: {exc}" if row.where != "argument" else str(exc)) from None
+
+
+def plan(rows: list[PromptRow], config: Config, chosen: dict[str, Any], base_seed: int, samples: int,
+         name: Optional[str], output: Optional[Path], fmt: str, overwrite: bool, skip_existing: bool) -> list[Video]:
+    """Every video of the run with its checked settings (`chosen`: the run's options, None where not given,
+    under each row's own) and output path; raises VcraftError (naming the prompt's file and line) for
+    anything wrong, an output that cannot be written included, before a model is loaded."""
     if samples < 1:
         raise VcraftError(f"--samples must be at least 1, got {samples}")
     if overwrite and skip_existing:
@@ -86,30 +92,24 @@ def plan(rows: list[PromptRow], base: SamplingConfig, model: ModelConfig, base_s
     suffix = "" if fmt == "png" else f".{fmt}"
     single, folder = _destination(output, fmt, suffix, count)
 
-    videos, taken = [], {}
+    videos: list[Video] = []
+    taken: dict[Path, str] = {}
     for row in rows:
-        fields = {k: v for k, v in row.settings.items() if k in SamplingConfig.__dataclass_fields__}
-        try:
-            settings = validate_sampling(replace(base, **fields), model)
-        except VcraftError as exc:
-            raise VcraftError(f"{row.where}: {exc}" if row.where != "argument" else str(exc)) from None
         for j in range(samples):
             index = len(videos)
             seed = row.settings["seed"] + j if "seed" in row.settings else base_seed + index
-            if not 0 <= seed < 2**63:
-                raise VcraftError(f"{row.where}: seed {seed} is out of range (0 to 2^63 - 1)")
+            settings = _settings(config, row, chosen, seed)
             if single is not None:
                 path = single
             else:
-                template = row.settings.get("name", name)
+                template = row.settings.get("name", name or DEFAULT_NAME)
                 path = folder / (_name(template, row.where, index=index, slug=slug(row.prompt), seed=seed,
                                        sample=j, prompt=row.prompt) + suffix)
             if path in taken:
                 raise VcraftError(f"{row.where}: {path} would be written twice (also by {taken[path]}); add "
                                   "{index}, {seed} or {sample} to the name")
             taken[path] = row.where
-            videos.append(Video(index, j, row.prompt, row.settings.get("negative", negative), seed, settings,
-                                path, row.where))
+            videos.append(Video(index, j, settings, path, row.where))
     for video in videos:
         path = video.path
         if path == STDOUT or skip_existing:
@@ -119,41 +119,24 @@ def plan(rows: list[PromptRow], base: SamplingConfig, model: ModelConfig, base_s
             raise VcraftError(f"{path} already exists; use --overwrite to replace it or --skip-existing to keep it")
         if path.is_dir() and fmt != "png":
             raise VcraftError(f"{path} is a folder; give a file name ending in {suffix}")
+    for parent in dict.fromkeys(v.path.parent for v in videos if v.path != STDOUT):
+        check_writable(parent)
     return videos
 
 
-def batches(videos: list[Video], size: int, clip: int) -> Iterator[list[Video]]:
-    """Consecutive videos with the same settings, up to `size` at a time; videos longer than the model's
-    clip go alone, since they are written window by window."""
-    current: list[Video] = []
-    for video in videos:
-        if current and (len(current) == size or video.settings != current[0].settings
-                        or video.settings.frames > clip):
-            yield current
-            current = []
-        current.append(video)
-    if current:
-        yield current
-
-
-def render(pipe, group: list[Video], callback: Optional[Callable[[int, int], None]] = None
-           ) -> Iterator[tuple[Video, Iterator[np.ndarray]]]:
-    """Sample the videos of one batch together; yield each video with its uint8 frame chunks, decoded as
-    they are consumed. A video whose latents are not finite raises when its chunks are read, so that
-    the others of its batch still get written."""
-    s = group[0].settings
-    cond = pipe.encode_prompts([v.prompt for v in group])
-    uncond = pipe.encode_prompts([v.negative or "" for v in group]) if s.guidance != 1.0 else None
-    windows = pipe.sample_long(cond, uncond, [v.seed for v in group], s, callback)
-    if len(group) == 1:
-        yield group[0], (chunk[0].numpy() for latents in windows for chunk in _decoded(pipe, latents))
-        return
-    latents = next(windows)  # batched videos fit in one window
-    for i, video in enumerate(group):
-        yield video, (chunk[0].numpy() for chunk in _decoded(pipe, latents[i:i + 1]))
-
-
-def _decoded(pipe, latents):
-    if not latents.isfinite().all():
-        raise FloatingPointError("the sampler produced NaN or infinite latents (try --dtype fp32)")
-    yield from pipe.decode(latents)
+def check_writable(folder: Path) -> None:
+    """Videos can be written into `folder`: it is made (with its parents) and a file is written in it, then
+    both are removed again, so a bad output is found before any heavy work and nothing is left behind."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vcraft-check-"):
+            pass
+    except OSError as exc:
+        raise VcraftError(f"cannot write videos to {folder} ({exc.strerror or exc}); choose another -o") from None
+    finally:
+        for made in missing:  # innermost first; only folders left empty
+            try:
+                os.rmdir(made)
+            except OSError:
+                pass

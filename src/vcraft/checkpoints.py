@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from vcraft.config import Config, preset_dir
 from vcraft.errors import VcraftError
 
 UNET_PREFIX = "model.diffusion_model."
@@ -31,6 +32,29 @@ SCHEDULE_KEYS = {
     "scale_arr",
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
+
+
+def checkpoint_dirs(preset: str) -> list[Path]:
+    """Where a preset's weights are looked for: $VCRAFT_CHECKPOINTS/<preset>, then checkpoints/<preset>."""
+    dirs = []
+    if os.environ.get("VCRAFT_CHECKPOINTS"):
+        dirs.append(Path(os.environ["VCRAFT_CHECKPOINTS"]) / preset)
+    dirs.append(preset_dir().parent / "checkpoints" / preset)
+    return dirs
+
+
+def find_checkpoint(cfg: Config) -> Path:
+    """The checkpoint of a preset that was given no --ckpt; VcraftError saying where it looked if none."""
+    dirs = checkpoint_dirs(cfg.name)
+    for d in dirs:
+        for name in CHECKPOINT_NAMES:
+            if (d / name).is_file():
+                return d / name
+    where = " or ".join(str(d) for d in dirs)
+    hint = f" (download it from {cfg.weights_url})" if cfg.weights_url else ""
+    raise VcraftError(f"no checkpoint for model '{cfg.name}': put model.ckpt or model.safetensors in {where}"
+                      f"{hint}, or pass --ckpt PATH")
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

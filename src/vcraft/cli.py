@@ -11,7 +11,6 @@ import json
 import secrets
 import sys
 import time
-from dataclasses import asdict, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -19,14 +18,15 @@ from typing import Optional
 import typer
 from typer.exceptions import TyperException
 
-from vcraft import __version__
-from vcraft.batch import DEFAULT_NAME, STDOUT, batches, plan, render
-from vcraft.config import (DEFAULT_PRESET, Config, SamplingConfig, apply_overrides, load_config, load_preset,
-                           validate_sampling)
+from vcraft import DEFAULT_PRESET, __version__
 from vcraft.errors import VcraftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Text-to-video generation with VideoCrafter-compatible models.")
+
+# Settings a --from sidecar must have besides prompt, seed and model (those of settings.Settings).
+RECIPE_SETTINGS = ("frames", "height", "width", "steps", "guidance", "guidance_min_t", "eta", "fps", "save_fps",
+                   "overlap", "extend")
 
 
 class Format(str, Enum):
@@ -40,7 +40,9 @@ def _log(message: str, quiet: bool = False) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _resolve_config(model: Optional[str], config: Optional[Path], overrides: list[str]) -> Config:
+def _resolve_config(model: Optional[str], config: Optional[Path], overrides: list[str]):
+    from vcraft.config import apply_overrides, load_config, load_preset
+
     if model and config:
         raise VcraftError("give either --model or --config, not both")
     if config is not None:
@@ -49,22 +51,25 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
 
 
 def _recipe(path: Path) -> dict:
-    """The settings a video was made with, from its JSON sidecar (for --from)."""
+    """The settings a video was made with, from its JSON sidecar (for --from), each of its type."""
+    from vcraft.settings import check_type
+
     try:
         recipe = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VcraftError(f"--from: file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar ({exc})") from None
-    needed = ("prompt", "seed", "model", *SAMPLING_FIELDS)
+    needed = ("prompt", "seed", "model", *RECIPE_SETTINGS)
     if isinstance(recipe, dict):
         recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
     if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
-    return recipe
-
-
-SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingConfig))
+    try:
+        typed = {k: check_type(k, recipe[k]) for k in ("prompt", "seed", *RECIPE_SETTINGS) if recipe[k] is not None}
+    except VcraftError as exc:
+        raise VcraftError(f"--from {path}: {exc}") from None
+    return {**recipe, **typed}
 
 
 @app.command()
@@ -79,8 +84,8 @@ def generate(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="File (or PNG folder) for one video, - for stdout, else a folder."),
-    name: str = typer.Option(DEFAULT_NAME, "--name", help="File name template: {index} {slug} {seed} {sample} "
-                                                          "{prompt}."),
+    name: Optional[str] = typer.Option(None, "--name", help="File name template: {index} {slug} {seed} {sample} "
+                                                            "{prompt} (default {index:04d}-{slug}-{seed})."),
     frames: Optional[int] = typer.Option(None, help="Number of frames."),
     height: Optional[int] = typer.Option(None, help="Height in pixels."),
     width: Optional[int] = typer.Option(None, help="Width in pixels."),
@@ -99,7 +104,6 @@ def generate(
                                                     "replace (any model). Default: per model."),
     seed: Optional[int] = typer.Option(None, min=0, help="Base seed (default: random, reported)."),
     samples: int = typer.Option(1, help="Videos per prompt."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Videos sampled together (same settings only)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", help="auto, fp32, fp16 or bf16."),
     offload: str = typer.Option("none", help="none, or model: each stage (text encoder, UNet, autoencoder) "
@@ -116,11 +120,12 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
 ) -> None:
     """Generate videos from text prompts, prompt files or stdin."""
+    from vcraft.batch import STDOUT, plan
     from vcraft.prompts import PromptRow, gather_prompts
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
-              "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta, "overlap": overlap,
-              "extend": extend}
+              "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta,
+              "overlap": overlap, "extend": extend, "negative": negative}
     if from_json is not None:
         if prompts or prompts_file or model or config:
             raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")
@@ -129,23 +134,17 @@ def generate(
         model = None if config else recipe["model"]
         ckpt = ckpt or (Path(recipe["ckpt"]) if recipe.get("ckpt") else None)
         overrides = [*recipe.get("overrides", []), *overrides]
-        chosen = {**{k: recipe[k] for k in SAMPLING_FIELDS}, **{k: v for k, v in chosen.items() if v is not None}}
+        chosen = {**{k: recipe.get(k) for k in chosen}, **{k: v for k, v in chosen.items() if v is not None}}
         rows = [PromptRow(recipe["prompt"], {"seed": recipe["seed"] if seed is None else seed}, str(from_json))]
-        negative = negative if negative is not None else recipe.get("negative")
         fmt = fmt or Format(recipe.get("format", "mp4"))
     cfg = _resolve_config(model, config, overrides)
-    base = replace(cfg.sampling, **{k: v for k, v in chosen.items() if v is not None})
-    base = validate_sampling(base, cfg.model)
     if from_json is None:
         rows = gather_prompts(prompts or [], prompts_file, sys.stdin)
-    if batch_size < 1:
-        raise VcraftError(f"--batch-size must be at least 1, got {batch_size}")
     if fmt is None:
         suffix = output.suffix.lstrip(".").lower() if output is not None else ""
         fmt = Format(suffix) if suffix in Format.__members__ else Format.mp4
     base_seed = seed if seed is not None else secrets.randbelow(2**31)
-    videos = plan(rows, base, cfg.model, base_seed, samples, negative, name, output, fmt.value, overwrite,
-                  skip_existing)
+    videos = plan(rows, cfg, chosen, base_seed, samples, name, output, fmt.value, overwrite, skip_existing)
     if ckpt is not None and not ckpt.is_file():
         raise VcraftError(f"checkpoint not found: {ckpt}")
     todo = [v for v in videos if not (skip_existing and v.path != STDOUT and v.path.exists())]
@@ -154,7 +153,9 @@ def generate(
     if not todo:
         return
 
-    from vcraft.api import TextToVideo, find_checkpoint, resolve_device, resolve_dtype
+    from vcraft.api import TextToVideo
+    from vcraft.checkpoints import find_checkpoint
+    from vcraft.devices import resolve_device, resolve_dtype
     from vcraft.sampling.long_video import window_count
 
     ckpt_path = ckpt or find_checkpoint(cfg)
@@ -175,31 +176,21 @@ def generate(
                 "ckpt": str(Path(ckpt_path).resolve()), "format": fmt.value, "overrides": list(overrides),
                 "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
                 "vcraft_version": __version__}
-    failed, done = [], 0
-    for group in batches(todo, batch_size, clip):
-        label = f"[{done + 1}/{len(todo)}]" if len(group) == 1 else f"[{done + 1}-{done + len(group)}/{len(todo)}]"
-        bar = _progress(quiet, label, window_count(group[0].settings.frames, clip, group[0].settings.overlap))
-        t0 = time.perf_counter()
-        left = list(group)
+    failed = []
+    for done, video in enumerate(todo, 1):
+        s = video.settings
+        label = f"[{done}/{len(todo)}]"
+        bar = _progress(quiet, label, window_count(s.frames, clip, s.overlap))
+        started = time.perf_counter()
         try:
-            for video, chunks in render(pipe, group, bar):
-                left.remove(video)
-                done += 1
-                try:
-                    _write(video, chunks, fmt.value, {**recorded, "prompt": video.prompt, "negative": video.negative,
-                                                       "seed": video.seed, **asdict(video.settings)})
-                except Exception as exc:  # this video failed (a write error, NaN); the batch goes on
-                    failed.append(video)
-                    _log(f"error: video {video.index} ({video.prompt!r}) failed: {_one_line(exc)}")
-                    continue
-                seconds, t0 = time.perf_counter() - t0, time.perf_counter()
-                _report(video, seconds, as_json, quiet, f"[{done}/{len(todo)}]")
-        except Exception as exc:  # sampling failed (out of memory, ...): every video not yet done in the batch
-            failed += left
-            done += len(left)
-            _log(f"error: video(s) {', '.join(str(v.index) for v in left)} failed: {_one_line(exc)}")
+            _write(video, pipe.stream(s, bar), fmt.value, {**recorded, **s.record()})
+        except Exception as exc:  # this video failed (a write error, NaN, out of memory); the batch goes on
+            failed.append(video)
+            _log(f"error: video {video.index} ({s.prompt!r}) failed: {_one_line(exc)}")
+            continue
         finally:
             bar(None, None)
+        _report(video, time.perf_counter() - started, as_json, quiet, label)
     if failed:
         _log(f"{len(failed)} of {len(todo)} videos failed: " + ", ".join(str(v.index) for v in failed))
         raise typer.Exit(1)
@@ -211,6 +202,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _write(video, chunks, fmt: str, metadata: dict) -> None:
+    from vcraft.batch import STDOUT
     from vcraft.video import write_video
 
     if video.path != STDOUT:
@@ -226,12 +218,14 @@ def _write(video, chunks, fmt: str, metadata: dict) -> None:
 
 
 def _report(video, seconds: float, as_json: bool, quiet: bool, label: str) -> None:
+    from vcraft.batch import STDOUT
+
     s = video.settings
-    _log(f"{label} {video.prompt!r} seed {video.seed}: {seconds:.1f} s", quiet)
+    _log(f"{label} {s.prompt!r} seed {s.seed}: {seconds:.1f} s", quiet)
     if video.path == STDOUT:
         return
     if as_json:
-        print(json.dumps({"prompt": video.prompt, "path": str(video.path), "seed": video.seed, "frames": s.frames,
+        print(json.dumps({"prompt": s.prompt, "path": str(video.path), "seed": s.seed, "frames": s.frames,
                           "fps": s.save_fps, "size": [s.height, s.width], "seconds": round(seconds, 2)}),
               flush=True)
     else:
@@ -330,10 +324,11 @@ def train(
     """Train a model from scratch on the synthetic shapes data (autoencoder, then diffusion).
 
     Resumable: run the same command again to continue from the last checkpoint in the run folder."""
-    cfg = load_config(config, overrides)
-    from vcraft.api import resolve_device
+    from vcraft.config import load_config
+    from vcraft.devices import resolve_device
     from vcraft.train import train as run_training
 
+    cfg = load_config(config, overrides)
     dev = resolve_device(device)
     started = time.perf_counter()
     model_path = run_training(cfg, output, lambda line: _log(line, quiet), device=dev)
@@ -345,7 +340,7 @@ def train(
 @app.command()
 def presets() -> None:
     """List the model presets."""
-    from vcraft.config import preset_names
+    from vcraft.config import load_preset, preset_names
 
     for name in preset_names():
         cfg = load_preset(name)
@@ -353,10 +348,11 @@ def presets() -> None:
         print(f"{name}\t{s.height}x{s.width}x{s.frames}\t{cfg.weights_url or ''}")
 
 
-def main() -> None:
-    verbose = "--verbose" in sys.argv
+def run(argv: list[str]) -> int:
+    """The command line with these arguments, as an exit code (tests call it in-process)."""
+    verbose = "--verbose" in argv
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, prog_name="vcraft", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into exit code 130 itself
             code = _fail("interrupted", 130)
     except (KeyboardInterrupt, typer.Abort):
@@ -367,7 +363,11 @@ def main() -> None:
         code = _fail(str(exc), 2, verbose)
     except Exception as exc:  # a failure at run time: one line, the traceback only on request
         code = _fail(_one_line(exc), 1, verbose)
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
 
 
 def _fail(message: str, code: int, verbose: bool = False) -> int:

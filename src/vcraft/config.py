@@ -1,13 +1,12 @@
-"""The one config schema of vcraft, its presets, and the reader for original VideoCrafter inference YAMLs.
+"""The one config schema of vcraft and its presets (original VideoCrafter YAMLs: videocrafter_yaml.py).
 
 A vcraft config is plain data: what the model is (`model`) and how to sample by default (`sampling`).
-Everything is validated here, once, by OmegaConf against the dataclasses below.
+Its structure is validated here, once, by OmegaConf against the dataclasses below; generation settings
+are checked in settings.py.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,6 @@ from omegaconf.errors import OmegaConfBaseException
 from vcraft.errors import VcraftError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_PRESET = "shapes"
 
 
 @dataclass
@@ -189,8 +187,6 @@ def _phase_settings(base: DictConfig, phase: dict[str, Any]) -> DiffusionTrainin
     return OmegaConf.to_object(OmegaConf.merge(base, _phase_changes(phase)))  # type: ignore[return-value]
 
 
-
-
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -234,6 +230,7 @@ def _validated(data: Any, origin: str) -> Config:
 
 
 def _model_problem(m: ModelConfig) -> str | None:
+    """What would keep the modules from being built, said as a config error."""
     latent = m.autoencoder.embed_dim
     inputs = 2 * latent + 1 if m.frame_conditioning else latent
     if m.parameterization not in ("eps", "v"):
@@ -244,6 +241,20 @@ def _model_problem(m: ModelConfig) -> str | None:
         return (f"the UNet must take {inputs} channels and return {latent} (latent channels {latent}"
                 f"{', plus given frames and their mask' if m.frame_conditioning else ''}), "
                 f"not {m.unet.in_channels} and {m.unet.out_channels}")
+    if m.text_encoder.layer not in ("penultimate", "last"):
+        return f"model.text_encoder.layer must be 'penultimate' or 'last', not '{m.text_encoder.layer}'"
+    divides = [
+        (m.unet.norm_groups, [m.unet.model_channels * k for k in m.unet.channel_mult], "model.unet.norm_groups"),
+        (m.unet.num_head_channels, [m.unet.model_channels * k for k in m.unet.channel_mult],
+         "model.unet.num_head_channels"),
+        (m.autoencoder.norm_groups, [m.autoencoder.ch * k for k in m.autoencoder.ch_mult],
+         "model.autoencoder.norm_groups"),
+        (m.text_encoder.heads, [m.text_encoder.width], "model.text_encoder.heads"),
+    ]
+    for divisor, channels, name in divides:
+        bad = [c for c in channels if divisor < 1 or c % divisor]
+        if bad:
+            return f"{name} ({divisor}) must divide every channel count it applies to, and {bad[0]} is not a multiple"
     return None
 
 
@@ -302,7 +313,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
     path = Path(path)
     data = _read_yaml(path)
     if "model" in data and "target" in data.model:
-        data = OmegaConf.create(_from_videocrafter(data, path))
+        from vcraft.videocrafter_yaml import from_videocrafter
+
+        data = OmegaConf.create(from_videocrafter(data, path))
     elif "name" not in data:
         data.name = path.stem
     return apply_overrides(_validated(data, str(path)), overrides, str(path))
@@ -319,116 +332,3 @@ def apply_overrides(cfg: Config, overrides: list[str], origin: str = "") -> Conf
     except OmegaConfBaseException as exc:
         raise VcraftError(f"invalid --set override: {str(exc).splitlines()[0]}") from None
     return _validated(merged, origin or cfg.name)
-
-
-# --- original VideoCrafter inference YAML ------------------------------------------------------------
-
-# Switches that change the computation but that no official text-to-video model uses; refusing them
-# beats silently computing something else.
-_UNSUPPORTED_UNET = {
-    "use_scale_shift_norm": False, "resblock_updown": False, "tempspatial_aware": False,
-    "use_image_attention": False, "temporal_selfatt_only": True, "conv_resample": True, "dims": 2,
-}
-_IGNORED_UNET = {"use_checkpoint", "use_fp16", "num_heads", "num_classes"}
-
-
-def _from_videocrafter(data: DictConfig, path: Path) -> dict:
-    try:
-        params = OmegaConf.to_container(data.model.params, resolve=True)
-        unet_in = dict(params["unet_config"]["params"])
-        vae_in = dict(params["first_stage_config"]["params"])
-        text_in = dict(params["cond_stage_config"].get("params") or {})
-    except (KeyError, TypeError, AttributeError, OmegaConfBaseException) as exc:
-        raise VcraftError(f"{path} looks like a VideoCrafter config but lacks {exc}") from None
-
-    for key, expected in _UNSUPPORTED_UNET.items():
-        if key in unet_in and unet_in.pop(key) != expected:
-            raise VcraftError(f"{path}: unet setting {key} other than {expected} is not supported")
-    unet = {k: v for k, v in unet_in.items() if k not in _IGNORED_UNET}
-    if params.get("parameterization", "eps") != "eps":
-        raise VcraftError(f"{path}: only epsilon-prediction models are supported")
-    if params.get("uncond_type", "empty_seq") != "empty_seq":
-        raise VcraftError(f"{path}: only uncond_type empty_seq is supported")
-
-    dd = dict(vae_in.get("ddconfig", {}))
-    if dd.get("attn_resolutions"):
-        raise VcraftError(f"{path}: autoencoder attn_resolutions must be empty, as in VideoCrafter")
-    autoencoder = {k: dd[k] for k in ("in_channels", "out_ch", "z_channels", "ch", "ch_mult", "num_res_blocks")
-                   if k in dd}
-    autoencoder["embed_dim"] = vae_in.get("embed_dim", 4)
-
-    text = _open_clip_text_dims(text_in.get("arch", "ViT-H-14"), path)
-    text["layer"] = text_in.get("layer", "penultimate")
-
-    schedule = {k: params[k] for k in ("timesteps", "linear_start", "linear_end", "use_scale", "scale_a",
-                                       "scale_b", "mid_step", "fix_scale_bug") if k in params}
-    latent_hw = params.get("image_size", [40, 64])
-    latent_hw = [latent_hw, latent_hw] if isinstance(latent_hw, int) else latent_hw
-    downsample = 2 ** (len(autoencoder.get("ch_mult", [1, 2, 4, 4])) - 1)
-    return {
-        "name": path.stem,
-        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "schedule": schedule,
-                  "scale_factor": params.get("scale_factor", 0.18215)},
-        "sampling": {"height": latent_hw[0] * downsample, "width": latent_hw[1] * downsample},
-    }
-
-
-def _open_clip_text_dims(arch: str, yaml_path: Path) -> dict:
-    """Text-tower dimensions of an OpenCLIP architecture: open_clip's registry, else a JSON beside the YAML."""
-    beside = yaml_path.parent / "open_clip_config.json"
-    model_cfg = None
-    if beside.is_file():
-        model_cfg = json.loads(beside.read_text()).get(arch)
-    if model_cfg is None:
-        import open_clip  # heavy import; only for configs that name an architecture
-
-        model_cfg = open_clip.get_model_config(arch)
-    if model_cfg is None:
-        raise VcraftError(f"unknown OpenCLIP architecture '{arch}': put its config in {beside}")
-    text = model_cfg["text_cfg"]
-    return {"width": text["width"], "heads": text["heads"], "layers": text["layers"],
-            "context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408),
-            "embed_dim": model_cfg["embed_dim"]}
-
-
-def spatial_multiple(model: ModelConfig) -> int:
-    """Heights and widths must be multiples of this: the VAE's and the UNet's downsampling combined."""
-    return 2 ** (len(model.autoencoder.ch_mult) - 1) * 2 ** (len(model.unet.channel_mult) - 1)
-
-
-# Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from
-# starting a render that cannot fit in memory.
-MAX_SIDE = 2048
-
-
-def validate_sampling(s: SamplingConfig, model: ModelConfig) -> SamplingConfig:
-    """Check generation settings before any heavy work; raise VcraftError saying what to change.
-    Returns them with the long-video choices left open (None) made for this model."""
-    m = spatial_multiple(model)
-    clip = model.unet.temporal_length
-    extend = s.extend or ("mask" if model.frame_conditioning else "replace")
-    overlap = clip // 4 if s.overlap is None else s.overlap
-    checks = [
-        (s.frames >= 1, f"--frames must be at least 1, got {s.frames}"),
-        (s.height >= m and s.height % m == 0, f"--height must be a positive multiple of {m}, got {s.height}"),
-        (s.width >= m and s.width % m == 0, f"--width must be a positive multiple of {m}, got {s.width}"),
-        (s.height <= MAX_SIDE, f"--height must be at most {MAX_SIDE}, got {s.height}"),
-        (s.width <= MAX_SIDE, f"--width must be at most {MAX_SIDE}, got {s.width}"),
-        (1 <= s.steps <= model.schedule.timesteps,
-         f"--steps must be between 1 and {model.schedule.timesteps}, got {s.steps}"),
-        (math.isfinite(s.guidance) and s.guidance >= 0, f"--guidance must be 0 or more, got {s.guidance}"),
-        (0 <= s.guidance_min_t <= model.schedule.timesteps,
-         f"--guidance-min-t must be between 0 and {model.schedule.timesteps}, got {s.guidance_min_t}"),
-        (math.isfinite(s.eta) and s.eta >= 0, f"--eta must be 0 or more, got {s.eta}"),
-        (s.fps >= 1, f"--fps must be at least 1, got {s.fps}"),
-        (s.save_fps > 0, f"--save-fps must be positive, got {s.save_fps}"),
-        (extend in ("mask", "replace"), f"--extend must be mask or replace, got {extend}"),
-        (extend == "replace" or model.frame_conditioning,
-         "--extend mask needs a model trained to continue videos (frame_conditioning); use --extend replace"),
-        (1 <= overlap < clip, f"--overlap must be between 1 and {clip - 1} (the model makes {clip} frames at "
-                              f"a time), got {overlap}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise VcraftError(message)
-    return replace(s, overlap=overlap, extend=extend)

@@ -1,8 +1,8 @@
 """Prompt sources: command-line arguments, stdin (`-`), and prompt files (`.txt`, `.jsonl`, `.csv`).
 
 Files are read whole and checked before anything is rendered; a bad row is reported with its file and line.
-`.jsonl` and `.csv` rows may carry their own settings (seed, frames, fps, steps, guidance, guidance_min_t,
-negative, name).
+`.jsonl` and `.csv` rows may carry their own settings (any of settings.Settings, such as seed, frames, fps,
+steps, guidance, negative) and an output `name`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vcraft.errors import VcraftError
+from vcraft.settings import TYPES, check_type
 
-# Per-row settings and the type each must have.
-ROW_SETTINGS: dict[str, type] = {"seed": int, "frames": int, "fps": int, "steps": int, "guidance": float,
-                                 "guidance_min_t": int, "negative": str, "name": str}
+ROW_COLUMNS = ("prompt", *(k for k in TYPES if k != "prompt"), "name")
 
 
 @dataclass(frozen=True)
@@ -29,24 +28,25 @@ class PromptRow:
 
 
 def _value(key: str, raw: Any, where: str) -> Any:
-    kind = ROW_SETTINGS[key]
-    if isinstance(raw, str) and kind is not str:  # CSV cells are text
+    if key == "name":  # the output's name, not a setting
+        if not isinstance(raw, str):
+            raise VcraftError(f"{where}: 'name' must be text, got {raw!r}")
+        return raw
+    if isinstance(raw, str) and TYPES[key] is not str:  # CSV cells are text
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError:
             pass
-    ok = isinstance(raw, str) if kind is str else \
-        isinstance(raw, (int, float)) and not isinstance(raw, bool) and (kind is float or float(raw).is_integer())
-    if not ok:
-        raise VcraftError(f"{where}: '{key}' must be {'text' if kind is str else f'a number ({kind.__name__})'}, "
-                          f"got {raw!r}")
-    return kind(raw)
+    try:
+        return check_type(key, raw)
+    except VcraftError as exc:
+        raise VcraftError(f"{where}: {exc}") from None
 
 
 def _row(values: dict[str, Any], where: str) -> PromptRow:
-    unknown = sorted(set(values) - set(ROW_SETTINGS) - {"prompt"})
+    unknown = sorted(set(values) - set(ROW_COLUMNS))
     if unknown:
-        raise VcraftError(f"{where}: unknown column '{unknown[0]}'; allowed: prompt, {', '.join(ROW_SETTINGS)}")
+        raise VcraftError(f"{where}: unknown column '{unknown[0]}'; allowed: {', '.join(ROW_COLUMNS)}")
     prompt = values.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise VcraftError(f"{where}: no prompt; every row needs a non-empty 'prompt'")
@@ -118,8 +118,6 @@ def gather_prompts(arguments: list[str], prompts_file: Path | None, stdin: TextI
             if not from_stdin:
                 raise VcraftError("no prompts on stdin; give one per line")
             rows += from_stdin
-        elif not arg.strip():
-            raise VcraftError("a prompt is empty; give some text to turn into a video")
         else:
             rows.append(PromptRow(arg.strip()))
     if prompts_file is not None:

@@ -8,7 +8,7 @@ Two reasons, both measured on a CPU (320x512 frames, fp32; the whole decode's pe
   decodes then never pays (the autoencoder's encoder, which is diffusers', is built only when asked for).
 
 Parameter names are those of diffusers' `Decoder`, so checkpoints and diffusers' AutoencoderKL (used for
-training, which needs gradients, see training.py) share one state-dict layout. The same arithmetic as
+training, which needs gradients, see vcraft.train) share one state-dict layout. The same arithmetic as
 diffusers' in every layer; only the order of summation differs, within fp32 rounding (tests compare both).
 Inference only: activations are overwritten in place.
 """

@@ -60,6 +60,13 @@ def frame_noise(schedule: Schedule, randn: Callable[[int], torch.Tensor], frames
     return share ** 0.5 * z[:, :, :1] + (1 - share) ** 0.5 * z[:, :, 1:]
 
 
+def draw_noise(schedule: Schedule, generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    """Noise of `shape` `[b, c, t, h, w]` drawn on the CPU in float32 from `generator` (so a video depends
+    on its seed, not on the device), with the schedule's share common to all frames."""
+    b, c, t, h, w = shape
+    return frame_noise(schedule, lambda n: torch.randn((b, c, n, h, w), generator=generator, dtype=torch.float32), t)
+
+
 def at(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """alphas_cumprod and scale_arr at timesteps `t` (one per batch item), shaped to broadcast over `like`."""
     shape = (-1,) + (1,) * (like.ndim - 1)

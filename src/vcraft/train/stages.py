@@ -47,10 +47,10 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
         recon = vae.decode(posterior.mean + posterior.std * noise).sample
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + ac.kl_weight * posterior.kl().mean()
         if ac.colour_anchor:
-            # Left free, the encoder gave colours latents of very different sizes: a red object 0.5 latent std
-            # from the background, a white one 17 (scripts/probe_latent_contrast.py), so the diffusion noise
-            # hid red objects long before white ones and red prompts came out as scattered blobs. Tied to
-            # the average colour, every object stands off the background by its pixel contrast.
+            # Left free, the encoder gave colours latents of very different sizes (docs/embedded-model.md;
+            # scripts/research/probe_latent_contrast.py), so the diffusion noise hid red objects long before
+            # white ones and red prompts came out as scattered blobs. Tied to the average colour, every object
+            # stands off the background by its pixel contrast.
             pooled = F.avg_pool2d(x, models.autoencoder.downsample)
             loss = loss + ac.colour_anchor * F.mse_loss(posterior.mean[:, :3], pooled)
         opt.zero_grad(set_to_none=True)

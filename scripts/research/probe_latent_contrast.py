@@ -4,19 +4,23 @@ frames and renderings, in the diffusion model's units (latents times the scale f
 A colour whose objects sit close to the background is drowned by the diffusion noise early in the schedule,
 and its layout has to be made in the last few steps.
 
-    python scripts/probe_latent_contrast.py                      # the shipped weights
-    python scripts/probe_latent_contrast.py --run runs/shapes12  # a training run's autoencoder
+    python scripts/research/probe_latent_contrast.py                      # the shipped weights
+    python scripts/research/probe_latent_contrast.py --run runs/shapes12  # a training run's autoencoder
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes
+from eval_shapes import load, model_arguments  # noqa: E402  the same choice of model as the evaluation
 from vcraft.data.measure import object_masks
 from vcraft.data.shapes import COLOURS, Scene, render
 from vcraft.train import to_pixels

@@ -8,18 +8,23 @@
    estimate holds still; 1: it moves as the data's mean does. At the noisiest steps the estimate is all a
    sample starts from, so a model with a share near 0 there does not start motion.
 
-    python scripts/probe_frame_order.py --config runs/shapes6/config.yaml --ckpt runs/shapes6/model.safetensors
-    python scripts/probe_frame_order.py --run runs/shapes10 --levels 961 800
+    python scripts/research/probe_frame_order.py --config runs/shapes6/config.yaml --ckpt runs/shapes6/model.safetensors
+    python scripts/research/probe_frame_order.py --run runs/shapes10 --levels 961 800
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes
+from eval_shapes import load, model_arguments  # noqa: E402  the same choice of model as the evaluation
+from vcraft.sampling.conditioning import Conditioning
 from vcraft.data.shapes import MOTIONS, TRAIN_SCENES, Scene, render
 from vcraft.sampling.schedule import frame_noise
 from vcraft.train import encode_dataset
@@ -37,7 +42,8 @@ def frame_spread(pipe, t: int, fps: int) -> list[float]:
     channels, frames = pipe.config.model.autoencoder.embed_dim, pipe.config.sampling.frames
     size = pipe.config.sampling.height // pipe.autoencoder.downsample
     x = torch.randn(1, channels, 1, size, size, generator=torch.Generator().manual_seed(0)).repeat(1, 1, frames, 1, 1)
-    out = pipe.denoiser(x, pipe.encode_prompts([prompt_of(SCENES[0])]), None, fps, 1.0)(x, t)
+    cond = Conditioning(pipe.encode_prompts([prompt_of(SCENES[0])]), None, torch.full((1,), fps))
+    out = pipe.denoiser(cond, 1.0)(x, t)
     middle = out[:, :, frames // 2]
     return [float((out[:, :, f] - middle).norm() / middle.norm()) for f in range(frames)]
 
@@ -59,7 +65,7 @@ def motion_share(pipe, scene: Scene, mean: torch.Tensor, t: int, fps: int, guida
         gen = torch.Generator().manual_seed(seed)
         x = frame_noise(pipe.schedule, lambda n: torch.randn(1, *mean.shape[:1], n, *mean.shape[2:], generator=gen),
                         s.frames)
-        eps = pipe.denoiser(x, cond, uncond, fps, guidance)(x, t)
+        eps = pipe.denoiser(Conditioning(cond, uncond, torch.full((1,), fps)), guidance)(x, t)
         estimates.append((x - (1 - a) ** 0.5 * eps) / a ** 0.5)
     still = mean.mean(1, keepdim=True)
     motion = mean - still

@@ -3,9 +3,9 @@ data are encoded, noised to timestep t and denoised by DDIM from t with their ow
 and motion read back from the result are compared with the clip's. Near the end of the schedule this is plain
 generation; the lower t, the more of the clip's layout survives the noise for the model to build on.
 
-    python scripts/probe_noise_levels.py                  # the shipped model
-    python scripts/probe_noise_levels.py --config runs/X/config.yaml --ckpt runs/X/model.safetensors
-    python scripts/probe_noise_levels.py --run runs/X          # a training run's latest checkpoint
+    python scripts/research/probe_noise_levels.py                  # the shipped model
+    python scripts/research/probe_noise_levels.py --config runs/X/config.yaml --ckpt runs/X/model.safetensors
+    python scripts/research/probe_noise_levels.py --run runs/X          # a training run's latest checkpoint
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ import sys
 import time
 from dataclasses import replace
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes
+from eval_shapes import load, model_arguments  # noqa: E402  the same choice of model as the evaluation
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import sample
-from vcraft.sampling.ddim import ddim_sample, ddim_timesteps
+from vcraft.sampling.conditioning import Conditioning
+from vcraft.sampling.ddim import ddim_timesteps
+from vcraft.sampling.ddim import sample as ddim_sample
 from vcraft.sampling.schedule import Schedule, frame_noise, q_sample
 
 
@@ -53,7 +58,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     noise = frame_noise(pipe.schedule, lambda n: torch.randn(*x0.shape[:2], n, *x0.shape[3:], generator=gen),
                         x0.shape[2])
-    denoiser = pipe.denoiser(x0, cond, uncond, s.fps, guidance)
+    denoiser = pipe.denoiser(Conditioning(cond, uncond, torch.full((args.clips,), s.fps)), guidance)
 
     print(f"{args.clips} {'held-out' if args.held_out else 'seen'} clips, {args.steps} steps from t, "
           f"guidance {guidance}; clips right out of {args.clips}")

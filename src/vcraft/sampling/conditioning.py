@@ -1,0 +1,31 @@
+"""What one window of a video is conditioned on, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The inputs a denoiser combines with the noisy latents. A new kind of input (image tokens, say) is a
+    new field here and a few lines where `Denoiser` passes it to the UNet."""
+
+    context: torch.Tensor  # [b, tokens, dim]: the prompt's text embedding
+    uncond: Optional[torch.Tensor]  # the same for the negative (or empty) prompt; None: no guidance
+    fps: torch.Tensor  # [b] integer: the motion rate the model sees
+    # Clean latents [b, c, k, h, w] of the window's first k frames, which it continues, and how they are tied
+    # to it: "mask" (the UNet sees them and a mask: models trained to continue) or "replace" (the sampler puts
+    # them back at each step's noise level: any model).
+    given: Optional[torch.Tensor] = None
+    extend: str = "mask"
+    # Whether guidance's unconditional pass also sees the given frames ("mask" only). LVDM hides them from it;
+    # vcraft shows them, which kept colour and motion across windows (docs/embedded-model.md).
+    uncond_sees_given: bool = True
+
+    @property
+    def shown(self) -> Optional[torch.Tensor]:
+        """The given frames the UNet itself sees."""
+        return self.given if self.extend == "mask" else None

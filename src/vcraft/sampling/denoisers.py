@@ -1,0 +1,78 @@
+"""The model as a denoiser for the samplers: `eps = denoiser(x, t)`, the noise predicted in latents `x` at
+integer timestep `t`. Classifier-free guidance, v-to-eps and frame conditioning are small named functions
+that `Denoiser` applies in this order: frame inputs -> one UNet call (both guidance halves) -> guidance
+-> v-to-eps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from vcraft.models.unet3d import with_given_frames
+from vcraft.sampling.conditioning import Conditioning
+
+DenoiserFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def guidance_batch(x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and contexts of both guidance passes stacked into one batch: the conditional half first.
+    Every piece that splits the halves again follows this order."""
+    return torch.cat([x, x]), torch.cat([cond, uncond])
+
+
+def classifier_free_guidance(both: torch.Tensor, scale: float) -> torch.Tensor:
+    """`e_u + s (e_c - e_u)` from the output of a `guidance_batch`."""
+    e_cond, e_uncond = both.chunk(2)
+    return e_uncond + scale * (e_cond - e_uncond)
+
+
+def eps_from_v(v: torch.Tensor, x: torch.Tensor, alpha_cumprod: float) -> torch.Tensor:
+    """The noise a v-prediction means, `eps = sqrt(a_t) v + sqrt(1 - a_t) x_t` (exact with the signal scale
+    too, since v is defined on the scaled signal)."""
+    return alpha_cumprod ** 0.5 * v + (1 - alpha_cumprod) ** 0.5 * x
+
+
+def frame_inputs(x: torch.Tensor, cond: Conditioning, guided: bool) -> torch.Tensor:
+    """The input of a frame-conditioned UNet for latents `x` (a guidance batch when `guided`): the given
+    frames, if any, and their mask appended; the unconditional half without them unless it sees them."""
+    b = cond.context.shape[0]
+    known = torch.zeros((b, *x.shape[1:]), device=x.device, dtype=x.dtype)
+    mask = torch.zeros((b, 1, x.shape[2], 1, 1), device=x.device, dtype=x.dtype)
+    if cond.shown is not None:
+        known[:, :, :cond.shown.shape[2]] = cond.shown
+        mask[:, :, :cond.shown.shape[2]] = 1
+    copies = x.shape[0] // b
+    known, mask = known.repeat(copies, 1, 1, 1, 1), mask.repeat(copies, 1, 1, 1, 1)
+    if guided and not cond.uncond_sees_given:
+        known[b:], mask[b:] = 0, 0
+    return with_given_frames(x, known, mask)
+
+
+@dataclass
+class Denoiser:
+    """A UNet with its conditioning, as `eps = denoiser(x, t)`: guided at timesteps >= `guidance_min_t`
+    (both passes in one batched call), the conditional pass alone below; `alphas_cumprod` given for a
+    v-prediction model (its output then turned into eps), None for an eps one."""
+
+    unet: torch.nn.Module
+    cond: Conditioning
+    guidance: float
+    guidance_min_t: int = 0
+    frame_conditioning: bool = False
+    alphas_cumprod: Optional[torch.Tensor] = None
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        c = self.cond
+        guided = self.guidance != 1.0 and c.uncond is not None and t >= self.guidance_min_t
+        xs, context = guidance_batch(x, c.context, c.uncond) if guided else (x, c.context)
+        copies = 2 if guided else 1
+        inputs = frame_inputs(xs, c, guided) if self.frame_conditioning else xs
+        timesteps = torch.full((x.shape[0] * copies,), t, device=x.device, dtype=torch.long)
+        out = self.unet(inputs, timesteps, context, c.fps.repeat(copies))
+        if guided:
+            out = classifier_free_guidance(out, self.guidance)
+        if self.alphas_cumprod is not None:
+            out = eps_from_v(out, x, float(self.alphas_cumprod.double()[t]))
+        return out

@@ -1,0 +1,113 @@
+"""One video's generation settings, and the one function that validates them.
+
+Command-line flags, prompt-file rows, `--from` sidecars and the Python API all build a `Settings` through
+`make_settings`: every value it does not get comes from the model's config (its `sampling` section), every
+value is checked here once, and nothing downstream re-checks or re-defaults one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from vcraft.config import Config, ModelConfig
+from vcraft.errors import VcraftError
+
+# Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from
+# starting a render that cannot fit in memory.
+MAX_SIDE = 2048
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a video depends on besides the model: its pixels are a function of these alone."""
+
+    prompt: str
+    seed: int
+    negative: str  # "" is the unconditional prompt
+    frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    guidance_min_t: int  # guided only at timesteps >= this
+    eta: float
+    fps: int  # the motion-rate conditioning the model sees
+    save_fps: int  # the playback rate written to the file
+    overlap: int  # long videos: latent frames each window keeps from the one before
+    extend: str  # long videos: "mask" (the UNet sees the kept frames) or "replace" (put back each step)
+
+    def record(self) -> dict[str, Any]:
+        """The settings as plain data, for sidecars and JSON output."""
+        return asdict(self)
+
+
+# The type of every setting, as `check_type` enforces it; also what a prompt-file row may set.
+TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str}[f.type] for f in fields(Settings)}
+
+
+def check_type(key: str, value: Any) -> Any:
+    """`value` as the type of setting `key` (an int may be given as 3.0, a float as 3); VcraftError otherwise."""
+    kind = TYPES.get(key)
+    if kind is None:
+        raise VcraftError(f"unknown setting '{key}'; known: {', '.join(TYPES)}")
+    if kind is str:
+        if not isinstance(value, str):
+            raise VcraftError(f"'{key}' must be text, got {value!r}")
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (kind is int and not (math.isfinite(value) and float(value).is_integer())):
+        raise VcraftError(f"'{key}' must be a number ({kind.__name__}), got {value!r}")
+    return kind(value)
+
+
+def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
+    """A checked `Settings` for `config`'s model: `chosen` values (None: not chosen) over the config's
+    defaults; the seed defaults to 0 and the negative prompt to "". Raises VcraftError saying what to change."""
+    given = {k: check_type(k, v) for k, v in {"prompt": prompt, **chosen}.items() if v is not None}
+    values = {"seed": 0, "negative": "", **asdict(config.sampling), **given}
+    model = config.model
+    values["extend"] = values["extend"] or ("mask" if model.frame_conditioning else "replace")
+    if values["overlap"] is None:
+        values["overlap"] = model.unet.temporal_length // 4
+    settings = Settings(**{k: check_type(k, values[k]) for k in TYPES})
+    problem = _problem(settings, model)
+    if problem:
+        raise VcraftError(problem)
+    return settings
+
+
+def _problem(s: Settings, model: ModelConfig) -> str | None:
+    m = spatial_multiple(model)
+    clip = model.unet.temporal_length
+    timesteps = model.schedule.timesteps
+    checks = [
+        (s.prompt.strip() != "", "a prompt is empty; give some text to turn into a video"),
+        (0 <= s.seed <= MAX_SEED, f"seed {s.seed} is out of range (0 to 2^63 - 1)"),
+        (s.frames >= 1, f"--frames must be at least 1, got {s.frames}"),
+        (s.height >= m and s.height % m == 0, f"--height must be a positive multiple of {m}, got {s.height}"),
+        (s.width >= m and s.width % m == 0, f"--width must be a positive multiple of {m}, got {s.width}"),
+        (s.height <= MAX_SIDE, f"--height must be at most {MAX_SIDE}, got {s.height}"),
+        (s.width <= MAX_SIDE, f"--width must be at most {MAX_SIDE}, got {s.width}"),
+        (1 <= s.steps <= timesteps, f"--steps must be between 1 and {timesteps}, got {s.steps}"),
+        (math.isfinite(s.guidance) and s.guidance >= 0, f"--guidance must be 0 or more, got {s.guidance}"),
+        (0 <= s.guidance_min_t <= timesteps,
+         f"--guidance-min-t must be between 0 and {timesteps}, got {s.guidance_min_t}"),
+        (math.isfinite(s.eta) and s.eta >= 0, f"--eta must be 0 or more, got {s.eta}"),
+        (s.fps >= 1, f"--fps must be at least 1, got {s.fps}"),
+        (s.save_fps > 0, f"--save-fps must be positive, got {s.save_fps}"),
+        (s.extend in ("mask", "replace"), f"--extend must be mask or replace, got {s.extend}"),
+        (s.extend == "replace" or model.frame_conditioning,
+         "--extend mask needs a model trained to continue videos (frame_conditioning); use --extend replace"),
+        (1 <= s.overlap < clip, f"--overlap must be between 1 and {clip - 1} (the model makes {clip} frames at "
+                                f"a time), got {s.overlap}"),
+    ]
+    return next((message for ok, message in checks if not ok), None)
+
+
+def spatial_multiple(model: ModelConfig) -> int:
+    """Heights and widths must be multiples of this: the VAE's and the UNet's downsampling combined."""
+    return 2 ** (len(model.autoencoder.ch_mult) - 1) * 2 ** (len(model.unet.channel_mult) - 1)
+

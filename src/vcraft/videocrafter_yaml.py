@@ -1,0 +1,79 @@
+"""The reader of original VideoCrafter inference YAMLs (configs/inference_t2v_*.yaml of the original
+repository): their model section becomes a vcraft config, unchanged in meaning, or a one-line error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vcraft.errors import VcraftError
+
+# Switches that change the computation but that no official text-to-video model uses; refusing them
+# beats silently computing something else.
+_UNSUPPORTED_UNET = {
+    "use_scale_shift_norm": False, "resblock_updown": False, "tempspatial_aware": False,
+    "use_image_attention": False, "temporal_selfatt_only": True, "conv_resample": True, "dims": 2,
+}
+_IGNORED_UNET = {"use_checkpoint", "use_fp16", "num_heads", "num_classes"}
+
+
+def from_videocrafter(data: DictConfig, path: Path) -> dict:
+    try:
+        params = OmegaConf.to_container(data.model.params, resolve=True)
+        unet_in = dict(params["unet_config"]["params"])
+        vae_in = dict(params["first_stage_config"]["params"])
+        text_in = dict(params["cond_stage_config"].get("params") or {})
+    except (KeyError, TypeError, AttributeError, OmegaConfBaseException) as exc:
+        raise VcraftError(f"{path} looks like a VideoCrafter config but lacks {exc}") from None
+
+    for key, expected in _UNSUPPORTED_UNET.items():
+        if key in unet_in and unet_in.pop(key) != expected:
+            raise VcraftError(f"{path}: unet setting {key} other than {expected} is not supported")
+    unet = {k: v for k, v in unet_in.items() if k not in _IGNORED_UNET}
+    if params.get("parameterization", "eps") != "eps":
+        raise VcraftError(f"{path}: only epsilon-prediction models are supported")
+    if params.get("uncond_type", "empty_seq") != "empty_seq":
+        raise VcraftError(f"{path}: only uncond_type empty_seq is supported")
+
+    dd = dict(vae_in.get("ddconfig", {}))
+    if dd.get("attn_resolutions"):
+        raise VcraftError(f"{path}: autoencoder attn_resolutions must be empty, as in VideoCrafter")
+    autoencoder = {k: dd[k] for k in ("in_channels", "out_ch", "z_channels", "ch", "ch_mult", "num_res_blocks")
+                   if k in dd}
+    autoencoder["embed_dim"] = vae_in.get("embed_dim", 4)
+
+    text = _open_clip_text_dims(text_in.get("arch", "ViT-H-14"), path)
+    text["layer"] = text_in.get("layer", "penultimate")
+
+    schedule = {k: params[k] for k in ("timesteps", "linear_start", "linear_end", "use_scale", "scale_a",
+                                       "scale_b", "mid_step", "fix_scale_bug") if k in params}
+    latent_hw = params.get("image_size", [40, 64])
+    latent_hw = [latent_hw, latent_hw] if isinstance(latent_hw, int) else latent_hw
+    downsample = 2 ** (len(autoencoder.get("ch_mult", [1, 2, 4, 4])) - 1)
+    return {
+        "name": path.stem,
+        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "schedule": schedule,
+                  "scale_factor": params.get("scale_factor", 0.18215)},
+        "sampling": {"height": latent_hw[0] * downsample, "width": latent_hw[1] * downsample},
+    }
+
+
+def _open_clip_text_dims(arch: str, yaml_path: Path) -> dict:
+    """Text-tower dimensions of an OpenCLIP architecture: open_clip's registry, else a JSON beside the YAML."""
+    beside = yaml_path.parent / "open_clip_config.json"
+    model_cfg = None
+    if beside.is_file():
+        model_cfg = json.loads(beside.read_text()).get(arch)
+    if model_cfg is None:
+        import open_clip  # heavy import; only for configs that name an architecture
+
+        model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise VcraftError(f"unknown OpenCLIP architecture '{arch}': put its config in {beside}")
+    text = model_cfg["text_cfg"]
+    return {"width": text["width"], "heads": text["heads"], "layers": text["layers"],
+            "context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408),
+            "embed_dim": model_cfg["embed_dim"]}
