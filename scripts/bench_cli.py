@@ -1,5 +1,6 @@
-"""Wall-clock cost of the command itself: `vcraft --help` start-up, the embedded model's default generation,
-and a tiny end-to-end generation through the official checkpoint layout.
+"""Wall-clock cost of the command itself: `vcraft --help` start-up (against `python -c "import typer"` in the
+same run, the floor of any Typer command), the embedded model's default generation, and a tiny end-to-end
+generation through the official checkpoint layout.
 
     python scripts/bench_cli.py [--reference ../shared/reference] [--runs 3]
 
@@ -33,7 +34,10 @@ def main() -> None:
     vcraft = [sys.executable, "-m", "vcraft"]
     tiny = args.reference / "tiny" / "vc2_512"
 
-    help_times = [timed([*vcraft, "--help"]) for _ in range(args.runs + 2)]
+    typer_times, help_times = [], []
+    for _ in range(args.runs + 2):  # interleaved, so that both see the same machine
+        typer_times.append(timed([sys.executable, "-c", "import typer"]))
+        help_times.append(timed([*vcraft, "--help"]))
     gen_times, default_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.runs):
@@ -46,10 +50,11 @@ def main() -> None:
             ]))
     print("| measurement | median of runs | runs (s) |")
     print("|---|---|---|")
-    for name, values in (("`vcraft --help`", help_times),
+    for name, values in (('`python -c "import typer"`', typer_times), ("`vcraft --help`", help_times),
                          ('`vcraft generate "a red circle moving left"` (embedded model, defaults)', default_times),
                          ("tiny generation (vc2_512 fixture, 8x64x128, 10 steps, MP4)", gen_times)):
         print(f"| {name} | {statistics.median(values):.2f} s | {', '.join(f'{v:.2f}' for v in values)} |")
+    print(f"\n`vcraft --help` / `import typer`: {statistics.median(help_times) / statistics.median(typer_times):.2f}x")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import pytest
 
 from test_cli import read_pngs, vcraft, vcraft_process
 
-FAST = ["--steps", "4", "--seed", "3"]  # the default model, few steps: these tests are about the plumbing
+# The default model, few steps and frames: these tests are about the plumbing.
+FAST = ["--steps", "4", "--seed", "3", "--frames", "8"]
 
 
 def run(*args, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -23,18 +24,17 @@ def run(*args, stdin: str = "", cwd: Path | None = None) -> subprocess.Completed
 
 
 def test_stdin_in_json_lines_out(tmp_path):
-    result = vcraft_process("generate", "-", *FAST, "--json", "-o", tmp_path,
-                            stdin="a red circle moving left\n\na blue square moving up\n")
+    result = run("-", *FAST, "--json", "-o", tmp_path, stdin="a red circle moving left\n\na blue square moving up\n")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["prompt"], r["seed"], r["frames"], r["size"]) for r in lines] == [
-        ("a red circle moving left", 3, 16, [64, 64]), ("a blue square moving up", 4, 16, [64, 64])]
+        ("a red circle moving left", 3, 8, [64, 64]), ("a blue square moving up", 4, 8, [64, 64])]
     assert all(Path(r["path"]).is_file() and r["seconds"] > 0 for r in lines)
     assert Path(lines[0]["path"]).name == "0000-a-red-circle-moving-left-3.mp4"
 
 
 def test_prompt_files_with_per_video_settings(tmp_path):
-    (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "seed": 40, "frames": 8}\n'
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "seed": 40, "frames": 4}\n'
                                       '{"prompt": "a green square growing", "name": "green-{seed}", "steps": 2}\n')
     (tmp_path / "p.csv").write_text("prompt,seed,fps\na white circle shrinking,7,4\n")
     (tmp_path / "p.txt").write_text("# one prompt a line\n\nan orange square moving right\n")
@@ -42,7 +42,7 @@ def test_prompt_files_with_per_video_settings(tmp_path):
     assert result.returncode == 0, result.stderr
     first, second = map(Path, result.stdout.split())
     assert first.name == "0000-a-red-circle-moving-left-40" and second.name == "green-4"
-    assert read_pngs(first).shape == (8, 64, 64, 3) and read_pngs(second).shape == (16, 64, 64, 3)
+    assert read_pngs(first).shape == (4, 64, 64, 3) and read_pngs(second).shape == (8, 64, 64, 3)
     assert json.loads(second.with_name("green-4.json").read_text())["steps"] == 2
     result = run("-f", tmp_path / "p.csv", *FAST, "--samples", "2", "-o", tmp_path / "b")
     assert result.returncode == 0, result.stderr
@@ -93,8 +93,7 @@ def test_a_failed_video_is_reported_and_the_batch_goes_on(tmp_path):
     the run."""
     (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle moving left", "guidance": 1e38}\n'
                                       '{"prompt": "a blue circle moving left"}\n')
-    result = vcraft_process("generate", "-f", tmp_path / "p.jsonl", *FAST, "--guidance-min-t", "0",
-                            "-o", tmp_path / "out")
+    result = run("-f", tmp_path / "p.jsonl", *FAST, "--guidance-min-t", "0", "-o", tmp_path / "out")
     assert result.returncode == 1, result.stderr
     assert [Path(p).name for p in result.stdout.split()] == ["0001-a-blue-circle-moving-left-4.mp4"]
     assert "error: video 0 ('a red circle moving left') failed: FloatingPointError" in result.stderr
@@ -104,7 +103,7 @@ def test_a_failed_video_is_reported_and_the_batch_goes_on(tmp_path):
 
 
 def test_from_sidecar_makes_the_same_video(tmp_path):
-    result = run("a yellow circle moving right", *FAST, "--frames", "8", "--guidance", "3", "--format", "png",
+    result = run("a yellow circle moving right", *FAST, "--guidance", "3", "--format", "png",
                  "-o", tmp_path / "one")
     assert result.returncode == 0, result.stderr
     again = run("--from", tmp_path / "one.json", "-o", tmp_path / "two")
@@ -114,7 +113,7 @@ def test_from_sidecar_makes_the_same_video(tmp_path):
 
 
 def test_a_sidecar_from_before_the_guidance_interval_is_guided_at_every_step(tmp_path):
-    args = ["a yellow circle moving right", *FAST, "--frames", "8", "--format", "png"]
+    args = ["a yellow circle moving right", *FAST, "--format", "png"]
     assert run(*args, "-o", tmp_path / "new").returncode == 0
     old = json.loads((tmp_path / "new.json").read_text())
     assert old.pop("guidance_min_t") == 600  # the preset's
@@ -128,7 +127,7 @@ def test_a_sidecar_from_before_the_guidance_interval_is_guided_at_every_step(tmp
 
 def test_a_row_sets_its_own_guidance_interval(tmp_path):
     """A prompt-file row's guidance_min_t is its video's: the same video as asking for it on the command line."""
-    args = [*FAST, "--frames", "8", "--format", "png"]
+    args = [*FAST, "--format", "png"]
     (tmp_path / "p.jsonl").write_text('{"prompt": "a yellow circle moving right", "guidance_min_t": 0}\n')
     assert run("-f", tmp_path / "p.jsonl", *args, "-o", tmp_path / "row").returncode == 0
     assert json.loads((tmp_path / "row.json").read_text())["guidance_min_t"] == 0
@@ -144,15 +143,30 @@ def test_bad_input_exits_2_from_a_real_process(tmp_path):
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
-def test_video_bytes_to_stdout(tmp_path):
-    command = [sys.executable, "-m", "vcraft", "generate", "a red circle moving left", *FAST, "-o", "-", "-q"]
-    data = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path)
+def test_a_prompt_on_stdin_to_a_browser_mp4_on_stdout(tmp_path):
+    """The real command in a process of its own, as a pipeline runs it: the prompt from stdin, the default
+    model and settings, the video's bytes on stdout: H.264 in yuv420p (what browsers play), 16 frames with one
+    object on a dark background; nothing written to the working folder."""
+    command = [sys.executable, "-m", "vcraft", "generate", "-", "--seed", "1", "-o", "-", "-q"]
+    data = subprocess.run(command, input=b"a yellow square moving up\n", capture_output=True, timeout=300,
+                          cwd=tmp_path)
     assert data.returncode == 0, data.stderr
     assert data.stdout[4:8] == b"ftyp" and list(tmp_path.iterdir()) == []
     import imageio.v3 as iio
+    import imageio_ffmpeg
 
-    (tmp_path / "piped.mp4").write_bytes(data.stdout)
-    assert iio.imread(tmp_path / "piped.mp4", index=None).shape == (16, 64, 64, 3)
+    from vcraft.data.measure import object_masks
+
+    out = tmp_path / "piped.mp4"
+    out.write_bytes(data.stdout)
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out)], capture_output=True,
+                           text=True)
+    stream = next(line for line in probe.stderr.splitlines() if "Video:" in line)
+    assert "h264" in stream and "yuv420p" in stream, stream
+    frames = iio.imread(out, index=None).astype(np.float32) / 255
+    assert frames.shape == (16, 64, 64, 3)
+    covered = object_masks(frames).mean(axis=(1, 2))
+    assert (np.median(frames, axis=(1, 2)).max() < 0.2) and (0.005 < covered).all() and (covered < 0.5).all(), covered
 
 
 def _bad_files(tmp: Path) -> None:

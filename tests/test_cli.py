@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,7 @@ def tiny(variant: str = "vc2_512") -> Path:
 def small_video_args(variant: str = "vc2_512", ckpt: str = "model.ckpt") -> list[str]:
     root = tiny(variant)
     return ["--config", root / "config.yaml", "--ckpt", root / ckpt, "--frames", "8", "--height", "64",
-            "--width", "128", "--steps", "10", "--guidance", "12", "--eta", "0", "--fps", "8"]
+            "--width", "128", "--steps", "4", "--guidance", "12", "--eta", "0", "--fps", "8"]
 
 
 def read_pngs(folder: Path) -> np.ndarray:
@@ -86,7 +85,7 @@ def test_cli_frames_equal_python_api(tmp_path):
     assert result.returncode == 0, result.stderr
     pipe = TextToVideo.from_pretrained(str(tiny("vc1_1024") / "config.yaml"), tiny("vc1_1024") / "model.ckpt",
                                        device="cpu")
-    video = pipe(FOX, seed=7, frames=8, height=64, width=128, steps=10, guidance=12.0, eta=0.0, fps=8)
+    video = pipe(FOX, seed=7, frames=8, height=64, width=128, steps=4, guidance=12.0, eta=0.0, fps=8)
     assert np.array_equal(read_pngs(out), video)
 
 
@@ -178,22 +177,6 @@ def test_help_imports_nothing_heavier_than_typer():
             "assert not heavy, heavy")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert vcraft_process("--help").returncode == 0
-
-
-def test_interrupt_leaves_no_partial_file(tmp_path):
-    import signal
-
-    out = tmp_path / "long.mp4"
-    args = [*small_video_args(), "--height", "256", "--width", "256", "--steps", "500", "--seed", "1", "-o", out]
-    proc = subprocess.Popen([sys.executable, "-m", "vcraft", "generate", FOX, *map(str, args)],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert "loaded" in proc.stderr.readline()  # sampling has started
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "error: interrupted"
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_safetensors_reader_matches_the_library_and_refuses_damaged_files(tmp_path):

@@ -124,7 +124,8 @@ def test_bad_long_video_options_are_refused_before_any_work(tmp_path, option, me
 
 
 def test_interrupting_a_long_render_leaves_nothing(tmp_path):
-    args = [*small_video_args(), "--frames", "400", "--steps", "20", "--seed", "1", "--format", "png"]
+    # Far more frames than it will make: it is stopped once the first ones are written.
+    args = [*small_video_args(), "--frames", "2000", "--steps", "4", "--seed", "1", "--format", "png"]
     proc = subprocess.Popen([sys.executable, "-m", "vcraft", "generate", FOX, *map(str, args), "-o",
                              str(tmp_path / "long")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -99,6 +99,8 @@ class TextToVideo:
                ) -> Iterator[np.ndarray]:
         """One video's uint8 frames `[n, H, W, 3]`, chunk by chunk and window by window, so that memory does
         not grow with its length. `callback(step, total)` counts the denoising steps of all windows."""
+        if isinstance(prompt, Settings) and chosen:
+            raise VcraftError(f"give Settings or settings by name, not both (got {', '.join(chosen)})")
         settings = prompt if isinstance(prompt, Settings) else self.settings(prompt, **chosen)
         for latents in self.latents(settings, callback):
             for chunk in self.decode(latents):
