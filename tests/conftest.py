@@ -1,9 +1,15 @@
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One worker per core (pyproject.toml): one thread each, read when torch is imported and by the commands the
+    # tests start, or the workers' thread pools fight over the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -17,14 +23,29 @@ def shapes_pipe():
 @pytest.fixture(scope="session")
 def render(shapes_pipe):
     """`render(prompt, **settings)`: the embedded model's video as uint8 `[T, H, W, 3]`, made once per run for
-    the same prompt and settings, so that tests reading the same video share it."""
+    the same prompt and settings, so that tests reading the same video share it. Made with one CPU thread, as
+    the recorded hashes were (tests/test_shapes_model.py)."""
     made = {}
 
     def video(prompt: str, **settings):
         key = (prompt, tuple(sorted(settings.items())))
         if key not in made:
-            made[key] = shapes_pipe(prompt, **settings)
+            with one_cpu_thread():
+                made[key] = shapes_pipe(prompt, **settings)
             made[key].flags.writeable = False
         return made[key]
 
     return video
+
+
+@contextmanager
+def one_cpu_thread():
+    """torch on one CPU thread: several threads split sums in another order, which changes the last bits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

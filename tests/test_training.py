@@ -275,7 +275,7 @@ def test_colour_anchor_ties_the_first_latent_channels_to_the_average_colour(tmp_
 
     errors = {}
     for weight in (0.0, 1.0):
-        cfg = tiny_config("train.autoencoder.steps=40", f"train.autoencoder.colour_anchor={weight}",
+        cfg = tiny_config("train.autoencoder.steps=12", f"train.autoencoder.colour_anchor={weight}",
                           "train.checkpoint_every=1000")
         models = initial_models(cfg)
         videos = make_dataset(cfg)[0]

@@ -21,7 +21,7 @@ from typer.exceptions import TyperException
 from vcraft import DEFAULT_PRESET, __version__
 from vcraft.errors import VcraftError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Text-to-video generation with VideoCrafter-compatible models.")
 
 # Settings a --from sidecar must have besides prompt, seed and model (those of settings.Settings).
