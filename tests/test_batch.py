@@ -15,8 +15,8 @@ import pytest
 
 from test_cli import read_pngs, vcraft, vcraft_process
 
-# The default model, few steps and frames: these tests are about the plumbing.
-FAST = ["--steps", "4", "--seed", "3", "--frames", "8"]
+# The default model, few steps and frames, on the CPU whatever the machine has: these tests are about the plumbing.
+FAST = ["--steps", "4", "--seed", "3", "--frames", "8", "--device", "cpu"]
 
 
 def run(*args, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -145,9 +145,10 @@ def test_bad_input_exits_2_from_a_real_process(tmp_path):
 
 def test_a_prompt_on_stdin_to_a_browser_mp4_on_stdout(tmp_path):
     """The real command in a process of its own, as a pipeline runs it: the prompt from stdin, the default
-    model and settings, the video's bytes on stdout: H.264 in yuv420p (what browsers play), 16 frames with one
+    model, the video's bytes on stdout: H.264 in yuv420p (what browsers play), 16 frames with one
     object on a dark background; nothing written to the working folder."""
-    command = [sys.executable, "-m", "vcraft", "generate", "-", "--seed", "1", "-o", "-", "-q"]
+    command = [sys.executable, "-m", "vcraft", "generate", "-", "--seed", "1", "--steps", "10", "--device", "cpu",
+               "-o", "-", "-q"]
     data = subprocess.run(command, input=b"a yellow square moving up\n", capture_output=True, timeout=300,
                           cwd=tmp_path)
     assert data.returncode == 0, data.stderr

@@ -51,7 +51,7 @@ def tiny(variant: str = "vc2_512") -> Path:
 def small_video_args(variant: str = "vc2_512", ckpt: str = "model.ckpt") -> list[str]:
     root = tiny(variant)
     return ["--config", root / "config.yaml", "--ckpt", root / ckpt, "--frames", "8", "--height", "64",
-            "--width", "128", "--steps", "4", "--guidance", "12", "--eta", "0", "--fps", "8"]
+            "--width", "128", "--steps", "4", "--guidance", "12", "--eta", "0", "--fps", "8", "--device", "cpu"]
 
 
 def read_pngs(folder: Path) -> np.ndarray:

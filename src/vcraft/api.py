@@ -93,18 +93,23 @@ class TextToVideo:
 
     def __call__(self, prompt: str | Settings, callback: Optional[Progress] = None, **chosen: Any) -> np.ndarray:
         """One video as uint8 `[T, H, W, 3]`, from `Settings` or a prompt and settings (see `settings`)."""
-        return np.concatenate(list(self.stream(prompt, callback, **chosen)))
+        latents = self.latents(self._checked(prompt, chosen), callback)
+        return np.concatenate([chunk[0].numpy() for window in latents for chunk in self.decode(window)])
 
     def stream(self, prompt: str | Settings, callback: Optional[Progress] = None, **chosen: Any
                ) -> Iterator[np.ndarray]:
         """One video's uint8 frames `[n, H, W, 3]`, chunk by chunk and window by window, so that memory does
         not grow with its length. `callback(step, total)` counts the denoising steps of all windows."""
-        if isinstance(prompt, Settings) and chosen:
-            raise VcraftError(f"give Settings or settings by name, not both (got {', '.join(chosen)})")
-        settings = prompt if isinstance(prompt, Settings) else self.settings(prompt, **chosen)
-        for latents in self.latents(settings, callback):
-            for chunk in self.decode(latents):
+        for window in self.latents(self._checked(prompt, chosen), callback):
+            for chunk in self.decode(window):
                 yield chunk[0].numpy()
+
+    def _checked(self, prompt: str | Settings, chosen: dict[str, Any]) -> Settings:
+        if not isinstance(prompt, Settings):
+            return self.settings(prompt, **chosen)
+        if chosen:
+            raise VcraftError(f"give Settings or settings by name, not both (got {', '.join(chosen)})")
+        return prompt
 
     @torch.inference_mode()
     def latents(self, s: Settings, callback: Optional[Progress] = None, uncond_sees_given: bool = True

@@ -24,10 +24,6 @@ from vcraft.errors import VcraftError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Text-to-video generation with VideoCrafter-compatible models.")
 
-# Settings a --from sidecar must have besides prompt, seed and model (those of settings.Settings).
-RECIPE_SETTINGS = ("frames", "height", "width", "steps", "guidance", "guidance_min_t", "eta", "fps", "save_fps",
-                   "overlap", "extend")
-
 
 class Format(str, Enum):
     mp4 = "mp4"
@@ -52,7 +48,7 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
 
 def _recipe(path: Path) -> dict:
     """The settings a video was made with, from its JSON sidecar (for --from), each of its type."""
-    from vcraft.settings import check_type
+    from vcraft.settings import TYPES, check_type
 
     try:
         recipe = json.loads(path.read_text(encoding="utf-8"))
@@ -60,13 +56,13 @@ def _recipe(path: Path) -> dict:
         raise VcraftError(f"--from: file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar ({exc})") from None
-    needed = ("prompt", "seed", "model", *RECIPE_SETTINGS)
+    needed = ("model", *(k for k in TYPES if k != "negative"))  # older sidecars may lack or null the negative
     if isinstance(recipe, dict):
         recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
     if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
     try:
-        typed = {k: check_type(k, recipe[k]) for k in ("prompt", "seed", *RECIPE_SETTINGS) if recipe[k] is not None}
+        typed = {k: check_type(k, recipe[k]) for k in needed[1:] if recipe[k] is not None}
     except VcraftError as exc:
         raise VcraftError(f"--from {path}: {exc}") from None
     return {**recipe, **typed}
