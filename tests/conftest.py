@@ -49,3 +49,14 @@ def one_cpu_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# pytest-xdist (pyproject.toml) hands whole files to its two workers in this order, the longest first, so that
+# the workers finish at about the same time.
+LONGEST_FIRST = ("test_reference.py", "test_shapes_model.py", "test_batch.py", "test_training.py",
+                 "test_long_video.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
