@@ -47,7 +47,7 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
 
 
 def _recipe(path: Path) -> dict:
-    """The settings a video was made with, from its JSON sidecar (for --from), each of its type."""
+    """The settings a video was made with, from its JSON sidecar (for --from)."""
     from vcraft.settings import TYPES, check_type
 
     try:
@@ -61,11 +61,10 @@ def _recipe(path: Path) -> dict:
         recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
     if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
-    try:
-        typed = {k: check_type(k, recipe[k]) for k in needed[1:] if recipe[k] is not None}
+    try:  # a number before it is counted on from (batch.plan); make_settings checks the rest
+        return {**recipe, "seed": check_type("seed", recipe["seed"])}
     except VcraftError as exc:
         raise VcraftError(f"--from {path}: {exc}") from None
-    return {**recipe, **typed}
 
 
 @app.command()

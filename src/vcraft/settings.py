@@ -72,7 +72,7 @@ def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
     values["extend"] = values["extend"] or ("mask" if model.frame_conditioning else "replace")
     if values["overlap"] is None:
         values["overlap"] = model.unet.temporal_length // 4
-    settings = Settings(**{k: check_type(k, values[k]) for k in TYPES})
+    settings = Settings(**{k: values[k] for k in TYPES})  # the config's values are typed by its schema
     problem = _problem(settings, model)
     if problem:
         raise VcraftError(problem)

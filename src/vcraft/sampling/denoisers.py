@@ -74,5 +74,5 @@ class Denoiser:
         if guided:
             out = classifier_free_guidance(out, self.guidance)
         if self.alphas_cumprod is not None:
-            out = eps_from_v(out, x, float(self.alphas_cumprod.double()[t]))
+            out = eps_from_v(out, x, float(self.alphas_cumprod[t]))  # a float32 value, exactly
         return out
