@@ -146,7 +146,7 @@ def _error_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "corrupt checkpoint": ([*base, "--ckpt", corrupt], "cannot read"),
         "mismatched checkpoint": ([*base, "--config", tiny("vc1_512") / "config.yaml"], "does not fit"),
         "pickle with code": ([*base, "--ckpt", tmp / "evil.ckpt"], "refusing to load"),
-        "preset without weights": (["--model", "vc2-512"], "no checkpoint for model"),
+        "preset without weights": (["--model", "vc2-512"], "vcraft download vc2-512"),
         "bad height": ([*base, "--height", "100"], "--height must be"),
         "bad option": ([*base, "--bogus"], "No such option"),
         "unknown preset": (["--model", "nope"], "unknown model"),
@@ -158,10 +158,15 @@ def _error_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     "missing checkpoint", "corrupt checkpoint", "mismatched checkpoint", "pickle with code",
     "preset without weights", "bad height", "bad option", "unknown preset", "both model and config"])
 def test_bad_input_is_one_error_line(tmp_path, monkeypatch, case):
-    from vcraft import checkpoints
+    from huggingface_hub import constants
 
-    # Weights are looked for in an empty folder only, whatever this machine has in checkpoints/.
-    monkeypatch.setattr(checkpoints, "checkpoint_dirs", lambda preset: [tmp_path / "none" / preset])
+    from vcraft import weights
+
+    # Weights are looked for in empty folders only, whatever this machine has in its caches and checkpoints/.
+    monkeypatch.delenv("VCRAFT_CHECKPOINTS", raising=False)
+    monkeypatch.setenv("VCRAFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(weights, "preset_dir", lambda: tmp_path / "configs")
     args, expected = _error_cases(tmp_path)[case]
     out = tmp_path / "out.mp4"
     result = vcraft("generate", FOX, *args, "--seed", 1, "-o", out)

@@ -21,7 +21,7 @@ from vcraft.data.measure import measure, measure_colour, measure_motion, object_
 
 def test_checkpoint_is_found_by_default_and_small():
     from vcraft import DEFAULT_PRESET
-    from vcraft.checkpoints import find_checkpoint
+    from vcraft.weights import find_checkpoint
     from vcraft.config import load_preset
 
     assert DEFAULT_PRESET == "shapes"

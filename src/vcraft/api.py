@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from vcraft.checkpoints import find_checkpoint, load_state_dict
+from vcraft.checkpoints import load_state_dict
 from vcraft.config import Config, apply_overrides, load_config, load_preset
 from vcraft.devices import resolve_device, resolve_dtype
 from vcraft.errors import VcraftError
@@ -33,6 +33,7 @@ from vcraft.sampling.long_video import replace_known, window_count
 from vcraft.sampling.schedule import draw_noise
 from vcraft.settings import Settings, make_settings
 from vcraft.video import frames_to_uint8
+from vcraft.weights import find_checkpoint
 
 
 class TextToVideo:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from vcraft.config import Config, preset_dir
 from vcraft.errors import VcraftError
 
 UNET_PREFIX = "model.diffusion_model."
@@ -32,31 +31,6 @@ SCHEDULE_KEYS = {
     "scale_arr",
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
-
-
-def checkpoint_dirs(preset: str) -> list[Path]:
-    """Where a preset's weights are looked for: $VCRAFT_CHECKPOINTS/<preset>, then checkpoints/<preset>."""
-    dirs = []
-    if os.environ.get("VCRAFT_CHECKPOINTS"):
-        dirs.append(Path(os.environ["VCRAFT_CHECKPOINTS"]) / preset)
-    dirs.append(preset_dir().parent / "checkpoints" / preset)
-    return dirs
-
-
-def find_checkpoint(cfg: Config) -> Path:
-    """The checkpoint of a preset that was given no --ckpt; VcraftError saying where it looked if none."""
-    dirs = checkpoint_dirs(cfg.name)
-    for d in dirs:
-        for name in CHECKPOINT_NAMES:
-            if (d / name).is_file():
-                return d / name
-    where = " or ".join(str(d) for d in dirs)
-    hint = f" (download it from {cfg.weights_url})" if cfg.weights_url else ""
-    raise VcraftError(f"no checkpoint for model '{cfg.name}': put model.ckpt or model.safetensors in {where}"
-                      f"{hint}, or pass --ckpt PATH")
-
-
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint's tensors on the CPU without running any code stored in it."""
     path = Path(path)
@@ -100,12 +74,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     tensors = {}
     file_size = path.stat().st_size
     with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        if not 2 <= length <= min(100 * 2**20, file_size - 8):
-            raise ValueError(f"header length {length}")
-        header = json.loads(f.read(length))
-        header.pop("__metadata__", None)
-        data = 8 + length
+        header = _safetensors_header(f, file_size)
+        data = f.tell()
         for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], [int(n) for n in info["shape"]]
             begin, end = info["data_offsets"]
@@ -119,6 +89,28 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 raise ValueError(f"file ends inside tensor '{key}'")
             tensors[key] = tensor
     return tensors
+
+
+def _safetensors_header(f, file_size: int) -> dict:
+    """The tensors' entries of a safetensors header (an 8-byte length, then JSON); leaves `f` at the data."""
+    length = int.from_bytes(f.read(8), "little")
+    if not 2 <= length <= min(100 * 2**20, file_size - 8):
+        raise ValueError(f"header length {length}")
+    header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def stored_dtypes(path: Path) -> list[str]:
+    """The dtypes of a checkpoint's weights (schedule buffers aside), read without loading the weights where
+    the format allows: a safetensors header, or a `.ckpt` mapped into memory."""
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            header = _safetensors_header(f, path.stat().st_size)
+        return sorted({str(SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"])).removeprefix("torch.")
+                       for key, info in header.items() if key not in SCHEDULE_KEYS})
+    state = load_state_dict(path)
+    return sorted({str(v.dtype).removeprefix("torch.") for k, v in state.items() if k not in SCHEDULE_KEYS})
 
 
 def _first_line(exc: BaseException) -> str:

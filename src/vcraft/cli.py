@@ -19,7 +19,7 @@ import typer
 from typer.exceptions import TyperException
 
 from vcraft import DEFAULT_PRESET, __version__
-from vcraft.errors import VcraftError
+from vcraft.errors import RunFailure, VcraftError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Text-to-video generation with VideoCrafter-compatible models.")
@@ -149,7 +149,7 @@ def generate(
         return
 
     from vcraft.api import TextToVideo
-    from vcraft.checkpoints import find_checkpoint
+    from vcraft.weights import find_checkpoint
     from vcraft.devices import resolve_device, resolve_dtype
     from vcraft.sampling.long_video import window_count
 
@@ -193,7 +193,7 @@ def generate(
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, VcraftError) else text
+    return text if isinstance(exc, (VcraftError, RunFailure)) else f"{type(exc).__name__}: {text}"
 
 
 def _write(video, chunks, fmt: str, metadata: dict) -> None:
@@ -333,14 +333,82 @@ def train(
 
 
 @app.command()
-def presets() -> None:
-    """List the model presets."""
-    from vcraft.config import load_preset, preset_names
+def download(
+    names: Optional[list[str]] = typer.Argument(None, metavar="MODEL...", help="Presets to fetch, e.g. vc2-512."),
+    list_only: bool = typer.Option(False, "--list", help="What each preset fetches, and its size."),
+    keep_ckpt: bool = typer.Option(False, "--keep-ckpt", help="Keep the original checkpoint in the Hugging Face "
+                                                              "cache after converting it."),
+    no_convert: bool = typer.Option(False, "--no-convert", help="Only fetch the original checkpoint into the "
+                                                                "Hugging Face cache."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
+) -> None:
+    """Fetch official weights from the Hugging Face Hub once: verified, then converted to fp16 safetensors.
 
-    for name in preset_names():
-        cfg = load_preset(name)
-        s = cfg.sampling
-        print(f"{name}\t{s.height}x{s.width}x{s.frames}\t{cfg.weights_url or ''}")
+    Files go to the Hugging Face cache (HF_HOME; HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply), the converted
+    weights to vcraft's cache (VCRAFT_HOME). Prints the path of each model's weights."""
+    from vcraft.config import load_preset, preset_names
+    from vcraft.weights import size_text
+
+    if list_only:
+        from vcraft.download import hub_size
+
+        rows = [(cfg.name, f"{cfg.weights.repo}/{cfg.weights.file}", size_text(hub_size(cfg.weights) or cfg.weights.size),
+                 cfg.description) for cfg in map(load_preset, preset_names()) if cfg.weights is not None]
+        print(_table([("MODEL", "FETCHES", "SIZE", "WHAT"), *rows]))
+        return
+    if not names:
+        raise VcraftError("name the models to download, e.g. vcraft download vc2-512 (vcraft download --list "
+                          "shows them)")
+    from huggingface_hub.utils import disable_progress_bars
+
+    from vcraft.download import download as fetch_weights
+    from vcraft.download import weights_source
+
+    configs = [load_preset(name) for name in names]
+    for cfg in configs:  # every name checked before anything is fetched
+        weights_source(cfg)
+
+    if quiet or not sys.stderr.isatty():
+        disable_progress_bars()
+    for cfg in configs:
+        print(fetch_weights(cfg, lambda line: _log(line, quiet), not no_convert, keep_ckpt), flush=True)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="One JSON object per model instead of a table.")
+           ) -> None:
+    """The model presets: whether each one's weights are on this machine, where, their size and dtype."""
+    from vcraft.checkpoints import stored_dtypes
+    from vcraft.config import load_preset, preset_names
+    from vcraft.weights import locate, size_text
+
+    rows = [("MODEL", "PRESENT", "SIZE", "DTYPE", "SOURCE", "WHERE")]
+    for cfg in map(load_preset, preset_names()):
+        found = locate(cfg)
+        try:
+            dtype = ",".join(stored_dtypes(found.path)) if found else None
+        except VcraftError:
+            dtype = "unreadable"
+        entry = {"model": cfg.name, "description": cfg.description, "present": found is not None,
+                 "path": str(found.path) if found else None, "source": found.source if found else None,
+                 "size": found.path.stat().st_size if found else None, "dtype": dtype,
+                 "hub": f"{cfg.weights.repo}/{cfg.weights.file}" if cfg.weights else None,
+                 "download_size": cfg.weights.size if cfg.weights else None}
+        if as_json:
+            print(json.dumps(entry), flush=True)
+        elif found:
+            rows.append((cfg.name, "yes", size_text(entry["size"]), dtype, found.source, str(found.path)))
+        else:
+            how = f"vcraft download {cfg.name}" if cfg.weights else "pass --ckpt"
+            rows.append((cfg.name, "no", size_text(entry["download_size"]), "-", "-", how))
+    if not as_json:
+        print(_table(rows))
+
+
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def run(argv: list[str]) -> int:

@@ -198,12 +198,23 @@ class TrainConfig:
 
 
 @dataclass
+class WeightsSource:
+    """Where `vcraft download` fetches a preset's official checkpoint on the Hugging Face Hub."""
+
+    repo: str = MISSING  # e.g. VideoCrafter/VideoCrafter2
+    file: str = "model.ckpt"
+    revision: str = "main"
+    size: Optional[int] = None  # bytes, as the Hub lists the file: for --list and messages before a download
+    sha256: Optional[str] = None  # pinned, where known; the Hub's own checksum is verified in any case
+
+
+@dataclass
 class Config:
     name: str = MISSING
+    description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # Where to get the weights, for error messages and the README.
-    weights_url: Optional[str] = None
+    weights: Optional[WeightsSource] = None  # None: the weights ship with vcraft (the embedded model)
     train: Optional[TrainConfig] = None
 
 
@@ -213,8 +224,18 @@ def preset_dir() -> Path:
     return packaged if packaged.is_dir() else PACKAGE_DIR.parents[1] / "configs"
 
 
+def preset_dirs() -> list[Path]:
+    """$VCRAFT_PRESETS (a folder of the user's own preset YAMLs, which win over vcraft's), then vcraft's."""
+    extra = os.environ.get("VCRAFT_PRESETS")
+    return [Path(extra), preset_dir()] if extra else [preset_dir()]
+
+
+def _preset_path(name: str) -> Path | None:
+    return next((d / f"{name}.yaml" for d in preset_dirs() if (d / f"{name}.yaml").is_file()), None)
+
+
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+    return sorted({p.stem for d in preset_dirs() for p in d.glob("*.yaml")})
 
 
 def _validated(data: Any, origin: str) -> Config:
@@ -302,8 +323,8 @@ def _read_yaml(path: Path) -> DictConfig:
 
 
 def load_preset(name: str) -> Config:
-    path = preset_dir() / f"{name}.yaml"
-    if not path.is_file():
+    path = _preset_path(name)
+    if path is None:
         raise VcraftError(f"unknown model '{name}'; choose one of: {', '.join(preset_names())}")
     return _validated(_read_yaml(path), str(path))
 
