@@ -1,15 +1,14 @@
 """The shipped default model: it is found with no options, is small, and follows its prompts, in long videos
 too (the default command's browser-playable MP4: tests/test_batch.py).
 
-No pixel changes: videos whose frames were hashed before the generation path was restructured (issue 21, with
-commit 169e98e, through `vcraft generate ... --format png`, OMP_NUM_THREADS=1) must come out the same, to the last
-bit: the embedded model's videos that the tests below read, two more, and two of a tiny official-format fixture.
-The three "prompt" videos were rendered then in one batch (`-f` with a row per prompt, all seed 0,
-`--batch-size 3`): the same pixels now come from rendering each video on its own."""
+No pixel changes: data/golden_videos.npz holds videos made on one CPU thread by commit 421f774, whose videos had
+the same hashes as those of 169e98e, the code from before issue 21 restructured the generation path: the embedded
+model's videos that the tests below read, two more, and two of a tiny official-format fixture. The videos made
+now must be the same, up to the rounding of another CPU."""
 
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,27 +62,22 @@ def test_the_video_follows_the_prompt(render, prompt, colour, motion):
     assert (seen["colour"], seen["motion"]) == (colour, motion), seen
 
 
-# name: (model, prompt, settings, frames' shape, sha256 of the uint8 frames [T, H, W, 3])
+# name: (model, prompt, settings, frames' shape); the frames themselves are in data/golden_videos.npz
 GOLDEN = {
-    "40 frames": ("shapes", "a red circle moving left", {"seed": 0, "frames": 40}, (40, 64, 64, 3),
-                  "b05f1fd84b7a02db89fd6cbc98bbb4d35711cbd227d0763c544d559457b83c37"),
-    "prompt 1": ("shapes", "a red circle moving left", {"seed": 0}, (16, 64, 64, 3),
-                 "fa96701c1177d94541783ea20802ece0ead2e860b3dba2f1b7ac2fcc9f077787"),
-    "prompt 2": ("shapes", "The blue square moves up.", {"seed": 0}, (16, 64, 64, 3),
-                 "7f7273286b968d899959b00df5589148fb62601f5a509b0ebe0671dd31224b9f"),
-    "prompt 3": ("shapes", "a green triangle getting bigger", {"seed": 0}, (16, 64, 64, 3),
-                 "37779cfb826889ae46511d10b2ccabbc0b011392f7f3e11e5d6b3d13b8ddc22c"),
+    "40 frames": ("shapes", "a red circle moving left", {"seed": 0, "frames": 40}, (40, 64, 64, 3)),
+    "prompt 1": ("shapes", "a red circle moving left", {"seed": 0}, (16, 64, 64, 3)),
+    "prompt 2": ("shapes", "The blue square moves up.", {"seed": 0}, (16, 64, 64, 3)),
+    "prompt 3": ("shapes", "a green triangle getting bigger", {"seed": 0}, (16, 64, 64, 3)),
     "negative": ("shapes", "a green square growing", {"seed": 6, "negative": "a green square shrinking"},
-                 (16, 64, 64, 3), "4a2268f840925a2ab8f11d6e01a8ced895463f9e5fdb931d02d48fffe87e1071"),
+                 (16, 64, 64, 3)),
     "eta": ("shapes", "a white circle moving right",
-            {"seed": 7, "eta": 0.5, "guidance_min_t": 0, "frames": 8, "steps": 6}, (8, 64, 64, 3),
-            "cb50ce211ac02c94fc625b6fa00724766b3f248a6c9746009faf950895a3c25d"),
+            {"seed": 7, "eta": 0.5, "guidance_min_t": 0, "frames": 8, "steps": 6}, (8, 64, 64, 3)),
     "tiny": ("tiny", "a red fox running through snow",
              {"seed": 3, "frames": 8, "height": 64, "width": 128, "steps": 10, "guidance": 12.0, "eta": 0.0,
-              "fps": 8}, (8, 64, 128, 3), "9b2c4b664474a656e9f4b726c6bf36b6269e3501e8aae5af31ea99f85d0e0f06"),
+              "fps": 8}, (8, 64, 128, 3)),
     "tiny long": ("tiny", "a red fox running through snow",
                   {"seed": 4, "frames": 24, "height": 64, "width": 128, "steps": 5, "guidance": 12.0, "eta": 1.0,
-                   "fps": 8}, (24, 64, 128, 3), "aec07a9e4bc096edaebe584df1f3d63e047ce6ea3bcd4ceff90623415c7e982e"),
+                   "fps": 8}, (24, 64, 128, 3)),
 }
 
 
@@ -97,11 +91,15 @@ def tiny_pipe():
 
 @pytest.mark.parametrize("case", GOLDEN)
 def test_the_pixels_are_the_recorded_ones(request, render, case):
-    model, prompt, settings, shape, digest = GOLDEN[case]
+    model, prompt, settings, shape = GOLDEN[case]
     if model == "tiny":
         with one_cpu_thread():
             video = request.getfixturevalue("tiny_pipe")(prompt, **settings)
     else:
         video = render(prompt, **settings)
     assert video.shape == shape and video.dtype == np.uint8
-    assert hashlib.sha256(np.ascontiguousarray(video).tobytes()).hexdigest() == digest
+    with np.load(Path(__file__).parent / "data" / "golden_videos.npz") as recorded:
+        change = np.abs(video.astype(np.int16) - recorded[case])
+    # Another CPU rounds float32 sums in another order, which moves a few pixels by a level; any change of the
+    # method (one step more, another seed) moves some by 4 or more (docs/architecture.md, "Tests").
+    assert change.max() <= 2 and change.mean() <= 0.01, (change.max(), change.mean())
