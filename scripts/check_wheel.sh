@@ -46,5 +46,7 @@ t=$(now)
 echo "generate: $(secs "$t" "$(now)") s" >&2
 
 test -s circle.json
+# The installed package finds its bundled model without a clone.
+"$tmp/venv/bin/vcraft" models | grep -q "^shapes  *yes .* bundled "
 "$tmp/venv/bin/python" -c "import imageio.v3 as iio; f = iio.imread('circle.mp4'); assert f.shape == (16, 64, 64, 3), f.shape"
 echo "ok: the wheel installs and makes a video outside the clone" >&2

@@ -126,8 +126,11 @@ def test_bad_long_video_options_are_refused_before_any_work(tmp_path, option, me
 def test_interrupting_a_long_render_leaves_nothing(tmp_path):
     # Far more frames than it will make: it is stopped once the first ones are written.
     args = [*small_video_args(), "--frames", "2000", "--steps", "4", "--seed", "1", "--format", "png"]
+    # Ctrl-C as on a terminal, even where this test runs in the background (a shell's `&` makes children
+    # ignore SIGINT, and Python then installs no handler for it).
     proc = subprocess.Popen([sys.executable, "-m", "vcraft", "generate", FOX, *map(str, args), "-o",
-                             str(tmp_path / "long")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "long")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     # Wait until the render writes its first frames under the temporary name, then press Ctrl-C.
     while not list(tmp_path.glob(".long.partial-*/frame_00000.png")) and time.monotonic() < deadline:

@@ -149,9 +149,9 @@ def generate(
         return
 
     from vcraft.api import TextToVideo
-    from vcraft.weights import find_checkpoint
     from vcraft.devices import resolve_device, resolve_dtype
     from vcraft.sampling.long_video import window_count
+    from vcraft.weights import find_checkpoint
 
     ckpt_path = ckpt or find_checkpoint(cfg)
     resolve_dtype(dtype, resolve_device(device))  # a bad choice is an input error, found before loading
@@ -353,8 +353,9 @@ def download(
     if list_only:
         from vcraft.download import hub_size
 
-        rows = [(cfg.name, f"{cfg.weights.repo}/{cfg.weights.file}", size_text(hub_size(cfg.weights) or cfg.weights.size),
-                 cfg.description) for cfg in map(load_preset, preset_names()) if cfg.weights is not None]
+        rows = [(cfg.name, f"{cfg.weights.repo}/{cfg.weights.file}",
+                 size_text(hub_size(cfg.weights) or cfg.weights.size), cfg.description)
+                for cfg in map(load_preset, preset_names()) if cfg.weights is not None]
         print(_table([("MODEL", "FETCHES", "SIZE", "WHAT"), *rows]))
         return
     if not names:
@@ -368,7 +369,6 @@ def download(
     configs = [load_preset(name) for name in names]
     for cfg in configs:  # every name checked before anything is fetched
         weights_source(cfg)
-
     if quiet or not sys.stderr.isatty():
         disable_progress_bars()
     for cfg in configs:
