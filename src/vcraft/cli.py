@@ -388,7 +388,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
         found = locate(cfg)
         try:
             dtype = ",".join(stored_dtypes(found.path)) if found else None
-        except VcraftError:
+        except (VcraftError, OSError, ValueError):  # a damaged file is listed, not fatal
             dtype = "unreadable"
         entry = {"model": cfg.name, "description": cfg.description, "present": found is not None,
                  "path": str(found.path) if found else None, "source": found.source if found else None,
