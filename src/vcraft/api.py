@@ -24,10 +24,8 @@ from vcraft.config import Config, apply_overrides, load_config, load_preset
 from vcraft.devices import resolve_device, resolve_dtype
 from vcraft.errors import VcraftError
 from vcraft.loading import Models, identify_preset, load_models
-from vcraft.sampling import Callback, Progress
+from vcraft.sampling import Callback, Progress, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
-from vcraft.sampling.ddim import ddim_timesteps
-from vcraft.sampling.ddim import sample as ddim_sample
 from vcraft.sampling.denoisers import Denoiser
 from vcraft.sampling.long_video import replace_known, window_count
 from vcraft.sampling.schedule import draw_noise
@@ -129,7 +127,8 @@ class TextToVideo:
         shape = (1, model.autoencoder.embed_dim, min(s.frames, clip), s.height // f, s.width // f)
         noise = partial(self._noise, torch.Generator("cpu").manual_seed(s.seed), shape)
         windows = window_count(s.frames, clip, s.overlap)
-        steps = len(ddim_timesteps(s.steps, self.schedule.timesteps))
+        sample = sampler(s.sampler)
+        steps = step_count(s.sampler, s.steps, self.schedule.timesteps)
         made, kept = 0, None
         for window in range(windows):
             x = noise()
@@ -140,7 +139,7 @@ class TextToVideo:
             keep = None if kept is None or s.extend != "replace" else \
                 replace_known(kept, x[:, :, :kept.shape[2]].clone(), self.schedule)
             with self._on_device(self.unet):
-                out = ddim_sample(denoiser, x, self.schedule, s.steps, s.eta, noise,
+                out = sample(denoiser, x, self.schedule, s.steps, s.eta, noise,
                                   _offset(callback, window * steps, windows * steps), keep)
             if not out.isfinite().all():
                 raise FloatingPointError("the sampler produced NaN or infinite latents (try --dtype fp32)")

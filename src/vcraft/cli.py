@@ -59,6 +59,7 @@ def _recipe(path: Path) -> dict:
     needed = ("model", *(k for k in TYPES if k != "negative"))  # older sidecars may lack or null the negative
     if isinstance(recipe, dict):
         recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
+        recipe.setdefault("sampler", "ddim")
     if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
     try:  # a number before it is counted on from (batch.plan); make_settings checks the rest
@@ -91,7 +92,10 @@ def generate(
     guidance_min_t: Optional[int] = typer.Option(None, "--guidance-min-t", help="Guidance only at timesteps "
                                                  "at or above this (0-1000; 0 = every step, as VideoCrafter)."),
     negative: Optional[str] = typer.Option(None, help="Negative prompt (default: the empty prompt)."),
-    eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
+    sampler: Optional[str] = typer.Option(None, help="ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: the "
+                                                      "model's)."),
+    eta: Optional[float] = typer.Option(None, help="Noise a step: DDIM's eta, or dpmpp-2m-sde's share (0 = "
+                                                   "deterministic); dpmpp-2m and unipc use none."),
     overlap: Optional[int] = typer.Option(None, help="Long videos: latent frames each window keeps from the "
                                                      "one before (default: the config's, else a quarter of the "
                                                      "model's clip)."),
@@ -120,6 +124,7 @@ def generate(
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
               "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta,
+              "sampler": sampler,
               "overlap": overlap, "extend": extend, "negative": negative}
     if from_json is not None:
         if prompts or prompts_file or model or config:

@@ -112,6 +112,7 @@ class SamplingConfig:
     frames: int = 16
     height: int = 320
     width: int = 512
+    sampler: str = "ddim"  # ddim, dpmpp-2m, dpmpp-2m-sde or unipc (sampling/__init__.py)
     steps: int = 50
     guidance: float = 12.0
     # Guidance only while t >= guidance_min_t; below, the conditional prediction alone (a guidance interval,

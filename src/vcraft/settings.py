@@ -13,6 +13,7 @@ from typing import Any
 
 from vcraft.config import Config, ModelConfig
 from vcraft.errors import VcraftError
+from vcraft.sampling import SAMPLERS
 
 # Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from
 # starting a render that cannot fit in memory.
@@ -30,6 +31,7 @@ class Settings:
     frames: int
     height: int
     width: int
+    sampler: str
     steps: int
     guidance: float
     guidance_min_t: int  # guided only at timesteps >= this
@@ -91,6 +93,7 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
         (s.width >= m and s.width % m == 0, f"--width must be a positive multiple of {m}, got {s.width}"),
         (s.height <= MAX_SIDE, f"--height must be at most {MAX_SIDE}, got {s.height}"),
         (s.width <= MAX_SIDE, f"--width must be at most {MAX_SIDE}, got {s.width}"),
+        (s.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler}"),
         (1 <= s.steps <= timesteps, f"--steps must be between 1 and {timesteps}, got {s.steps}"),
         (math.isfinite(s.guidance) and s.guidance >= 0, f"--guidance must be 0 or more, got {s.guidance}"),
         (0 <= s.guidance_min_t <= timesteps,

@@ -5,7 +5,8 @@
 over `eps = denoiser(x, t)`, starting from the noise `x`: `noise()` draws a standard-normal tensor like `x`
 (from the video's own generator) wherever the sampler needs fresh noise; `callback(Step(...))` follows
 every step; `keep(x, t)`, before each step, may overwrite parts of the latents with what is known at
-timestep t (long_video.replace_known). DDIM (ddim.py) is the first one.
+timestep t (long_video.replace_known). `SAMPLERS` names them: DDIM (ddim.py, the reference's) and the
+multistep solvers of solvers.py.
 """
 
 from __future__ import annotations
@@ -28,3 +29,20 @@ Noise = Callable[[], torch.Tensor]
 Callback = Callable[[Step], None]
 Keep = Callable[[torch.Tensor, int], torch.Tensor]
 Progress = Callable[[int, int], None]  # progress(step, total) of a whole video, for users
+SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
+
+
+def sampler(name: str) -> Callable[..., torch.Tensor]:
+    """The sample function of a name in SAMPLERS."""
+    from vcraft.sampling import ddim, solvers
+
+    return {"ddim": ddim.sample, "dpmpp-2m": solvers.dpmpp_2m, "dpmpp-2m-sde": solvers.dpmpp_2m_sde,
+            "unipc": solvers.unipc}[name]
+
+
+def step_count(name: str, steps: int, total: int) -> int:
+    """How many model calls (and callback steps) `steps` means for a sampler: the timestep spacings can give
+    one more or fewer."""
+    from vcraft.sampling import ddim, solvers
+
+    return len(ddim.ddim_timesteps(steps, total)) if name == "ddim" else len(solvers.solver_timesteps(steps, total)) - 1

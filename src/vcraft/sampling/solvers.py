@@ -1,0 +1,146 @@
+"""Multistep solvers in log-SNR time: DPM-Solver++(2M) and its SDE form (Lu et al. 2022) and UniPC (Zhao et al.
+2023), behind the sampler interface of sampling/__init__.py, written over the data prediction x0 = (x - sigma eps)
+/ alpha.
+
+Why they are exact for VideoCrafter's schedule: its noising, x_t = sqrt(a_t) s_t x_0 + sqrt(1 - a_t) eps, is a
+Gaussian diffusion with signal coefficient alpha_t = sqrt(a_t) s_t and noise coefficient sigma_t = sqrt(1 - a_t).
+The solvers' updates are derived for any such alpha_t and sigma_t and use nothing else (lambda_t = log(alpha_t /
+sigma_t) is their time), so they integrate this process itself, signal scale included. diffusers' schedulers
+assume alpha_t^2 + sigma_t^2 = 1 and draw i.i.d. noise, so they would need a rescaled view and could not use the
+frame-correlated noise of `noise()` (frame_noise_share); these short functions need neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from vcraft.sampling import Callback, Keep, Noise, Step
+from vcraft.sampling.denoisers import DenoiserFn
+from vcraft.sampling.schedule import Schedule
+
+
+def solver_timesteps(steps: int, total: int = 1000) -> list[int]:
+    """`steps` timesteps from `total - 1` down, evenly spaced, then 0: the first model call sees the noise at its
+    own level (few-step solvers lose most there otherwise), and the video ends at timestep 0's level, as DDIM's."""
+    if not 1 <= steps <= total:
+        raise ValueError(f"steps must be between 1 and {total}, got {steps}")
+    return sorted(set(np.round(np.linspace(total - 1, 0, steps + 1)).astype(int).tolist()), reverse=True)
+
+
+@dataclass
+class Levels:
+    """The noise levels a solver steps through: timestep, alpha, sigma and lambda of each, the last one the end."""
+
+    t: list[int]
+    alpha: np.ndarray
+    sigma: np.ndarray
+    lam: np.ndarray
+
+    @classmethod
+    def of(cls, schedule: Schedule, timesteps: list[int]) -> "Levels":
+        a = schedule.alphas_cumprod.double().numpy()[timesteps]
+        alpha = np.sqrt(a) * schedule.scale_arr.double().numpy()[timesteps]
+        sigma = np.sqrt(1 - a)
+        return cls(list(timesteps), alpha, sigma, np.log(alpha / sigma))
+
+    @property
+    def steps(self) -> int:
+        return len(self.t) - 1
+
+
+def _scalar(v: float, like: torch.Tensor) -> torch.Tensor:
+    # Per-step coefficients are computed in float64 and applied as float32 scalars, as DDIM's.
+    return torch.tensor(v, dtype=torch.float32, device=like.device).to(like.dtype)
+
+
+def _denoised(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, i: int, keep: Optional[Keep]) -> tuple:
+    """The latents (after `keep`) and the clean latents the model predicts from them at level i."""
+    if keep is not None:
+        x = keep(x, lv.t[i])
+    eps = denoiser(x, lv.t[i])
+    return x, (x - _scalar(lv.sigma[i], x) * eps) / _scalar(lv.alpha[i], x)
+
+
+def dpmpp_2m(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 0.0,
+             noise: Optional[Noise] = None, callback: Optional[Callback] = None, keep: Optional[Keep] = None
+             ) -> torch.Tensor:
+    """DPM-Solver++(2M): second order from the second step on, one model call a step; deterministic (`eta` is
+    not used). Its first step is DDIM's with eta 0."""
+    return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(steps, schedule.timesteps)), 0.0, noise,
+                  callback, keep)
+
+
+def dpmpp_2m_sde(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 1.0,
+                 noise: Optional[Noise] = None, callback: Optional[Callback] = None, keep: Optional[Keep] = None
+                 ) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M): fresh `noise()` each step, `eta` its share (1: the SDE, 0: dpmpp_2m)."""
+    if eta > 0 and noise is None:
+        raise ValueError("a stochastic sampler needs a noise source")
+    return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(steps, schedule.timesteps)), eta, noise,
+                  callback, keep)
+
+
+def _dpmpp(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, eta: float, noise: Optional[Noise],
+           callback: Optional[Callback], keep: Optional[Keep]) -> torch.Tensor:
+    previous = None  # the clean latents predicted one step before, for the second-order term
+    for i in range(lv.steps):
+        x, x0 = _denoised(denoiser, x, lv, i, keep)
+        h = lv.lam[i + 1] - lv.lam[i]
+        d = x0
+        if previous is not None:
+            r = (lv.lam[i] - lv.lam[i - 1]) / h
+            d = x0 + _scalar(1 / (2 * r), x0) * (x0 - previous)
+        # x_next = sigma_next/sigma e^(-eta h) x + alpha_next (1 - e^(-(1+eta) h)) d [+ sigma_next sqrt(1 - e^(-2 eta h)) z]
+        x = _scalar(lv.sigma[i + 1] / lv.sigma[i] * np.exp(-eta * h), x) * x \
+            + _scalar(-lv.alpha[i + 1] * np.expm1(-(1 + eta) * h), x) * d
+        if eta > 0:
+            x = x + _scalar(lv.sigma[i + 1] * np.sqrt(-np.expm1(-2 * eta * h)), x) * noise().to(x.device, x.dtype)
+        previous = x0
+        if callback is not None:
+            callback(Step(i + 1, lv.steps, x, x0))
+    return x
+
+
+def unipc(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 0.0,
+          noise: Optional[Noise] = None, callback: Optional[Callback] = None, keep: Optional[Keep] = None
+          ) -> torch.Tensor:
+    """UniPC with B(h) = e^h - 1 (bh2): a second-order predictor (UniP) and, with the model call the next step
+    makes anyway, a corrector (UniC) of the point just reached; one model call a step, deterministic."""
+    lv = Levels.of(schedule, solver_timesteps(steps, schedule.timesteps))
+    x, x0 = _denoised(denoiser, x, lv, 0, keep)
+    start, previous = x, None  # the step's starting point (for the corrector) and the prediction before x0's
+    for i in range(lv.steps):
+        h = lv.lam[i + 1] - lv.lam[i]
+        b = np.expm1(-h)  # B(h) of the data-prediction form; also e^(-h) - 1 of the first-order term
+        rk = (lv.lam[i - 1] - lv.lam[i]) / h if previous is not None else None
+        linear = _scalar(lv.sigma[i + 1] / lv.sigma[i], x) * start - _scalar(lv.alpha[i + 1] * b, x) * x0
+        x = linear if rk is None else linear - _scalar(lv.alpha[i + 1] * b * 0.5 / rk, x) * (previous - x0)
+        if i + 1 < lv.steps:  # the corrector, with the prediction at the new point
+            x, x0_new = _denoised(denoiser, x, lv, i + 1, keep)
+            x = _corrected(linear, x0, x0_new, previous, rk, h, lv.alpha[i + 1])
+            start, previous, x0 = x, x0, x0_new
+        if callback is not None:
+            callback(Step(i + 1, lv.steps, x, x0))
+    return x
+
+
+def _corrected(linear: torch.Tensor, x0: torch.Tensor, x0_new: torch.Tensor, previous: Optional[torch.Tensor],
+               rk: Optional[float], h: float, alpha_next: float) -> torch.Tensor:
+    """UniC: the step from `x0` redone with the model's prediction `x0_new` at its end (order 1 after the first
+    step, else 2), coefficients from the paper's linear system for B(h) = e^h - 1."""
+    hh = -h
+    b = np.expm1(hh)
+    if rk is None:
+        rhos = np.array([0.5])
+    else:
+        phi1 = np.expm1(hh) / hh - 1  # h_phi_k for k = 1, then 2
+        phi2 = phi1 / hh - 0.5
+        rhos = np.linalg.solve(np.array([[1.0, 1.0], [rk, 1.0]]), np.array([phi1, phi2 * 2]) / b)
+    correction = _scalar(rhos[-1], x0) * (x0_new - x0)
+    if rk is not None:
+        correction = correction + _scalar(rhos[0] / rk, x0) * (previous - x0)
+    return linear - _scalar(alpha_next * b, x0) * correction
