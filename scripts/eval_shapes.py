@@ -4,6 +4,7 @@ back from the pixels what each video shows, and print the accuracy per attribute
     python scripts/eval_shapes.py                         # the shipped model, with its default settings
     python scripts/eval_shapes.py --run runs/shapes       # the latest checkpoint of a training run
     python scripts/eval_shapes.py --steps 50 --guidance 7 --json
+    python scripts/eval_shapes.py --sampler dpmpp-2m --steps 10 --seen 0    # the held-out combinations only
 
 Prompts use every accepted phrasing (articles, capitalisation, optional suffix and period), drawn at random
 per video; each combination is rendered with several seeds.
@@ -25,6 +26,7 @@ from vcraft.devices import resolve_device
 from vcraft.config import load_config, load_preset
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import HELD_OUT_SCENES, TRAIN_SCENES, Scene, caption
+from vcraft.sampling import SAMPLERS
 
 
 def model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +67,7 @@ def main() -> None:
     model_arguments(parser)
     parser.add_argument("--seeds", type=int, default=2, help="videos per combination")
     parser.add_argument("--seen", type=int, default=24, help="how many seen combinations to score")
+    parser.add_argument("--sampler", choices=SAMPLERS)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--guidance-min-t", type=int)
@@ -74,11 +77,11 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = load(args)
-    chosen = {"steps": args.steps, "guidance": args.guidance, "guidance_min_t": args.guidance_min_t,
-              "eta": args.eta}
+    chosen = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+              "guidance_min_t": args.guidance_min_t, "eta": args.eta}
     s = pipe.settings("-", **chosen)
     todo = jobs(args.seen, args.seeds, args.seed)
-    print(f"{len(todo)} videos, {s.steps} steps, guidance {s.guidance} at t >= {s.guidance_min_t}, eta {s.eta}",
+    print(f"{len(todo)} videos, {s.sampler}, {s.steps} steps, guidance {s.guidance} at t >= {s.guidance_min_t}, eta {s.eta}",
           file=sys.stderr)
     started = time.perf_counter()
     results = []
@@ -96,6 +99,8 @@ def main() -> None:
     summary = {}
     for split in ("held-out", "seen"):
         rows = [r for r in results if r["split"] == split]
+        if not rows:  # --seen 0
+            continue
         right = {a: np.mean([r[f"want_{a}"] == r[f"got_{a}"] for r in rows]) for a in ATTRIBUTES}
         right["all"] = np.mean([all(r[f"want_{a}"] == r[f"got_{a}"] for a in ATTRIBUTES) for r in rows])
         summary[split] = {k: float(v) for k, v in right.items()}
@@ -103,7 +108,7 @@ def main() -> None:
               + " |")
     print(f"{len(results)} videos in {elapsed:.0f} s", file=sys.stderr)
     if args.json:
-        print(json.dumps({"summary": summary, "steps": s.steps, "guidance": s.guidance,
+        print(json.dumps({"summary": summary, "sampler": s.sampler, "steps": s.steps, "guidance": s.guidance,
                           "guidance_min_t": s.guidance_min_t, "eta": s.eta}))
 
 

@@ -36,7 +36,7 @@ def test_windows_make_exactly_the_frames_asked_for(pipe, monkeypatch, frames):
         start = 0 if given is None else int(given[0, 0, 0, 0, 0])
         return torch.arange(start, start + x.shape[2], dtype=x.dtype).view(1, 1, -1, 1, 1).expand(x.shape).clone()
 
-    monkeypatch.setattr(vcraft.api, "ddim_sample", numbering)
+    monkeypatch.setattr(vcraft.api, "sampler", lambda name: numbering)
     settings = pipe.settings(FOX, frames=frames, height=64, width=64, steps=2, overlap=4)
     made = torch.cat(list(pipe.latents(settings)), dim=2)
     assert made[0, 0, :, 0, 0].tolist() == list(range(frames))
@@ -53,7 +53,7 @@ def test_replace_continues_the_kept_latents_of_an_official_format_model(pipe, mo
 
     settings = pipe.settings(FOX, seed=5, frames=24, height=64, width=64, steps=6, guidance=7.5, eta=0.0, fps=8)
     assert settings.extend == "replace" and settings.overlap == 4
-    real, windows = vcraft.api.ddim_sample, []
+    real, windows = vcraft.api.sampler("ddim"), []
 
     def recording(denoiser, x, *args):
         start = x.clone()
@@ -61,7 +61,7 @@ def test_replace_continues_the_kept_latents_of_an_official_format_model(pipe, mo
         windows.append((denoiser, start, out.clone()))
         return out
 
-    monkeypatch.setattr(vcraft.api, "ddim_sample", recording)
+    monkeypatch.setattr(vcraft.api, "sampler", lambda name: recording)
     video = torch.cat(list(pipe.latents(settings)), dim=2)
     assert video.shape[2] == 24 and len(windows) == 2
     (first_denoiser, _, first), (second_denoiser, start, second) = windows
@@ -86,7 +86,7 @@ def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(pipe
         seen.append((denoiser.cond.given, x.clone(), keep))
         return x.clone()
 
-    monkeypatch.setattr(vcraft.api, "ddim_sample", capture)
+    monkeypatch.setattr(vcraft.api, "sampler", lambda name: capture)
     list(pipe.latents(pipe.settings(FOX, frames=20, height=64, width=64, steps=6, guidance=1.0)))
     (_, _, no_keep), (given, x, keep) = seen
     assert no_keep is None

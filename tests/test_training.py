@@ -251,7 +251,7 @@ def test_training_and_sampling_draw_noise_with_the_configured_share(monkeypatch)
         started.append(x)
         return x
 
-    monkeypatch.setattr(vcraft.api, "ddim_sample", first_noise)
+    monkeypatch.setattr(vcraft.api, "sampler", lambda name: first_noise)
     for seed in range(8):
         list(pipe.latents(pipe.settings("a red circle", seed=seed, frames=8, height=64, width=64, steps=2,
                                         guidance=1.0, eta=0.0, fps=8)))

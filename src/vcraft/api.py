@@ -128,7 +128,7 @@ class TextToVideo:
         noise = partial(self._noise, torch.Generator("cpu").manual_seed(s.seed), shape)
         windows = window_count(s.frames, clip, s.overlap)
         sample = sampler(s.sampler)
-        steps = step_count(s.sampler, s.steps, self.schedule.timesteps)
+        steps = step_count(s.sampler, s.steps, self.schedule)
         made, kept = 0, None
         for window in range(windows):
             x = noise()

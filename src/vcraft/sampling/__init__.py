@@ -11,9 +11,12 @@ multistep solvers of solvers.py.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from vcraft.sampling.schedule import Schedule
 
 
 class Step(NamedTuple):
@@ -40,9 +43,11 @@ def sampler(name: str) -> Callable[..., torch.Tensor]:
             "unipc": solvers.unipc}[name]
 
 
-def step_count(name: str, steps: int, total: int) -> int:
+def step_count(name: str, steps: int, schedule: "Schedule") -> int:
     """How many model calls (and callback steps) `steps` means for a sampler: the timestep spacings can give
     one more or fewer."""
     from vcraft.sampling import ddim, solvers
 
-    return len(ddim.ddim_timesteps(steps, total)) if name == "ddim" else len(solvers.solver_timesteps(steps, total)) - 1
+    if name == "ddim":
+        return len(ddim.ddim_timesteps(steps, schedule.timesteps))
+    return len(solvers.solver_timesteps(schedule, steps)) - 1

@@ -23,12 +23,23 @@ from vcraft.sampling.denoisers import DenoiserFn
 from vcraft.sampling.schedule import Schedule
 
 
-def solver_timesteps(steps: int, total: int = 1000) -> list[int]:
-    """`steps` timesteps from `total - 1` down, evenly spaced, then 0: the first model call sees the noise at its
-    own level (few-step solvers lose most there otherwise), and the video ends at timestep 0's level, as DDIM's."""
-    if not 1 <= steps <= total:
-        raise ValueError(f"steps must be between 1 and {total}, got {steps}")
-    return sorted(set(np.round(np.linspace(total - 1, 0, steps + 1)).astype(int).tolist()), reverse=True)
+def _alpha_sigma(schedule: Schedule) -> tuple[np.ndarray, np.ndarray]:
+    a = schedule.alphas_cumprod.double().numpy()
+    return np.sqrt(a) * schedule.scale_arr.double().numpy(), np.sqrt(1 - a)
+
+
+def solver_timesteps(schedule: Schedule, steps: int) -> list[int]:
+    """The timesteps of `steps` steps from the last one down to 0, evenly spaced in lambda (each the nearest
+    whole timestep; where several fall on one, near t = 0 at large counts, it is used once). The last is where
+    the video ends, timestep 0's level, as with DDIM. Evenly in lambda, not in t: the step size of these solvers
+    is the change of lambda, which near t = 0 grows like log(t), so an even split of t leaves a last step that
+    hardly shrinks with more steps."""
+    if not 1 <= steps <= schedule.timesteps:
+        raise ValueError(f"steps must be between 1 and {schedule.timesteps}, got {steps}")
+    alpha, sigma = _alpha_sigma(schedule)
+    lam = np.log(alpha / sigma)  # falls as t grows
+    wanted = np.linspace(lam[-1], lam[0], steps + 1)
+    return sorted(set(np.abs(lam[None, :] - wanted[:, None]).argmin(axis=1).tolist()), reverse=True)
 
 
 @dataclass
@@ -42,9 +53,7 @@ class Levels:
 
     @classmethod
     def of(cls, schedule: Schedule, timesteps: list[int]) -> "Levels":
-        a = schedule.alphas_cumprod.double().numpy()[timesteps]
-        alpha = np.sqrt(a) * schedule.scale_arr.double().numpy()[timesteps]
-        sigma = np.sqrt(1 - a)
+        alpha, sigma = (v[timesteps] for v in _alpha_sigma(schedule))
         return cls(list(timesteps), alpha, sigma, np.log(alpha / sigma))
 
     @property
@@ -70,7 +79,7 @@ def dpmpp_2m(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: i
              ) -> torch.Tensor:
     """DPM-Solver++(2M): second order from the second step on, one model call a step; deterministic (`eta` is
     not used). Its first step is DDIM's with eta 0."""
-    return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(steps, schedule.timesteps)), 0.0, noise,
+    return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(schedule, steps)), 0.0, noise,
                   callback, keep)
 
 
@@ -80,7 +89,7 @@ def dpmpp_2m_sde(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, step
     """SDE-DPM-Solver++(2M): fresh `noise()` each step, `eta` its share (1: the SDE, 0: dpmpp_2m)."""
     if eta > 0 and noise is None:
         raise ValueError("a stochastic sampler needs a noise source")
-    return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(steps, schedule.timesteps)), eta, noise,
+    return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(schedule, steps)), eta, noise,
                   callback, keep)
 
 
@@ -94,7 +103,7 @@ def _dpmpp(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, eta: float, noise:
         if previous is not None:
             r = (lv.lam[i] - lv.lam[i - 1]) / h
             d = x0 + _scalar(1 / (2 * r), x0) * (x0 - previous)
-        # x_next = sigma_next/sigma e^(-eta h) x + alpha_next (1 - e^(-(1+eta) h)) d [+ sigma_next sqrt(1 - e^(-2 eta h)) z]
+        # x' = s'/s e^(-eta h) x + a' (1 - e^(-(1+eta) h)) d [+ s' sqrt(1 - e^(-2 eta h)) z], a = alpha, s = sigma
         x = _scalar(lv.sigma[i + 1] / lv.sigma[i] * np.exp(-eta * h), x) * x \
             + _scalar(-lv.alpha[i + 1] * np.expm1(-(1 + eta) * h), x) * d
         if eta > 0:
@@ -110,7 +119,7 @@ def unipc(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int,
           ) -> torch.Tensor:
     """UniPC with B(h) = e^h - 1 (bh2): a second-order predictor (UniP) and, with the model call the next step
     makes anyway, a corrector (UniC) of the point just reached; one model call a step, deterministic."""
-    lv = Levels.of(schedule, solver_timesteps(steps, schedule.timesteps))
+    lv = Levels.of(schedule, solver_timesteps(schedule, steps))
     x, x0 = _denoised(denoiser, x, lv, 0, keep)
     start, previous = x, None  # the step's starting point (for the corrector) and the prediction before x0's
     for i in range(lv.steps):
