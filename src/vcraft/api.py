@@ -140,7 +140,7 @@ class TextToVideo:
                 replace_known(kept, x[:, :, :kept.shape[2]].clone(), self.schedule)
             with self._on_device(self.unet):
                 out = sample(denoiser, x, self.schedule, s.steps, s.eta, noise,
-                                  _offset(callback, window * steps, windows * steps), keep)
+                             _offset(callback, window * steps, windows * steps), keep)
             if not out.isfinite().all():
                 raise FloatingPointError("the sampler produced NaN or infinite latents (try --dtype fp32)")
             if kept is not None:  # exactly the kept latents, which the sampler only approaches

@@ -124,8 +124,7 @@ def generate(
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
               "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta,
-              "sampler": sampler,
-              "overlap": overlap, "extend": extend, "negative": negative}
+              "sampler": sampler, "overlap": overlap, "extend": extend, "negative": negative}
     if from_json is not None:
         if prompts or prompts_file or model or config:
             raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")
