@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from vcraft.config import Config, WeightsSource, preset_dir
 from vcraft.errors import VcraftError
@@ -51,33 +52,30 @@ def hub_cached(source: WeightsSource) -> Path | None:
     return Path(path) if isinstance(path, str) else None
 
 
-def places(cfg: Config) -> list[str]:
-    """The places `locate` looks in, for messages."""
-    where = []
+def _places(cfg: Config) -> list[tuple[str, str, Callable[[], Path | None]]]:
+    """Where the weights of the preset `cfg.name` may be, in the order they are looked in: (source, the place in
+    words, a lookup that returns the file or None)."""
+    places = []
     if os.environ.get("VCRAFT_CHECKPOINTS"):
-        where.append(str(Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name))
-    where.append(str(converted_path(cfg.name).parent))
+        own = Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name
+        places.append(("VCRAFT_CHECKPOINTS", str(own), lambda: _in_folder(own)))
+    converted = converted_path(cfg.name)
+    places.append(("vcraft cache", str(converted.parent), lambda: converted if converted.is_file() else None))
     if cfg.weights is not None:
-        where.append(f"the {HUB_CACHE} ({cfg.weights.repo})")
-    return [*where, str(preset_dir().parent / "checkpoints" / cfg.name)]
+        source = cfg.weights
+        places.append((HUB_CACHE, f"the {HUB_CACHE} ({source.repo})", lambda: hub_cached(source)))
+    beside = preset_dir().parent / "checkpoints" / cfg.name
+    places.append(("checkout" if cfg.weights else "bundled", str(beside), lambda: _in_folder(beside)))
+    return places
 
 
 def locate(cfg: Config) -> Found | None:
     """The first place that holds the weights of the preset `cfg.name`, or None."""
-    if os.environ.get("VCRAFT_CHECKPOINTS"):
-        path = _in_folder(Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name)
-        if path:
-            return Found(path, "VCRAFT_CHECKPOINTS")
-    if converted_path(cfg.name).is_file():
-        return Found(converted_path(cfg.name), "vcraft cache")
-    if cfg.weights is not None:
-        path = hub_cached(cfg.weights)
-        if path:
-            return Found(path, HUB_CACHE)
-    path = _in_folder(preset_dir().parent / "checkpoints" / cfg.name)
-    if path is None:
-        return None
-    return Found(path, "checkout" if cfg.weights else "bundled")
+    for source, _, lookup in _places(cfg):
+        path = lookup()
+        if path is not None:
+            return Found(path, source)
+    return None
 
 
 def size_text(size: int | None) -> str:
@@ -91,7 +89,7 @@ def find_checkpoint(cfg: Config) -> Path:
     found = locate(cfg)
     if found is not None:
         return found.path
-    looked = f"looked in {', '.join(places(cfg))}"
+    looked = f"looked in {', '.join(where for _, where, _ in _places(cfg))}"
     if cfg.weights is None:
         raise VcraftError(f"no weights for model '{cfg.name}' ({looked}); pass --ckpt PATH")
     size = f" ({size_text(cfg.weights.size)})" if cfg.weights.size else ""
