@@ -35,6 +35,12 @@ Progress = Callable[[int, int], None]  # progress(step, total) of a whole video,
 SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
 
 
+def coefficient(v: float, like: torch.Tensor) -> torch.Tensor:
+    """A per-step coefficient, computed in float64, as the float32 scalar the reference applies (then `like`'s
+    dtype), so that the numbers match."""
+    return torch.tensor(v, dtype=torch.float32, device=like.device).to(like.dtype)
+
+
 def sampler(name: str) -> Callable[..., torch.Tensor]:
     """The sample function of a name in SAMPLERS."""
     from vcraft.sampling import ddim, solvers

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vcraft.sampling import Callback, Keep, Noise, Step
+from vcraft.sampling import Callback, Keep, Noise, Step, coefficient
 from vcraft.sampling.denoisers import DenoiserFn
 from vcraft.sampling.schedule import Schedule
 
@@ -39,20 +39,16 @@ def sample(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int
     if eta > 0 and noise is None:
         raise ValueError("eta > 0 needs a noise source")
 
-    def scalar(v: float) -> torch.Tensor:
-        # Per-step scalars are float32 in the reference; keep them so for matching numbers.
-        return torch.tensor(v, dtype=torch.float32, device=x.device).to(x.dtype)
-
     for i, idx in enumerate(reversed(range(len(ts)))):
         if keep is not None:
             x = keep(x, ts[idx])
         e = denoiser(x, ts[idx])
-        pred_x0 = (x - scalar(np.sqrt(1 - a[idx])) * e) / scalar(np.sqrt(a[idx]))
-        pred_x0 = pred_x0 / scalar(s[idx])
-        direction = scalar(np.sqrt(1 - a_prev[idx] - sigma[idx] ** 2)) * e
-        x = scalar(np.sqrt(a_prev[idx]) * s_prev[idx]) * pred_x0 + direction
+        pred_x0 = (x - coefficient(np.sqrt(1 - a[idx]), x) * e) / coefficient(np.sqrt(a[idx]), x)
+        pred_x0 = pred_x0 / coefficient(s[idx], x)
+        direction = coefficient(np.sqrt(1 - a_prev[idx] - sigma[idx] ** 2), x) * e
+        x = coefficient(np.sqrt(a_prev[idx]) * s_prev[idx], x) * pred_x0 + direction
         if sigma[idx] > 0:
-            x = x + scalar(sigma[idx]) * noise().to(x.device, x.dtype)
+            x = x + coefficient(sigma[idx], x) * noise().to(x.device, x.dtype)
         if callback is not None:
             callback(Step(i + 1, len(ts), x, pred_x0))
     return x

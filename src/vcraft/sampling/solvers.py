@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vcraft.sampling import Callback, Keep, Noise, Step
+from vcraft.sampling import Callback, Keep, Noise, Step, coefficient
 from vcraft.sampling.denoisers import DenoiserFn
 from vcraft.sampling.schedule import Schedule
 
@@ -61,17 +61,12 @@ class Levels:
         return len(self.t) - 1
 
 
-def _scalar(v: float, like: torch.Tensor) -> torch.Tensor:
-    # Per-step coefficients are computed in float64 and applied as float32 scalars, as DDIM's.
-    return torch.tensor(v, dtype=torch.float32, device=like.device).to(like.dtype)
-
-
 def _denoised(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, i: int, keep: Optional[Keep]) -> tuple:
     """The latents (after `keep`) and the clean latents the model predicts from them at level i."""
     if keep is not None:
         x = keep(x, lv.t[i])
     eps = denoiser(x, lv.t[i])
-    return x, (x - _scalar(lv.sigma[i], x) * eps) / _scalar(lv.alpha[i], x)
+    return x, (x - coefficient(lv.sigma[i], x) * eps) / coefficient(lv.alpha[i], x)
 
 
 def dpmpp_2m(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 0.0,
@@ -102,12 +97,12 @@ def _dpmpp(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, eta: float, noise:
         d = x0
         if previous is not None:
             r = (lv.lam[i] - lv.lam[i - 1]) / h
-            d = x0 + _scalar(1 / (2 * r), x0) * (x0 - previous)
+            d = x0 + coefficient(1 / (2 * r), x0) * (x0 - previous)
         # x' = s'/s e^(-eta h) x + a' (1 - e^(-(1+eta) h)) d [+ s' sqrt(1 - e^(-2 eta h)) z], a = alpha, s = sigma
-        x = _scalar(lv.sigma[i + 1] / lv.sigma[i] * np.exp(-eta * h), x) * x \
-            + _scalar(-lv.alpha[i + 1] * np.expm1(-(1 + eta) * h), x) * d
+        x = coefficient(lv.sigma[i + 1] / lv.sigma[i] * np.exp(-eta * h), x) * x \
+            + coefficient(-lv.alpha[i + 1] * np.expm1(-(1 + eta) * h), x) * d
         if eta > 0:
-            x = x + _scalar(lv.sigma[i + 1] * np.sqrt(-np.expm1(-2 * eta * h)), x) * noise().to(x.device, x.dtype)
+            x = x + coefficient(lv.sigma[i + 1] * np.sqrt(-np.expm1(-2 * eta * h)), x) * noise().to(x.device, x.dtype)
         previous = x0
         if callback is not None:
             callback(Step(i + 1, lv.steps, x, x0))
@@ -126,8 +121,8 @@ def unipc(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int,
         h = lv.lam[i + 1] - lv.lam[i]
         b = np.expm1(-h)  # B(h) of the data-prediction form; also e^(-h) - 1 of the first-order term
         rk = (lv.lam[i - 1] - lv.lam[i]) / h if previous is not None else None
-        linear = _scalar(lv.sigma[i + 1] / lv.sigma[i], x) * start - _scalar(lv.alpha[i + 1] * b, x) * x0
-        x = linear if rk is None else linear - _scalar(lv.alpha[i + 1] * b * 0.5 / rk, x) * (previous - x0)
+        linear = coefficient(lv.sigma[i + 1] / lv.sigma[i], x) * start - coefficient(lv.alpha[i + 1] * b, x) * x0
+        x = linear if rk is None else linear - coefficient(lv.alpha[i + 1] * b * 0.5 / rk, x) * (previous - x0)
         if i + 1 < lv.steps:  # the corrector, with the prediction at the new point
             x, x0_new = _denoised(denoiser, x, lv, i + 1, keep)
             x = _corrected(linear, x0, x0_new, previous, rk, h, lv.alpha[i + 1])
@@ -149,7 +144,7 @@ def _corrected(linear: torch.Tensor, x0: torch.Tensor, x0_new: torch.Tensor, pre
         phi1 = np.expm1(hh) / hh - 1  # h_phi_k for k = 1, then 2
         phi2 = phi1 / hh - 0.5
         rhos = np.linalg.solve(np.array([[1.0, 1.0], [rk, 1.0]]), np.array([phi1, phi2 * 2]) / b)
-    correction = _scalar(rhos[-1], x0) * (x0_new - x0)
+    correction = coefficient(rhos[-1], x0) * (x0_new - x0)
     if rk is not None:
-        correction = correction + _scalar(rhos[0] / rk, x0) * (previous - x0)
-    return linear - _scalar(alpha_next * b, x0) * correction
+        correction = correction + coefficient(rhos[0] / rk, x0) * (previous - x0)
+    return linear - coefficient(alpha_next * b, x0) * correction
