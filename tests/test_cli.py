@@ -44,6 +44,13 @@ def vcraft_process(*args: str, cwd: Path | None = None, stdin: str | None = None
                           cwd=cwd, input=stdin, timeout=300)
 
 
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The command's stderr, which must be a single `error: ...` line and no traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
 def tiny(variant: str = "vc2_512") -> Path:
     return reference_dir() / "tiny" / variant
 
@@ -171,9 +178,7 @@ def test_bad_input_is_one_error_line(tmp_path, monkeypatch, case):
     out = tmp_path / "out.mp4"
     result = vcraft("generate", FOX, *args, "--seed", 1, "-o", out)
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert expected in one_error_line(result) and result.stdout == ""
     assert not out.exists() and not (tmp_path / "pwned").exists()
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hub_server import COMMIT, FakeHub, serve
-from test_cli import tiny, vcraft, vcraft_process
+from test_cli import one_error_line, tiny, vcraft, vcraft_process
 
 REPO = "test/tiny-vc2"
 CHUNK = 10 * 2**20  # huggingface_hub writes what it receives in pieces of this size
@@ -60,12 +60,6 @@ def models_json() -> dict[str, dict]:
 
 def hub_blobs(tmp_path: Path) -> list[Path]:
     return [p for p in (tmp_path / "hf" / "hub").rglob("blobs/*") if not p.name.endswith(".lock")]
-
-
-def one_error_line(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 GENERATE = ["--model", "tiny-vc2", "--frames", "8", "--height", "64", "--width", "128", "--steps", "2",
