@@ -12,7 +12,7 @@ from reference import PRESET_OF, VARIANTS, assert_close, reference_dir
 from vcraft.loading import load_models
 from vcraft.checkpoints import load_state_dict
 from vcraft.config import load_config
-from vcraft.models.text_encoder import tokenize
+from vcraft.models.tokenizer import tokenize
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.ddim import sample as ddim_sample
 from vcraft.sampling.denoisers import Denoiser

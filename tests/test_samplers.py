@@ -79,16 +79,19 @@ def test_on_gaussian_data_the_solvers_reach_the_exact_solution_and_need_the_sign
 
 @pytest.mark.parametrize("sampler", SOLVERS)
 def test_every_sampler_makes_long_videos_both_ways_that_follow_the_prompt(render, sampler):
-    """The embedded model (v-prediction, guidance at t >= 600, a negative prompt): 40 frames in three windows,
-    continued with the mask (the UNet sees the kept frames) and with `replace` (put back at every step)."""
-    # dpmpp-2m-sde with `replace` is a known gap, left open: its last window keeps the object but not the motion
-    # (DDIM with eta 1 keeps both; docs/benchmarks.md, "Samplers").
+    """The embedded model (v-prediction, guidance at t >= 600, a negative prompt): 24 frames in two windows, the
+    second continued with the mask (the UNet sees the kept frames) and with `replace` (put back at every step)."""
+    # dpmpp-2m-sde with `replace` is a known gap, left open: over 40 frames its last window kept the object but
+    # not the motion (DDIM with eta 1 keeps both; docs/benchmarks.md, "Samplers").
     for extend in ("mask",) if sampler == "dpmpp-2m-sde" else ("mask", "replace"):
-        video = render("a red circle moving left", seed=2, frames=40, sampler=sampler, steps=12, extend=extend,
+        video = render("a red circle moving left", seed=2, frames=24, sampler=sampler, steps=12, extend=extend,
                        negative="a blue square", eta=1.0 if sampler == "dpmpp-2m-sde" else 0.0)
-        assert video.shape == (40, 64, 64, 3)
-        seen = [measure(video[i:i + 16].astype(np.float32) / 255) for i in (0, 24)]
+        assert video.shape == (24, 64, 64, 3)
+        seen = [measure(video[i:i + 16].astype(np.float32) / 255) for i in (0, 8)]
         assert all((s["colour"], s["shape"], s["motion"]) == ("red", "circle", "left") for s in seen), (extend, seen)
+        if extend == "mask":  # with `replace` this model's join jumps, DDIM's too: it learnt to continue by the mask
+            change = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # frame i -> i + 1
+            assert change[15] <= 2 * np.median(change), change  # the join: the kept frames were continued
 
 
 def test_the_sde_sampler_draws_its_noise_from_the_videos_seed(shapes_pipe):

@@ -12,7 +12,7 @@ import vcraft.train.stages
 from vcraft.api import TextToVideo
 from vcraft.config import apply_overrides, load_preset
 from vcraft.errors import VcraftError
-from vcraft.models.text_encoder import tokenize
+from vcraft.models.tokenizer import tokenize
 from vcraft.sampling.schedule import frame_noise, q_sample
 from vcraft.train import diffusion_loss, draw_timesteps, initial_models, train
 

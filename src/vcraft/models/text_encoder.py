@@ -1,21 +1,56 @@
-"""OpenCLIP text tower: the open_clip tokenizer and TextTransformer, read at the penultimate layer.
+"""OpenCLIP's text tower (a causal pre-norm transformer), read at the penultimate or last layer.
 
-Only the text tower is built (the reference builds the whole CLIP, image tower included, then deletes it).
+Only the text tower is built (the reference builds the whole CLIP, image tower included, then deletes it). The
+modules are named as in open_clip's TextTransformer, so official checkpoints load key for key; written here
+rather than imported because `import open_clip` costs seconds of start-up (see tokenizer.py).
 """
 
 from __future__ import annotations
+
+import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from vcraft.config import TextEncoderConfig
+from vcraft.models.tokenizer import tokenize
 
 
-def tokenize(prompts: list[str], context_length: int = 77) -> torch.Tensor:
-    """open_clip's BPE tokenizer: lower-cased, cleaned, start/end tokens, zero padding, cut to context."""
-    from open_clip.tokenizer import tokenize as clip_tokenize
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict(
+            c_fc=nn.Linear(width, 4 * width), gelu=nn.GELU(), c_proj=nn.Linear(4 * width, width),
+        ))
 
-    return clip_tokenize(prompts, context_length=context_length)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, heads: int, layers: int):
+        super().__init__()
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        # Given an empty table, so as not to be drawn twice (see TextEncoder._init_weights).
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width, _weight=torch.empty(cfg.vocab_size, cfg.width))
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
+        self.transformer = Transformer(cfg.width, cfg.heads, cfg.layers)
+        self.ln_final = nn.LayerNorm(cfg.width)
+        # Kept only so that official checkpoints load strictly: CLIP's projection and similarity scale are
+        # never used here.
+        self.text_projection = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim))
+        self.logit_scale = nn.Parameter(torch.empty(()))
 
 
 class TextEncoder(nn.Module):
@@ -23,28 +58,38 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
-        from open_clip.transformer import TextTransformer
-
         if cfg.layer not in ("penultimate", "last"):
             raise ValueError(f"text encoder layer must be 'penultimate' or 'last', not {cfg.layer!r}")
         self.cfg = cfg
-        # The causal mask is made in forward rather than stored, so the module has no non-persistent
-        # buffer and can be built on the meta device and filled straight from a checkpoint.
-        self.model = TextTransformer(
-            context_length=cfg.context_length, vocab_size=cfg.vocab_size, width=cfg.width, heads=cfg.heads,
-            layers=cfg.layers, output_dim=cfg.embed_dim, act_layer=nn.GELU, no_causal_mask=True,
-        )
-        # Kept only so that official checkpoints load strictly; CLIP's similarity scale is never used here.
-        self.model.logit_scale = nn.Parameter(torch.empty(()))
+        self.model = TextTower(cfg)
+        # On the meta device there is nothing to fill (and normal_ there imports torch._dynamo: seconds).
+        if not self.model.positional_embedding.is_meta:
+            self._init_weights()
+
+    def _init_weights(self) -> None:
+        """CLIP's initialisation, for training from scratch (loading a checkpoint overwrites all of it)."""
+        tower, width, layers = self.model, self.cfg.width, self.cfg.layers
+        nn.init.normal_(tower.token_embedding.weight, std=0.02)
+        nn.init.normal_(tower.positional_embedding, std=0.01)
+        residual_std = width ** -0.5 * (2 * layers) ** -0.5
+        for block in tower.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=width ** -0.5)
+            nn.init.normal_(block.attn.out_proj.weight, std=residual_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=residual_std)
+        nn.init.normal_(tower.text_projection, std=width ** -0.5)
+        nn.init.constant_(tower.logit_scale, math.log(1 / 0.07))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         tower = self.model
         n = tokens.shape[1]
         x = tower.token_embedding(tokens) + tower.positional_embedding[:n].to(tower.token_embedding.weight.dtype)
+        # The causal mask is made here rather than stored, so the module has no non-persistent buffer and can
+        # be built on the meta device and filled straight from a checkpoint.
         mask = torch.full((n, n), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
         blocks = tower.transformer.resblocks
         for block in blocks[:-1] if self.cfg.layer == "penultimate" else blocks:
-            x = block(x, attn_mask=mask)
+            x = block(x, mask)
         return tower.ln_final(x)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from vcraft.checkpoints import VAE_PREFIX, save_state_dict
 from vcraft.config import Config
 from vcraft.errors import VcraftError
 from vcraft.loading import Models, build_models
-from vcraft.models.text_encoder import tokenize
+from vcraft.models.tokenizer import tokenize
 from vcraft.models.unet3d import zero_init_residuals
 from vcraft.train.data import encode_dataset, make_dataset, reversed_clips, train_config
 from vcraft.train.loop import Log, load_state
@@ -26,7 +25,6 @@ def initial_models(cfg: Config, device: str | torch.device = "cpu") -> Models:
     torch.manual_seed(train_config(cfg).seed)
     models = build_models(cfg.model, "cpu", encoder=True)
     zero_init_residuals(models.unet)
-    torch.nn.init.constant_(models.text_encoder.model.logit_scale, math.log(1 / 0.07))  # unused, kept defined
     for module in (models.text_encoder, models.unet, models.autoencoder):
         module.to(device)
     return models

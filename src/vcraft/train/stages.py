@@ -13,7 +13,7 @@ from vcraft.config import Config, DiffusionTraining
 from vcraft.data.shapes import COLOURS, COLOURS_INDEX, MOTIONS, SHAPES, Scene
 from vcraft.loading import Models
 from vcraft.models.autoencoder import diffusers_vae_config
-from vcraft.models.text_encoder import tokenize
+from vcraft.models.tokenizer import tokenize
 from vcraft.models.unet3d import with_given_frames
 from vcraft.sampling.schedule import frame_noise, q_sample, v_target
 from vcraft.train.data import to_pixels, train_config
