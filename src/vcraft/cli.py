@@ -20,7 +20,7 @@ import typer
 from typer.exceptions import TyperException
 
 from vcraft import DEFAULT_PRESET, __version__
-from vcraft.errors import RunFailure, VcraftError
+from vcraft.errors import VcraftError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Text-to-video generation with VideoCrafter-compatible models.")
@@ -116,6 +116,14 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep existing outputs; make the rest."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per finished video on stdout."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Render on Ray workers: auto (RAY_ADDRESS or a running "
+                                                         "cluster), a cluster's address, or local (a Ray "
+                                                         "instance for this run). Needs vcraft[ray]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="--ray: workers, each loading the model once "
+                                                                  "(default: as many as the cluster holds)."),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", help="--ray: CPUs (and torch threads) a worker."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="--ray: GPUs a worker "
+                                                    "(default: 1 where the cluster has GPUs, else 0)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
 ) -> None:
@@ -153,88 +161,95 @@ def generate(
     if not todo:
         return
 
-    from vcraft.api import TextToVideo
     from vcraft.devices import resolve_device, resolve_dtype
-    from vcraft.sampling.long_video import window_count
+    from vcraft.render import Job
     from vcraft.weights import find_checkpoint
 
     ckpt_path = ckpt or find_checkpoint(cfg)
     resolve_dtype(dtype, resolve_device(device))  # a bad choice is an input error, found before loading
     if offload not in ("none", "model"):
         raise VcraftError(f"unknown --offload '{offload}'; use none or model")
+    job = Job(cfg, ckpt_path, fmt.value, device, dtype, offload == "model", compile_unet, config, list(overrides))
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
-    started = time.perf_counter()
-    pipe = TextToVideo.from_config(cfg, ckpt_path, device, dtype, offload == "model")
-    _log(f"loaded {cfg.name} from {ckpt_path} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}) "
-         f"in {time.perf_counter() - started:.1f} s", quiet)
-    if compile_unet:
-        pipe.compile()
-        _log("--compile: the first step compiles the UNet (a minute or more)", quiet)
-    clip = cfg.model.unet.temporal_length
-    recorded = {"model": cfg.name, "config": str(config.resolve()) if config else None,
-                "ckpt": str(Path(ckpt_path).resolve()), "format": fmt.value, "overrides": list(overrides),
-                "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-                "vcraft_version": __version__}
-    failed = []
-    for done, video in enumerate(todo, 1):
-        s = video.settings
-        label = f"[{done}/{len(todo)}]"
-        bar = _progress(quiet, label, window_count(s.frames, clip, s.overlap))
-        started = time.perf_counter()
-        try:
-            _write(video, pipe.stream(s, bar), fmt.value, {**recorded, **s.record()})
-        except Exception as exc:  # this video failed (a write error, NaN, out of memory); the batch goes on
+    if ray is not None:
+        outcomes = _on_ray(job, todo, ray, workers, cpus_per_worker, gpus_per_worker, quiet)
+    else:
+        if workers is not None or gpus_per_worker is not None or cpus_per_worker != 1:
+            raise VcraftError("--workers, --cpus-per-worker and --gpus-per-worker size a Ray pool; add --ray")
+        outcomes = _locally(job, todo, quiet)
+    failed, stdout = [], sys.stdout  # the reports' stream, whatever a Ray session does to sys.stdout
+    for done, outcome in enumerate(outcomes, 1):
+        video, s = outcome.video, outcome.video.settings
+        if outcome.error is not None:
             failed.append(video)
-            _log(f"error: video {video.index} ({s.prompt!r}) failed: {_one_line(exc)}")
-            continue
-        finally:
-            bar(None, None)
-        _report(video, time.perf_counter() - started, as_json, quiet, label)
+            _log(f"error: video {video.index} ({s.prompt!r}) failed: {outcome.error}")
+        else:
+            _report(outcome, as_json, quiet, f"[{done}/{len(todo)}]", stdout)
     if failed:
         _log(f"{len(failed)} of {len(todo)} videos failed: " + ", ".join(str(v.index) for v in failed))
         raise typer.Exit(1)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text if isinstance(exc, (VcraftError, RunFailure)) else f"{type(exc).__name__}: {text}"
+def _locally(job, todo: list, quiet: bool):
+    """Outcomes of rendering `todo` in this process, one after the other, with a bar over each one's steps."""
+    from vcraft.render import load, render
+    from vcraft.sampling.long_video import window_count
+
+    started = time.perf_counter()
+    pipe = load(job)
+    _log(f"loaded {job.config.name} from {job.ckpt} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}) "
+         f"in {time.perf_counter() - started:.1f} s", quiet)
+    if job.compile:
+        _log("--compile: the first step compiles the UNet (a minute or more)", quiet)
+    clip = job.config.model.unet.temporal_length
+    for done, video in enumerate(todo, 1):
+        s = video.settings
+        bar = _progress(quiet, f"[{done}/{len(todo)}]", window_count(s.frames, clip, s.overlap))
+        try:
+            yield render(pipe, job, video, bar)
+        finally:
+            bar(None, None)
 
 
-def _write(video, chunks, fmt: str, metadata: dict) -> None:
+def _on_ray(job, todo: list, address: str, workers: Optional[int], cpus: int, gpus: Optional[float], quiet: bool):
+    """Outcomes of rendering `todo` on Ray workers, in the order they complete, with a bar over the videos."""
     from vcraft.batch import STDOUT
-    from vcraft.video import write_video
+    from vcraft.cluster import Pool, import_ray, render_on_ray
 
-    if video.path != STDOUT:
-        video.path.parent.mkdir(parents=True, exist_ok=True)
-        write_video(video.path, chunks, fmt, video.settings.save_fps, metadata)
-        return
-    import tempfile
+    if any(v.path == STDOUT for v in todo):
+        raise VcraftError("--ray writes videos to files; give -o a file or folder, not -")
+    if workers is not None and workers < 1 or cpus < 1 or gpus is not None and gpus < 0:
+        raise VcraftError("--workers and --cpus-per-worker must be at least 1, --gpus-per-worker at least 0")
+    import_ray()
+    bar = _progress(quiet, "videos", unit="video")
+    try:
+        for done, outcome in enumerate(render_on_ray(job, todo, Pool(address, workers, cpus, gpus),
+                                                     lambda line: _log(line, quiet)), 1):
+            bar(done, len(todo))
+            yield outcome
+    finally:
+        bar(None, None)
 
-    with tempfile.TemporaryDirectory() as folder:  # encoders need a seekable file; then copy the bytes out
-        path = write_video(Path(folder) / f"video.{fmt}", chunks, fmt, video.settings.save_fps)
-        sys.stdout.buffer.write(path.read_bytes())
-        sys.stdout.flush()
 
-
-def _report(video, seconds: float, as_json: bool, quiet: bool, label: str) -> None:
+def _report(outcome, as_json: bool, quiet: bool, label: str, stdout) -> None:
     from vcraft.batch import STDOUT
 
-    s = video.settings
-    _log(f"{label} {s.prompt!r} seed {s.seed}: {seconds:.1f} s", quiet)
+    video, s = outcome.video, outcome.video.settings
+    _log(f"{label} {s.prompt!r} seed {s.seed}: {outcome.seconds:.1f} s", quiet)
     if video.path == STDOUT:
         return
     if as_json:
         print(json.dumps({"prompt": s.prompt, "path": str(video.path), "seed": s.seed, "frames": s.frames,
-                          "fps": s.save_fps, "size": [s.height, s.width], "seconds": round(seconds, 2)}),
-              flush=True)
+                          "fps": s.save_fps, "size": [s.height, s.width], "seconds": round(outcome.seconds, 2)}),
+              file=stdout, flush=True)
     else:
-        print(video.path, flush=True)
+        print(video.path, file=stdout, flush=True)
 
 
-def _progress(quiet: bool, label: str, windows: int = 1):
+def _progress(quiet: bool, label: str, windows: int = 1, unit: str = "step"):
     """A callback(step, total) drawing a bar over the denoising steps of all windows (long videos show
-    which window runs), on a terminal only; callback(None, None) closes it."""
+    which window runs), or over other units, on a terminal only; callback(None, None) closes it."""
     if quiet or not sys.stderr.isatty():
         return lambda step, total: None
     from tqdm import tqdm
@@ -247,7 +262,7 @@ def _progress(quiet: bool, label: str, windows: int = 1):
                 state["bar"].close()
             return
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False)
+            state["bar"] = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False)
         if windows > 1:
             state["bar"].set_postfix_str(f"window {(step - 1) * windows // total + 1}/{windows}",
                                          refresh=False)
@@ -430,7 +445,7 @@ def run(argv: list[str]) -> int:
     except VcraftError as exc:
         code = _fail(str(exc), 2, verbose)
     except Exception as exc:  # a failure at run time: one line, the traceback only on request
-        code = _fail(_one_line(exc), 1, verbose)
+        code = _fail(one_line(exc), 1, verbose)
     return code if isinstance(code, int) else 0
 
 

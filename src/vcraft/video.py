@@ -46,14 +46,33 @@ def _replace(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
+def _partial(path: Path) -> Path:
+    """The temporary name of `path` while this process writes it (the suffix stays last: ffmpeg picks the
+    container from it)."""
+    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+
+
+def remove_partials(paths: Iterable[Path]) -> None:
+    """Remove what any process left half-written of these outputs or their sidecars (a worker that was
+    killed cannot clean up after itself)."""
+    prefixes: dict[Path, list[str]] = {}
+    for path in paths:
+        prefixes.setdefault(path.parent, []).extend(
+            (f".{path.stem}.partial-", f".{sidecar_path(path).name}.partial-"))
+    for folder, starts in prefixes.items():
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if entry.name.startswith(tuple(starts)):
+                    _remove(entry)
+
+
 def write_video(path: str | os.PathLike, chunks: Iterable[np.ndarray], fmt: str, fps: float,
                 metadata: dict | None = None) -> Path:
     """Write uint8 frame chunks `[n, H, W, 3]` to `path`; with `metadata`, also a JSON sidecar."""
     import imageio.v2 as imageio
 
     path = Path(path)
-    # The suffix stays last: ffmpeg picks the container from it.
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    tmp = _partial(path)
     side, side_tmp = sidecar_path(path), None
     count = 0
     try:

@@ -1,0 +1,72 @@
+"""Rendering planned videos (batch.Video): load the model a run needs, write each video with its sidecar, and say
+how it went. Local runs (cli.generate) and Ray workers (cluster.py) both go through here, so that a video's
+file does not depend on where it was made.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from vcraft import __version__
+from vcraft.api import TextToVideo
+from vcraft.batch import STDOUT, Video
+from vcraft.config import Config
+from vcraft.errors import one_line
+from vcraft.sampling import Progress
+from vcraft.video import write_video
+
+
+@dataclass(frozen=True)
+class Job:
+    """What loading the model and writing a run's videos takes, as plain data (it is sent to Ray workers)."""
+
+    config: Config
+    ckpt: Path
+    fmt: str  # mp4, gif or png
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: bool = False
+    compile: bool = False
+    config_file: Optional[Path] = None  # the YAML it came from, when not a preset
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    video: Video
+    seconds: float
+    error: Optional[str] = None  # one line, when the video failed
+
+
+def load(job: Job) -> TextToVideo:
+    pipe = TextToVideo.from_config(job.config, job.ckpt, job.device, job.dtype, job.offload)
+    return pipe.compile() if job.compile else pipe
+
+
+def render(pipe: TextToVideo, job: Job, video: Video, progress: Optional[Progress] = None) -> Outcome:
+    """Make one video and write it. A failure of this video alone (NaN, a write error, out of memory) is
+    returned as the outcome's error, so that a batch goes on; Ctrl-C and the like are raised."""
+    started = time.perf_counter()
+    s = video.settings
+    metadata = {"model": job.config.name, "config": str(job.config_file.resolve()) if job.config_file else None,
+                "ckpt": str(Path(job.ckpt).resolve()), "format": job.fmt, "overrides": list(job.overrides),
+                "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
+                "vcraft_version": __version__, **s.record()}
+    try:
+        chunks = pipe.stream(s, progress)
+        if video.path != STDOUT:
+            video.path.parent.mkdir(parents=True, exist_ok=True)
+            write_video(video.path, chunks, job.fmt, s.save_fps, metadata)
+        else:
+            with tempfile.TemporaryDirectory() as folder:  # encoders need a seekable file; then copy it out
+                path = write_video(Path(folder) / f"video.{job.fmt}", chunks, job.fmt, s.save_fps)
+                sys.stdout.buffer.write(path.read_bytes())
+                sys.stdout.flush()
+    except Exception as exc:
+        return Outcome(video, time.perf_counter() - started, one_line(exc))
+    return Outcome(video, time.perf_counter() - started)

@@ -1,0 +1,177 @@
+"""`vcraft generate --ray` on a real Ray cluster on this machine (the embedded model, small settings): the same
+files as a local run, a worker killed mid-batch, a video that fails by itself, Ctrl-C.
+
+Skipped where Ray is not installed (`pip install "vcraft[ray]"`), except under VCRAFT_REQUIRE_RAY=1 (CI).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import one_cpu_thread
+from vcraft.cli import run
+
+if os.environ.get("VCRAFT_REQUIRE_RAY") != "1":
+    pytest.importorskip("ray", reason='Ray is an optional extra: pip install "vcraft[ray]"')
+
+PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
+           "a yellow circle growing"]
+# 12 videos of 8 frames, PNG frames so that files compare exactly.
+BATCH = ["--samples", "3", "--seed", "5", "--frames", "8", "--steps", "6", "--format", "png"]
+# A cluster of this machine alone, on 127.0.0.1: no token authentication.
+RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A Ray head node of 2 CPUs, as `ray start` makes one on a cluster's first machine; its address."""
+    address = f"127.0.0.1:{_free_port()}"
+    temp = tmp_path_factory.mktemp("ray")
+    head = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
+            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--temp-dir", str(temp)]
+    subprocess.run([str(Path(sys.executable).parent / head[0]), *head[1:]], check=True, env=RAY_ENV,
+                   capture_output=True)
+    yield address
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=RAY_ENV, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_run(prompts_file, tmp_path_factory) -> Path:
+    """The batch made in this process (one thread, as each Ray worker of one CPU has)."""
+    out = tmp_path_factory.mktemp("local")
+    with one_cpu_thread():
+        assert run(["generate", "-f", str(prompts_file), *BATCH, "-o", str(out), "-q"]) == 0
+    return out
+
+
+def vcraft(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vcraft", "generate", *args], env=RAY_ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def worker_pids(process: subprocess.Popen, lines: list[str]) -> list[int]:
+    """Read stderr until the driver names its workers' process ids."""
+    for line in process.stderr:
+        lines.append(line)
+        found = re.match(r"ray: \d+ workers .*\(pids ([\d, ]+)\)", line)
+        if found:
+            return [int(p) for p in found.group(1).split(", ")]
+    raise AssertionError("".join(lines))
+
+
+def wait_for_videos(process: subprocess.Popen, lines: list[str], count: int) -> None:
+    done = 0
+    for line in process.stderr:
+        lines.append(line)
+        done += bool(re.match(r"\[\d+/\d+\] ", line))
+        if done == count:
+            return
+    raise AssertionError("".join(lines))
+
+
+def assert_same_videos(made: Path, expected: Path) -> None:
+    """Every video folder and sidecar of the local run, the frames identical to the last bit, and nothing
+    else (no temporary names)."""
+    assert sorted(p.name for p in made.iterdir()) == sorted(p.name for p in expected.iterdir())
+    for folder in (p for p in expected.iterdir() if p.is_dir()):
+        frames = sorted(p.name for p in folder.iterdir())
+        assert len(frames) == 8
+        match, mismatch, errors = filecmp.cmpfiles(folder, made / folder.name, frames, shallow=False)
+        assert not mismatch and not errors, (folder.name, mismatch, errors)
+
+
+def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit(cluster, prompts_file, local_run, tmp_path):
+    out = tmp_path / "out"
+    process = vcraft("-f", str(prompts_file), *BATCH, "-o", str(out), "--ray", cluster, "--workers", "2", "--json")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    reported = [json.loads(line) for line in stdout.splitlines()]
+    assert sorted(r["path"] for r in reported) == sorted(str(p) for p in out.iterdir() if p.is_dir())
+    assert "ray: 2 workers of 1 CPU(s) and 0 GPU(s)" in stderr
+    assert_same_videos(out, local_run)
+    sidecar = json.loads((out / "0000-a-red-circle-moving-left-5.json").read_text())
+    assert sidecar == json.loads((local_run / "0000-a-red-circle-moving-left-5.json").read_text())
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(cluster, prompts_file, local_run, tmp_path):
+    out = tmp_path / "out"
+    process = vcraft("-f", str(prompts_file), *BATCH, "-o", str(out), "--ray", cluster, "--workers", "2")
+    lines: list[str] = []
+    pids = worker_pids(process, lines)
+    wait_for_videos(process, lines, 2)
+    os.kill(pids[0], signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, "".join(lines) + stderr
+    assert sorted(stdout.split()) == sorted(str(p) for p in out.iterdir() if p.is_dir())  # each once
+    assert_same_videos(out, local_run)
+
+
+def test_a_video_that_fails_by_itself_is_reported_once_and_the_rest_complete(prompts_file, tmp_path):
+    """On a Ray instance of the run's own (`--ray local`). Guidance 1e38 passes validation but overflows."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps({"prompt": p, **({"guidance": 1e38} if i == 1 else {})})
+                              for i, p in enumerate(PROMPTS)) + "\n")
+    out = tmp_path / "out"
+    process = vcraft("-f", str(rows), "--seed", "5", "--frames", "8", "--steps", "4", "-o", str(out),
+                     "--ray", "local", "--workers", "2")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    failures = [line for line in stderr.splitlines() if line.startswith("error: video 1 ")]
+    assert len(failures) == 1 and "NaN" in failures[0], stderr
+    assert "1 of 4 videos failed: 1" in stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}.{ext}" for stem in ("0000-a-red-circle-moving-left-5", "0002-a-green-triangle-moving-right-7",
+                                     "0003-a-yellow-circle-growing-8") for ext in ("mp4", "json"))
+
+
+def test_ctrl_c_cancels_the_batch_and_leaves_no_partial_file(cluster, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    process = vcraft("-f", str(prompts_file), *BATCH, "--steps", "30", "-o", str(out), "--ray", cluster,
+                     "--workers", "2", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    pids = worker_pids(process, lines)
+    wait_for_videos(process, lines, 1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, "".join(lines) + stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    names = [p.name for p in out.iterdir()]
+    assert not [n for n in names if n.startswith(".")], names  # no temporary file or folder
+    folders = [n for n in names if not n.endswith(".json")]
+    assert 1 <= len(folders) < 12 and sorted(names) == sorted([*folders, *(f + ".json" for f in folders)])
+    assert all(len(list((out / f).iterdir())) == 8 for f in folders)
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(running(pid) for pid in pids), "the workers were not stopped"
+
+
+def running(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
