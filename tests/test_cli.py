@@ -182,6 +182,30 @@ def test_bad_input_is_one_error_line(tmp_path, monkeypatch, case):
     assert not out.exists() and not (tmp_path / "pwned").exists()
 
 
+def test_a_generation_imports_neither_open_clip_nor_ray(tmp_path):
+    """open_clip imports torchvision and torch._dynamo, seconds of every command's start-up; Ray is an optional
+    extra that only --ray uses."""
+    code = (
+        "import sys\n"
+        "from vcraft.cli import run\n"
+        f"assert run(['generate', 'a red circle', '--frames', '8', '--steps', '2', '-o', {str(tmp_path / 'a.mp4')!r}]) == 0\n"
+        "heavy = [m for m in ('open_clip', 'torchvision', 'torch._dynamo', 'ray') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_ray_installed_ray_options_are_one_error_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where it is not installed
+    cases = {"--ray needs Ray, an optional extra: pip install \"vcraft[ray]\"": ["--ray", "local", "-o", tmp_path],
+             "size a Ray pool; add --ray": ["--workers", "2", "-o", tmp_path],
+             "--ray writes videos to files; give -o a file or folder, not -": ["--ray", "local", "-o", "-"]}
+    for expected, args in cases.items():
+        result = vcraft("generate", "a red circle", *args)
+        assert result.returncode == 2 and expected in one_error_line(result) and result.stdout == ""
+    assert not any(tmp_path.iterdir())
+
+
 def test_help_imports_nothing_heavier_than_typer():
     code = ("import sys; from vcraft.cli import app; heavy = {'torch', 'numpy', 'omegaconf'} & set(sys.modules); "
             "assert not heavy, heavy")

@@ -175,3 +175,14 @@ def running(pid: int) -> bool:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return False
+
+
+def test_an_address_where_no_cluster_answers_is_one_error_line(tmp_path):
+    """At once: Ray itself would wait minutes there, logging warnings."""
+    address = f"127.0.0.1:{_free_port()}"
+    process = vcraft("a red circle", "--seed", "1", "-o", str(tmp_path / "out"), "--ray", address)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and stdout == ""
+    assert stderr.splitlines() == [f"error: --ray {address}: no Ray cluster answers there (give HOST:PORT of its "
+                                   "head node, as `ray start --head` prints it)"]
+    assert not (tmp_path / "out").exists()

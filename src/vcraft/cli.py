@@ -170,14 +170,10 @@ def generate(
     if offload not in ("none", "model"):
         raise VcraftError(f"unknown --offload '{offload}'; use none or model")
     job = Job(cfg, ckpt_path, fmt.value, device, dtype, offload == "model", compile_unet, config, list(overrides))
+    pool = _pool(todo, ray, workers, cpus_per_worker, gpus_per_worker)
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
-    if ray is not None:
-        outcomes = _on_ray(job, todo, ray, workers, cpus_per_worker, gpus_per_worker, quiet)
-    else:
-        if workers is not None or gpus_per_worker is not None or cpus_per_worker != 1:
-            raise VcraftError("--workers, --cpus-per-worker and --gpus-per-worker size a Ray pool; add --ray")
-        outcomes = _locally(job, todo, quiet)
+    outcomes = _locally(job, todo, quiet) if pool is None else _on_ray(job, todo, pool, quiet)
     failed, stdout = [], sys.stdout  # the reports' stream, whatever a Ray session does to sys.stdout
     for done, outcome in enumerate(outcomes, 1):
         video, s = outcome.video, outcome.video.settings
@@ -212,20 +208,30 @@ def _locally(job, todo: list, quiet: bool):
             bar(None, None)
 
 
-def _on_ray(job, todo: list, address: str, workers: Optional[int], cpus: int, gpus: Optional[float], quiet: bool):
-    """Outcomes of rendering `todo` on Ray workers, in the order they complete, with a bar over the videos."""
+def _pool(todo: list, address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
+    """The Ray pool the options ask for (None: render here), checked before any work."""
     from vcraft.batch import STDOUT
-    from vcraft.cluster import Pool, import_ray, render_on_ray
+    from vcraft.cluster import Pool, import_ray
 
+    if address is None:
+        if workers is not None or gpus is not None or cpus != 1:
+            raise VcraftError("--workers, --cpus-per-worker and --gpus-per-worker size a Ray pool; add --ray")
+        return None
     if any(v.path == STDOUT for v in todo):
         raise VcraftError("--ray writes videos to files; give -o a file or folder, not -")
     if workers is not None and workers < 1 or cpus < 1 or gpus is not None and gpus < 0:
         raise VcraftError("--workers and --cpus-per-worker must be at least 1, --gpus-per-worker at least 0")
     import_ray()
+    return Pool(address, workers, cpus, gpus)
+
+
+def _on_ray(job, todo: list, pool, quiet: bool):
+    """Outcomes of rendering `todo` on Ray workers, in the order they complete, with a bar over the videos."""
+    from vcraft.cluster import render_on_ray
+
     bar = _progress(quiet, "videos", unit="video")
     try:
-        for done, outcome in enumerate(render_on_ray(job, todo, Pool(address, workers, cpus, gpus),
-                                                     lambda line: _log(line, quiet)), 1):
+        for done, outcome in enumerate(render_on_ray(job, todo, pool, lambda line: _log(line, quiet)), 1):
             bar(done, len(todo))
             yield outcome
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from collections import deque
 from dataclasses import dataclass
@@ -79,6 +80,15 @@ class Worker:
 
 def _connect(ray, address: str) -> None:
     """Join a cluster, or start a Ray instance of this run's own (`local`)."""
+    host, _, port = address.rpartition(":")
+    if address not in ("auto", "local") and "://" not in address:
+        # Ray itself waits minutes for an address where nothing listens, logging a warning every few seconds.
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except (OSError, ValueError):
+            raise VcraftError(f"--ray {address}: no Ray cluster answers there (give HOST:PORT of its head node, "
+                              "as `ray start --head` prints it)") from None
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ side logs warnings on stderr otherwise
     quiet = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
     try:
         ray.init(address=address, **quiet)
