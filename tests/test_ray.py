@@ -28,7 +28,7 @@ if os.environ.get("VCRAFT_REQUIRE_RAY") != "1":
 PROMPTS = ["a red circle moving left", "a blue square moving up", "a green triangle moving right",
            "a yellow circle growing"]
 # 12 videos of 8 frames, PNG frames so that files compare exactly.
-BATCH = ["--samples", "3", "--seed", "5", "--frames", "8", "--steps", "6", "--format", "png"]
+BATCH = ["--samples", "3", "--seed", "5", "--frames", "8", "--steps", "4", "--format", "png"]
 # A cluster of this machine alone, on 127.0.0.1: no token authentication.
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
@@ -40,16 +40,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A Ray head node of 2 CPUs, as `ray start` makes one on a cluster's first machine; its address."""
+def head(tmp_path_factory):
+    """A Ray head node of 2 CPUs, as `ray start` makes one on a cluster's first machine, being started."""
     address = f"127.0.0.1:{_free_port()}"
     temp = tmp_path_factory.mktemp("ray")
-    head = ["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
-            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--temp-dir", str(temp)]
-    subprocess.run([str(Path(sys.executable).parent / head[0]), *head[1:]], check=True, env=RAY_ENV,
-                   capture_output=True)
-    yield address
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], env=RAY_ENV, capture_output=True)
+    ray = str(Path(sys.executable).parent / "ray")
+    start = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
+             "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--temp-dir", str(temp)]
+    yield subprocess.Popen(start, env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), address
+    subprocess.run([ray, "stop", "--force"], env=RAY_ENV, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(head, local_run) -> str:
+    """The head node's address once it is up; the local run is made while it starts."""
+    starting, address = head
+    assert starting.wait(timeout=120) == 0, starting.stderr.read()
+    return address
 
 
 @pytest.fixture(scope="module")
