@@ -185,10 +185,11 @@ def test_bad_input_is_one_error_line(tmp_path, monkeypatch, case):
 def test_a_generation_imports_neither_open_clip_nor_ray(tmp_path):
     """open_clip imports torchvision and torch._dynamo, seconds of every command's start-up; Ray is an optional
     extra that only --ray uses."""
+    argv = ["generate", "a red circle", "--frames", "8", "--steps", "2", "-o", str(tmp_path / "a.mp4")]
     code = (
         "import sys\n"
         "from vcraft.cli import run\n"
-        f"assert run(['generate', 'a red circle', '--frames', '8', '--steps', '2', '-o', {str(tmp_path / 'a.mp4')!r}]) == 0\n"
+        f"assert run({argv!r}) == 0\n"
         "heavy = [m for m in ('open_clip', 'torchvision', 'torch._dynamo', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -230,6 +230,7 @@ def _on_ray(job, todo: list, pool, quiet: bool):
     from vcraft.cluster import render_on_ray
 
     bar = _progress(quiet, "videos", unit="video")
+    bar(0, len(todo))
     try:
         for done, outcome in enumerate(render_on_ray(job, todo, pool, lambda line: _log(line, quiet)), 1):
             bar(done, len(todo))

@@ -88,7 +88,6 @@ def _connect(ray, address: str) -> None:
         except (OSError, ValueError):
             raise VcraftError(f"--ray {address}: no Ray cluster answers there (give HOST:PORT of its head node, "
                               "as `ray start --head` prints it)") from None
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # Ray's C++ side logs warnings on stderr otherwise
     quiet = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
     try:
         ray.init(address=address, **quiet)
@@ -161,7 +160,7 @@ def _stop(ray, actors: list, running: dict) -> None:
     for ref in running:
         ray.cancel(ref)
     # An actor runs one call at a time, so its answer comes after the cancelled render has cleaned up.
-    pings = [actor.pid.remote() for actor in actors]
+    pings = [actor.pid.remote() for actor, _ in running.values()]
     ray.wait(pings, num_returns=len(pings), timeout=CLEANUP_S)
     for actor in actors:
         ray.kill(actor)
