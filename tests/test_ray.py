@@ -151,7 +151,7 @@ def test_a_video_that_fails_by_itself_is_reported_once_and_the_rest_complete(clu
 
 def test_ctrl_c_cancels_the_batch_and_leaves_no_partial_file(cluster, prompts_file, tmp_path):
     out = tmp_path / "out"
-    process = vcraft("-f", str(prompts_file), *BATCH, "--steps", "30", "-o", str(out), "--ray", cluster,
+    process = vcraft("-f", str(prompts_file), *BATCH, "--steps", "12", "-o", str(out), "--ray", cluster,
                      "--workers", "2", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     pids = worker_pids(process, lines)
