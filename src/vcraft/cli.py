@@ -279,6 +279,37 @@ def _progress(quiet: bool, label: str, windows: int = 1, unit: str = "step"):
 
 
 @app.command()
+def ui(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET})."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="vcraft YAML or original VideoCrafter inference YAML."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface)."),
+    port: int = typer.Option(7860, help="Port to listen on."),
+    output: Path = typer.Option(Path("outputs"), "--output", "-o", help="Folder for the videos (and only there)."),
+    share: bool = typer.Option(False, "--share", help="Also a public link through Gradio's share servers."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", help="auto, fp32, fp16 or bf16."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
+) -> None:
+    """A local web app: prompt, settings, the video in the page (needs vcraft[ui])."""
+    from vcraft.ui import import_gradio
+
+    import_gradio()
+    cfg = _resolve_config(model, config, overrides)
+    from vcraft.devices import resolve_device, resolve_dtype
+    from vcraft.render import Job
+    from vcraft.ui import serve
+    from vcraft.weights import find_checkpoint
+
+    ckpt_path = ckpt or find_checkpoint(cfg)
+    resolve_dtype(dtype, resolve_device(device))
+    serve(Job(cfg, ckpt_path, "mp4", device, dtype, config_file=config, overrides=list(overrides)), output, host,
+          port, share, _log)
+
+
+@app.command()
 def convert(
     source: Path = typer.Argument(..., help="Official .ckpt (or .safetensors)."),
     target: Path = typer.Argument(..., help="Output .safetensors."),

@@ -1,0 +1,161 @@
+"""`vcraft ui`: a local web app over the Python API (Gradio, an optional extra), as VideoCrafter's own demo.
+
+The model is loaded once per server; requests wait in Gradio's queue and run one at a time. A video is made by
+render.render, as on the command line (checked settings, sidecar, temporary name then rename), in a thread of
+its own, so that the page sees each denoising step and Stop ends the render between two steps.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from vcraft.api import TextToVideo
+from vcraft.batch import Video, check_writable, slug
+from vcraft.errors import VcraftError
+from vcraft.render import Job, Outcome, render
+from vcraft.sampling import SAMPLERS
+
+QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
+RECENT = 12  # renders listed
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the render thread between two denoising steps when the page pressed Stop."""
+
+
+class RenderThread(threading.Thread):
+    """One video rendered in the background; its progress and its outcome come through `events`."""
+
+    def __init__(self, pipe: TextToVideo, job: Job, video: Video):
+        super().__init__(daemon=True)
+        self.pipe, self.job, self.video = pipe, job, video
+        self.events: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+
+    def progress(self, step: int, total: int) -> None:
+        if self.stop.is_set():
+            raise Stopped()
+        self.events.put((step, total))
+
+    def run(self) -> None:
+        try:
+            self.events.put(render(self.pipe, self.job, self.video, self.progress))
+        except Stopped:
+            self.events.put(None)
+
+
+class App:
+    """The page's handlers, over one loaded pipeline and one output folder."""
+
+    def __init__(self, pipe: TextToVideo, job: Job, outputs: Path):
+        self.pipe, self.job, self.outputs = pipe, job, outputs
+
+    def generate(self, prompt: str, negative: str, frames: int, steps: int, guidance: float, eta: float,
+                 fps: int, seed: int, sampler: str) -> Iterator[tuple]:
+        """Yields (video, sidecar, status, recent renders) as the render goes; the last is the finished video."""
+        import gradio as gr
+
+        try:
+            s = self.pipe.settings(prompt, negative=negative, frames=frames, steps=steps, guidance=guidance,
+                                   eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler)
+        except VcraftError as exc:
+            raise gr.Error(str(exc)) from None
+        path = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt)}-{s.seed}.mp4"
+        worker = RenderThread(self.pipe, self.job, Video(0, 0, s, path, "web"))
+        worker.start()
+        try:
+            while True:
+                event = worker.events.get()
+                if isinstance(event, Outcome):
+                    break
+                step, total = event
+                yield None, None, f"step {step} of {total}", gr.update()
+        finally:  # also when Stop closes this generator: the render ends at its next step, leaving no file
+            worker.stop.set()
+            worker.join()
+        if event.error is not None:
+            raise gr.Error(f"the video failed: {event.error}")
+        sidecar = path.with_suffix(".json")
+        yield str(path), str(sidecar), f"{path.name}: {event.seconds:.1f} s", self.recent()
+
+    def recent(self) -> list[list[Any]]:
+        """The latest renders in the output folder: file, prompt, seed, sampler and steps (from the sidecars)."""
+        import json
+
+        rows = []
+        for sidecar in sorted(self.outputs.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+            try:
+                made = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                continue
+            if sidecar.with_suffix(".mp4").is_file() and isinstance(made, dict):
+                rows.append([sidecar.with_suffix(".mp4").name, made.get("prompt"), made.get("seed"),
+                             made.get("sampler"), made.get("steps")])
+            if len(rows) == RECENT:
+                break
+        return rows
+
+
+def build(app: App):
+    """The Gradio page; `generate` is also the API endpoint `/generate` (gradio_client)."""
+    import gradio as gr
+
+    d = app.pipe.config.sampling
+    with gr.Blocks(title="vcraft") as page:
+        gr.Markdown(f"# vcraft\nText to video with `{app.pipe.config.name}`: {app.pipe.config.description}")
+        with gr.Row():
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle moving left")
+                negative = gr.Textbox(label="Negative prompt", value="")
+                with gr.Row():
+                    frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1)
+                    steps = gr.Number(label="Steps", value=d.steps, precision=0, minimum=1)
+                    sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value=d.sampler)
+                with gr.Row():
+                    guidance = gr.Number(label="Guidance", value=d.guidance, minimum=0)
+                    eta = gr.Number(label="Eta", value=d.eta, minimum=0)
+                    fps = gr.Number(label="FPS", value=d.fps, precision=0, minimum=1)
+                with gr.Row():
+                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+                    dice = gr.Button("Random seed", size="sm")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", elem_id="stop")
+            with gr.Column():
+                video = gr.Video(label="Video", elem_id="video", autoplay=True, loop=True)
+                status = gr.Markdown(elem_id="status")
+                sidecar = gr.File(label="Settings (JSON sidecar)")
+        recent = gr.Dataframe(headers=["file", "prompt", "seed", "sampler", "steps"], value=app.recent(),
+                              label=f"Recent renders in {app.outputs}", interactive=False)
+        dice.click(lambda: secrets.randbelow(2**31), outputs=seed, api_name=False)
+        event = run.click(app.generate, [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler],
+                          [video, sidecar, status, recent], api_name="generate")
+        stop.click(None, cancels=[event], api_name=False)
+    return page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+
+
+def serve(job: Job, outputs: Path, host: str, port: int, share: bool, log) -> None:
+    """Load the model, then serve the page until Ctrl-C."""
+    check_writable(outputs)
+    # Gradio keeps copies of the files it serves in its cache: in the output folder, not elsewhere.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(outputs / ".gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from vcraft.render import load
+
+    pipe = load(job)
+    log(f"loaded {job.config.name} on {pipe.device}; serving http://{host}:{port} (Ctrl-C to stop)")
+    page = build(App(pipe, job, outputs))
+    page.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(outputs)], quiet=True)
+
+
+def import_gradio() -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise VcraftError('vcraft ui needs Gradio, an optional extra: pip install "vcraft[ui]"') from None
