@@ -53,8 +53,8 @@ def one_cpu_thread():
 
 # pytest-xdist (pyproject.toml) hands whole files to its two workers in this order, the longest first, so that
 # the workers finish at about the same time.
-LONGEST_FIRST = ("test_ray.py", "test_reference.py", "test_shapes_model.py", "test_batch.py", "test_training.py",
-                 "test_samplers.py", "test_long_video.py", "test_download.py", "test_cli.py")
+LONGEST_FIRST = ("test_ray.py", "test_reference.py", "test_shapes_model.py", "test_batch.py", "test_ui.py",
+                 "test_training.py", "test_samplers.py", "test_long_video.py", "test_download.py", "test_cli.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -196,8 +196,12 @@ def test_a_generation_imports_neither_open_clip_nor_ray(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_without_ray_installed_ray_options_are_one_error_line(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where it is not installed
+def test_without_the_optional_extras_their_commands_are_one_error_line(monkeypatch, tmp_path):
+    for extra in ("ray", "gradio"):  # what `import ray` does where it is not installed
+        monkeypatch.setitem(sys.modules, extra, None)
+    result = vcraft("ui", "-o", tmp_path / "ui")
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_error_line(result) == 'error: vcraft ui needs Gradio, an optional extra: pip install "vcraft[ui]"'
     cases = {"--ray needs Ray, an optional extra: pip install \"vcraft[ray]\"": ["--ray", "local", "-o", tmp_path],
              "size a Ray pool; add --ray": ["--workers", "2", "-o", tmp_path],
              "--ray writes videos to files; give -o a file or folder, not -": ["--ray", "local", "-o", "-"]}

@@ -20,6 +20,7 @@ from vcraft.batch import Video, check_writable, slug
 from vcraft.errors import VcraftError
 from vcraft.render import Job, Outcome, render
 from vcraft.sampling import SAMPLERS
+from vcraft.sampling.long_video import window_count
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
 RECENT = 12  # renders listed
@@ -67,6 +68,7 @@ class App:
         except VcraftError as exc:
             raise gr.Error(str(exc)) from None
         path = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt)}-{s.seed}.mp4"
+        windows = window_count(s.frames, self.pipe.config.model.unet.temporal_length, s.overlap)
         worker = RenderThread(self.pipe, self.job, Video(0, 0, s, path, "web"))
         worker.start()
         try:
@@ -75,7 +77,8 @@ class App:
                 if isinstance(event, Outcome):
                     break
                 step, total = event
-                yield None, None, f"step {step} of {total}", gr.update()
+                window = f", window {(step - 1) * windows // total + 1} of {windows}" if windows > 1 else ""
+                yield None, None, f"step {step} of {total}{window}", gr.update()
         finally:  # also when Stop closes this generator: the render ends at its next step, leaving no file
             worker.stop.set()
             worker.join()
@@ -111,11 +114,11 @@ def build(app: App):
         gr.Markdown(f"# vcraft\nText to video with `{app.pipe.config.name}`: {app.pipe.config.description}")
         with gr.Row():
             with gr.Column():
-                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle moving left")
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle moving left", elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
-                    frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1)
-                    steps = gr.Number(label="Steps", value=d.steps, precision=0, minimum=1)
+                    frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1, elem_id="frames")
+                    steps = gr.Number(label="Steps", value=d.steps, precision=0, minimum=1, elem_id="steps")
                     sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value=d.sampler)
                 with gr.Row():
                     guidance = gr.Number(label="Guidance", value=d.guidance, minimum=0)

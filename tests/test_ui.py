@@ -1,0 +1,203 @@
+"""`vcraft ui` as a real server on localhost with the embedded model, driven by gradio_client and by headless
+Chromium (Selenium, the operating system's chromium and chromedriver).
+
+Skipped where Gradio (`pip install "vcraft[ui]"`) or the browser is missing, except under VCRAFT_REQUIRE_UI=1 (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vcraft.data.measure import measure
+
+REQUIRED = os.environ.get("VCRAFT_REQUIRE_UI") == "1"
+if not REQUIRED:
+    pytest.importorskip("gradio", reason='the web app is an optional extra: pip install "vcraft[ui]"')
+    pytest.importorskip("gradio_client", reason='the web app is an optional extra: pip install "vcraft[ui]"')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`vcraft ui` on a free port, once it answers; (its address, its output folder)."""
+    outputs = tmp_path_factory.mktemp("ui") / "outputs"
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "vcraft", "ui", "--port", str(port), "-o", str(outputs)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    address = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(address, timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.5)
+    yield address, outputs
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def read_video(path: str | Path | dict) -> np.ndarray:
+    """The frames of an MP4 (gradio_client gives a video as a path, or a dict holding one)."""
+    import imageio.v3 as iio
+
+    return iio.imread(path["video"] if isinstance(path, dict) else path, index=None)
+
+
+def test_the_generate_api_makes_the_prompted_video(server):
+    from gradio_client import Client
+
+    address, outputs = server
+    client = Client(address, verbose=False)
+    video, sidecar, status, _ = client.predict("a red circle moving left", "", 16, 12, 2.5, 0.0, 8, 3, "ddim",
+                                               api_name="/generate")
+    frames = read_video(video)
+    assert frames.shape == (16, 64, 64, 3)
+    assert measure(frames.astype(np.float32) / 255)["colour"] == "red"
+    assert Path(sidecar).read_text().count('"seed": 3') == 1
+    made = sorted(p.name for p in outputs.iterdir() if p.suffix in (".mp4", ".json"))
+    assert len(made) >= 2 and status.split(":")[0] in made
+
+
+def test_a_bad_setting_is_an_error_message_not_a_traceback(server):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    with pytest.raises(Exception, match="--steps must be between 1 and 1000"):
+        client.predict("a red circle", "", 16, 5000, 2.5, 0.0, 8, 3, "ddim", api_name="/generate")
+
+
+def test_two_requests_sent_together_both_complete_one_after_the_other(server):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    jobs = [client.submit(f"a {colour} square moving up", "", 16, 6, 2.5, 0.0, 8, seed, "ddim",
+                          api_name="/generate") for colour, seed in (("blue", 11), ("green", 12))]
+    finished: dict[int, float] = {}
+    deadline = time.monotonic() + 300
+    while len(finished) < 2 and time.monotonic() < deadline:
+        finished.update({k: time.monotonic() for k, job in enumerate(jobs) if job.done() and k not in finished})
+        time.sleep(0.05)
+    results = [job.result(timeout=1) for job in jobs]
+    colours = [measure(read_video(r[0]).astype(np.float32) / 255)["colour"] for r in results]
+    assert sorted(colours) == ["blue", "green"]
+    later = max(finished, key=finished.get)
+    render_seconds = float(results[later][2].rsplit(": ", 1)[1].removesuffix(" s"))
+    # One at a time: the later video was rendered after the earlier one had finished.
+    assert abs(finished[1] - finished[0]) >= 0.8 * render_seconds, (finished, render_seconds)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        if REQUIRED:
+            raise AssertionError("chromium and chromedriver are needed (apt-get install chromium chromium-driver)")
+        pytest.skip("no browser: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,1600"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+def _page(browser, address: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(address)
+    wait = WebDriverWait(browser, 120)
+    wait.until(ready.element_to_be_clickable((By.ID, "generate")))
+    return wait
+
+
+def _fill(browser, elem_id: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    field = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    field.send_keys(text)
+
+
+def test_in_the_browser_a_prompt_becomes_a_video_in_the_page(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    address, _ = server
+    wait = _page(browser, address)
+    _fill(browser, "prompt", "a blue circle moving right")
+    browser.find_element(By.ID, "generate").click()
+    source = wait.until(lambda b: (b.find_elements(By.CSS_SELECTOR, "#video video") or [None])[0]
+                        and b.find_element(By.CSS_SELECTOR, "#video video").get_attribute("src"))
+    assert ".mp4" in source
+    downloaded = tmp_path / "page.mp4"
+    urllib.request.urlretrieve(source, downloaded)
+    frames = read_video(downloaded)
+    assert frames.shape == (16, 64, 64, 3)
+    assert measure(frames.astype(np.float32) / 255)["colour"] == "blue"
+    browser.save_screenshot(str(tmp_path / "app.png"))
+
+
+def test_in_the_browser_a_bad_input_shows_an_error_message(server, browser):
+    from selenium.webdriver.common.by import By
+
+    wait = _page(browser, server[0])
+    _fill(browser, "prompt", "a red square")
+    _fill(browser, "steps", "5000")
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda b: "--steps must be between 1 and 1000" in b.page_source)
+    assert "Traceback" not in browser.page_source
+
+
+def test_in_the_browser_stop_cancels_a_long_video_and_leaves_no_file(server, browser):
+    """A 256-frame video (about a minute here) is being written (its temporary file exists); Stop ends it: the
+    temporary file goes within seconds and no video or sidecar appears."""
+    from selenium.webdriver.common.by import By
+
+    address, outputs = server
+
+    def made() -> set[str]:
+        return {p.name for p in outputs.iterdir() if p.name != ".gradio"} if outputs.exists() else set()
+
+    def partial() -> list[str]:
+        return [name for name in made() if ".partial-" in name]
+
+    before = made()
+
+    wait = _page(browser, address)
+    _fill(browser, "prompt", "a green triangle moving left")
+    _fill(browser, "frames", "256")
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda b: partial())
+    browser.find_element(By.ID, "stop").click()
+    deadline = time.monotonic() + 15
+    while partial() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not partial(), "Stop did not end the render"
+    time.sleep(2)
+    assert made() == before
