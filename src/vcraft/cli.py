@@ -296,7 +296,7 @@ def ui(
     """A local web app: prompt, settings, the video in the page (needs vcraft[ui])."""
     from vcraft.ui import import_gradio
 
-    import_gradio()
+    import_gradio(output)
     cfg = _resolve_config(model, config, overrides)
     from vcraft.devices import resolve_device, resolve_dtype
     from vcraft.render import Job

@@ -140,15 +140,13 @@ def build(app: App):
         event = run.click(app.generate, [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler],
                           [video, sidecar, status, recent], api_name="generate")
         stop.click(None, cancels=[event], api_name=False)
+        page.load(app.recent, outputs=recent, api_name=False)
     return page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
 def serve(job: Job, outputs: Path, host: str, port: int, share: bool, log) -> None:
-    """Load the model, then serve the page until Ctrl-C."""
+    """Load the model, then serve the page until Ctrl-C (after `import_gradio`)."""
     check_writable(outputs)
-    # Gradio keeps copies of the files it serves in its cache: in the output folder, not elsewhere.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(outputs / ".gradio"))
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from vcraft.render import load
 
     pipe = load(job)
@@ -157,7 +155,10 @@ def serve(job: Job, outputs: Path, host: str, port: int, share: bool, log) -> No
     page.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(outputs)], quiet=True)
 
 
-def import_gradio() -> None:
+def import_gradio(outputs: Path) -> None:
+    """Gradio, set up to keep the copies of the files it serves in the output folder and to call no one."""
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(outputs.resolve() / ".gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
     except ImportError:
