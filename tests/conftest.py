@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,13 @@ def one_cpu_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a test's server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # pytest-xdist (pyproject.toml) hands whole files to its two workers in this order, the longest first, so that

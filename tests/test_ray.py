@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_cpu_thread
+from conftest import free_port, one_cpu_thread
 from vcraft.cli import run
 
 if os.environ.get("VCRAFT_REQUIRE_RAY") != "1":
@@ -33,16 +32,10 @@ BATCH = ["--samples", "3", "--seed", "5", "--frames", "8", "--steps", "4", "--fo
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A Ray head node of 2 CPUs, as `ray start` makes one on a cluster's first machine, being started."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     temp = tmp_path_factory.mktemp("ray")
     ray = str(Path(sys.executable).parent / "ray")
     start = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
@@ -180,7 +173,7 @@ def running(pid: int) -> bool:
 
 def test_an_address_where_no_cluster_answers_is_one_error_line(tmp_path):
     """At once: Ray itself would wait minutes there, logging warnings."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     process = vcraft("a red circle", "--seed", "1", "-o", str(tmp_path / "out"), "--ray", address)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 2 and stdout == ""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import free_port
 from vcraft.data.measure import measure
 
 REQUIRED = os.environ.get("VCRAFT_REQUIRE_UI") == "1"
@@ -26,17 +26,11 @@ if not REQUIRED:
     pytest.importorskip("gradio_client", reason='the web app is an optional extra: pip install "vcraft[ui]"')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`vcraft ui` on a free port, once it answers; (its address, its output folder)."""
     outputs = tmp_path_factory.mktemp("ui") / "outputs"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "vcraft", "ui", "--port", str(port), "-o", str(outputs)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
