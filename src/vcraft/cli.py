@@ -19,7 +19,7 @@ from typing import Optional
 import typer
 from typer.exceptions import TyperException
 
-from vcraft import DEFAULT_PRESET, __version__
+from vcraft import DEFAULT_PRESET
 from vcraft.errors import VcraftError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
