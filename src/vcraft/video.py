@@ -46,10 +46,15 @@ def _replace(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
+def _partial_prefix(path: Path) -> str:
+    """How the temporary names of `path` and of its sidecar (the same stem) begin, whichever process writes."""
+    return f".{path.stem}.partial-"
+
+
 def _partial(path: Path) -> Path:
     """The temporary name of `path` while this process writes it (the suffix stays last: ffmpeg picks the
     container from it)."""
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    return path.with_name(f"{_partial_prefix(path)}{os.getpid()}{path.suffix}")
 
 
 def remove_partials(paths: Iterable[Path]) -> None:
@@ -57,8 +62,7 @@ def remove_partials(paths: Iterable[Path]) -> None:
     killed cannot clean up after itself)."""
     prefixes: dict[Path, list[str]] = {}
     for path in paths:
-        prefixes.setdefault(path.parent, []).extend(
-            (f".{path.stem}.partial-", f".{sidecar_path(path).name}.partial-"))
+        prefixes.setdefault(path.parent, []).append(_partial_prefix(path))
     for folder, starts in prefixes.items():
         if folder.is_dir():
             for entry in folder.iterdir():
@@ -95,7 +99,7 @@ def write_video(path: str | os.PathLike, chunks: Iterable[np.ndarray], fmt: str,
                         writer.append_data(np.ascontiguousarray(frame))
                         count += 1
         if metadata is not None:
-            side_tmp = side.with_name(f".{side.name}.partial-{os.getpid()}")
+            side_tmp = _partial(side)
             side_tmp.write_text(json.dumps({**metadata, "frames_written": count}, indent=2) + "\n")
         _replace(tmp, path)
         if side_tmp is not None:
