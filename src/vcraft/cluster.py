@@ -67,13 +67,13 @@ class Worker:
     def render(self, video: Video) -> Outcome:
         import ray
 
-        from vcraft.render import render
+        from vcraft.render import Stopped, render
 
         context = ray.get_runtime_context()
 
         def stop_when_cancelled(step, total):
             if context.is_canceled():
-                raise KeyboardInterrupt("cancelled")
+                raise Stopped()
 
         return render(self.pipe, self.job, video, stop_when_cancelled)
 

@@ -36,6 +36,11 @@ class Job:
     overrides: list[str] = field(default_factory=list)
 
 
+class Stopped(KeyboardInterrupt):
+    """Raised by a progress callback to end a render between two denoising steps (Stop, a cancelled Ray task);
+    write_video then removes its temporary file."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     video: Video

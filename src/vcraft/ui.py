@@ -18,16 +18,13 @@ from typing import Any, Iterator
 from vcraft.api import TextToVideo
 from vcraft.batch import Video, check_writable, slug
 from vcraft.errors import VcraftError
-from vcraft.render import Job, Outcome, render
+from vcraft.render import Job, Outcome, Stopped, render
 from vcraft.sampling import SAMPLERS
 from vcraft.sampling.long_video import window_count
+from vcraft.video import sidecar_path
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
 RECENT = 12  # renders listed
-
-
-class Stopped(KeyboardInterrupt):
-    """Raised in the render thread between two denoising steps when the page pressed Stop."""
 
 
 class RenderThread(threading.Thread):
@@ -84,8 +81,7 @@ class App:
             worker.join()
         if event.error is not None:
             raise gr.Error(f"the video failed: {event.error}")
-        sidecar = path.with_suffix(".json")
-        yield str(path), str(sidecar), f"{path.name}: {event.seconds:.1f} s", self.recent()
+        yield str(path), str(sidecar_path(path)), f"{path.name}: {event.seconds:.1f} s", self.recent()
 
     def recent(self) -> list[list[Any]]:
         """The latest renders in the output folder: file, prompt, seed, sampler and steps (from the sidecars)."""
@@ -97,9 +93,9 @@ class App:
                 made = json.loads(sidecar.read_text())
             except (OSError, ValueError):
                 continue
-            if sidecar.with_suffix(".mp4").is_file() and isinstance(made, dict):
-                rows.append([sidecar.with_suffix(".mp4").name, made.get("prompt"), made.get("seed"),
-                             made.get("sampler"), made.get("steps")])
+            video = sidecar.with_suffix(".mp4")
+            if video.is_file() and isinstance(made, dict):
+                rows.append([video.name, made.get("prompt"), made.get("seed"), made.get("sampler"), made.get("steps")])
             if len(rows) == RECENT:
                 break
         return rows
