@@ -168,9 +168,10 @@ def test_in_the_browser_a_bad_input_shows_an_error_message(server, browser):
     assert "Traceback" not in browser.page_source
 
 
-def test_in_the_browser_stop_cancels_a_long_video_and_leaves_no_file(server, browser):
-    """A 256-frame video (about a minute here) is being written (its temporary file exists); Stop ends it: the
-    temporary file goes within seconds and no video or sidecar appears."""
+def test_in_the_browser_a_waiting_request_sees_its_place_and_stop_cancels_a_long_video(server, browser):
+    """A 256-frame video (about a minute here) is being written (its temporary file exists); a second tab's
+    request is told it waits behind one; Stop ends the long video: its temporary file goes within seconds and no
+    file of it appears, and the waiting video is made next."""
     from selenium.webdriver.common.by import By
 
     address, outputs = server
@@ -182,16 +183,27 @@ def test_in_the_browser_stop_cancels_a_long_video_and_leaves_no_file(server, bro
         return [name for name in made() if ".partial-" in name]
 
     before = made()
-
     wait = _page(browser, address)
+    long_tab = browser.current_window_handle
     _fill(browser, "prompt", "a green triangle moving left")
     _fill(browser, "frames", "256")
     browser.find_element(By.ID, "generate").click()
     wait.until(lambda b: partial())
+
+    browser.switch_to.new_window("tab")
+    _page(browser, address)
+    _fill(browser, "prompt", "a yellow square moving up")
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda b: "busy: 1 ahead of you" in b.find_element(By.ID, "status").text)
+
+    browser.switch_to.window(long_tab)
     browser.find_element(By.ID, "stop").click()
     deadline = time.monotonic() + 15
     while partial() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not partial(), "Stop did not end the render"
-    time.sleep(2)
-    assert made() == before
+    browser.close()
+    browser.switch_to.window(browser.window_handles[0])
+    wait.until(lambda b: ".mp4" in (b.find_element(By.CSS_SELECTOR, "#video video").get_attribute("src") or ""))
+    assert {name.split("-", 2)[2] for name in made() - before} == {"a-yellow-square-moving-up-0.mp4",
+                                                                   "a-yellow-square-moving-up-0.json"}

@@ -23,6 +23,7 @@ from vcraft.errors import VcraftError
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
+IMAGE_PREFIXES = ("embedder.", "image_proj_model.")  # image-to-video: CLIP's vision tower and the Resampler
 # Top-level buffers of the reference's LatentDiffusion: all recomputed from the config.
 SCHEDULE_KEYS = {
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -126,10 +127,11 @@ class Parts:
     vae: dict[str, torch.Tensor]  # LDM layout
     text: dict[str, torch.Tensor]
     schedule: dict[str, torch.Tensor]
+    image: dict[str, torch.Tensor]  # keys as in the checkpoint (ImageEncoder names its parts so)
 
 
 def split_state_dict(state: dict[str, torch.Tensor], source: str) -> Parts:
-    parts = Parts({}, {}, {}, {})
+    parts = Parts({}, {}, {}, {}, {})
     unknown = []
     for key, value in state.items():
         if key.startswith(UNET_PREFIX):
@@ -140,6 +142,8 @@ def split_state_dict(state: dict[str, torch.Tensor], source: str) -> Parts:
             parts.text[key[len(TEXT_PREFIX):]] = value
         elif key in SCHEDULE_KEYS:
             parts.schedule[key] = value
+        elif key.startswith(IMAGE_PREFIXES):
+            parts.image[key] = value
         else:
             unknown.append(key)
     if unknown:

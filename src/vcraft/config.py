@@ -51,6 +51,10 @@ class UNetConfig:
     # vcraft's own small models: the text context's last token (it has seen the whole prompt through the
     # causal mask) is added to the timestep embedding, so every ResBlock knows the prompt, as SDXL does.
     pooled_text: bool = False
+    # Spatial cross-attention also attends to image tokens, with keys and values of their own (VideoCrafter1's
+    # image-to-video model): the context is `text_tokens` text tokens, then the image tokens.
+    image_attention: bool = False
+    text_tokens: int = 77
     # GroupNorm groups (VideoCrafter: 32). With 32 channels, 32 groups would normalise each channel
     # on its own and wash out absolute levels such as colour, so small models use fewer.
     norm_groups: int = 32
@@ -80,6 +84,29 @@ class TextEncoderConfig:
 
 
 @dataclass
+class ImageEncoderConfig:
+    """OpenCLIP's vision tower, read at all its tokens, and the Resampler that turns them into context tokens
+    (VideoCrafter1's image-to-video model; defaults: ViT-H-14 and the sizes the original hard-codes)."""
+
+    width: int = 1280
+    heads: int = 16
+    layers: int = 32
+    patch_size: int = 14
+    image_size: int = 224
+    embed_dim: int = 1024  # CLIP's joint width: sizes the unused `visual.proj`
+    # The checkpoint keeps CLIP's text embedding tables beside the vision tower (unused): their sizes.
+    text_width: int = 1024
+    context_length: int = 77
+    vocab_size: int = 49408
+    tokens: int = 16  # the Resampler's queries: image tokens in the UNet's context
+    resampler_width: int = 1024
+    resampler_depth: int = 4
+    resampler_heads: int = 12
+    resampler_head_dim: int = 64
+    resampler_ff_mult: int = 4
+
+
+@dataclass
 class ScheduleConfig:
     timesteps: int = 1000
     linear_start: float = 0.00085
@@ -99,6 +126,7 @@ class ModelConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image_encoder: Optional[ImageEncoderConfig] = None  # set for models conditioned on an image
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     scale_factor: float = 0.18215
     parameterization: str = "eps"  # what the UNet predicts: "eps" (noise) or "v" (velocity)
@@ -263,6 +291,8 @@ def _model_problem(m: ModelConfig) -> str | None:
         return (f"the UNet must take {inputs} channels and return {latent} (latent channels {latent}"
                 f"{', plus given frames and their mask' if m.frame_conditioning else ''}), "
                 f"not {m.unet.in_channels} and {m.unet.out_channels}")
+    if (m.image_encoder is not None) != m.unet.image_attention:
+        return "model.image_encoder and model.unet.image_attention go together: set both or neither"
     if m.text_encoder.layer not in ("penultimate", "last"):
         return f"model.text_encoder.layer must be 'penultimate' or 'last', not '{m.text_encoder.layer}'"
     divides = [
@@ -273,6 +303,8 @@ def _model_problem(m: ModelConfig) -> str | None:
          "model.autoencoder.norm_groups"),
         (m.text_encoder.heads, [m.text_encoder.width], "model.text_encoder.heads"),
     ]
+    if m.image_encoder is not None:
+        divides.append((m.image_encoder.heads, [m.image_encoder.width], "model.image_encoder.heads"))
     for divisor, channels, name in divides:
         bad = [c for c in channels if divisor < 1 or c % divisor]
         if bad:

@@ -7,6 +7,7 @@ assigned in place, so a model costs one copy of its weights, in the target dtype
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -14,6 +15,7 @@ from vcraft.checkpoints import assign, check_fits, check_schedule, split_state_d
 from vcraft.config import ModelConfig, load_preset, preset_names
 from vcraft.errors import VcraftError
 from vcraft.models.autoencoder import VideoAutoencoder, convert_ldm_vae_keys
+from vcraft.models.image_encoder import ImageEncoder
 from vcraft.models.text_encoder import TextEncoder
 from vcraft.models.unet3d import UNet3D
 from vcraft.sampling.schedule import Schedule, make_schedule, scale_array
@@ -25,15 +27,20 @@ class Models:
     unet: UNet3D
     autoencoder: VideoAutoencoder
     schedule: Schedule
+    image_encoder: Optional[ImageEncoder] = None  # image-to-video models
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.text_encoder, self.unet, self.autoencoder, self.image_encoder) if m is not None]
 
 
 def build_models(cfg: ModelConfig, device: str | torch.device = "meta", encoder: bool = False) -> Models:
     """Instantiate the modules; on the meta device (the default) this allocates nothing. The autoencoder's
-    encoder only with `encoder` (text-to-video never encodes)."""
+    encoder only with `encoder` (generating from text or an image never encodes a video)."""
     with torch.device(device):
         modules = (TextEncoder(cfg.text_encoder), UNet3D(cfg.unet),
                    VideoAutoencoder(cfg.autoencoder, cfg.scale_factor, encoder))
-    return Models(*modules, make_schedule(cfg.schedule))
+        image = None if cfg.image_encoder is None else ImageEncoder(cfg.image_encoder, cfg.unet.context_dim)
+    return Models(*modules, make_schedule(cfg.schedule), image)
 
 
 def fit_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str
@@ -51,6 +58,10 @@ def fit_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tens
         vae = {k: v for k, v in vae.items() if not k.startswith(("encoder.", "quant_conv."))}
     fitted = [(models.unet, parts.unet, "UNet"), (models.text_encoder, parts.text, "text encoder"),
               (models.autoencoder, vae, "autoencoder")]
+    if models.image_encoder is not None:
+        fitted.append((models.image_encoder, parts.image, "image encoder"))
+    elif parts.image:
+        raise VcraftError(f"{source} holds an image encoder (an image-to-video model), which this config lacks")
     for module, tensors, what in fitted:
         check_fits(module, tensors, what, source)
     scale_full = torch.tensor(scale_array(cfg.schedule), dtype=torch.float32)
@@ -81,7 +92,7 @@ def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
 
 def ready_for_inference(models: Models, device: torch.device) -> Models:
     """Move the modules to `device`, in eval mode, without gradients."""
-    for module in (models.text_encoder, models.unet, models.autoencoder):
+    for module in models.modules():
         module.to(device).eval().requires_grad_(False)
     if device.type in ("cpu", "cuda"):
         # The decoder's full-resolution convolutions then run channels-last without layout conversions: on a

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from vcraft.api import TextToVideo
 from vcraft.batch import Video, check_writable, slug
@@ -53,6 +53,13 @@ class App:
 
     def __init__(self, pipe: TextToVideo, job: Job, outputs: Path):
         self.pipe, self.job, self.outputs = pipe, job, outputs
+        self.rendering = threading.Event()
+        self.waiting: Callable[[], int] = lambda: 0  # requests in Gradio's queue, set by `build`
+
+    def place(self) -> str:
+        """Where a request that is about to join the queue stands (sent before it joins, without queueing)."""
+        ahead = self.waiting() + self.rendering.is_set()
+        return f"busy: {ahead} ahead of you, your video starts when they are done" if ahead else "starting"
 
     def generate(self, prompt: str, negative: str, frames: int, steps: int, guidance: float, eta: float,
                  fps: int, seed: int, sampler: str) -> Iterator[tuple]:
@@ -68,6 +75,7 @@ class App:
         windows = window_count(s.frames, self.pipe.config.model.unet.temporal_length, s.overlap)
         worker = RenderThread(self.pipe, self.job, Video(0, 0, s, path, "web"))
         worker.start()
+        self.rendering.set()
         try:
             while True:
                 event = worker.events.get()
@@ -79,6 +87,7 @@ class App:
         finally:  # also when Stop closes this generator: the render ends at its next step, leaving no file
             worker.stop.set()
             worker.join()
+            self.rendering.clear()
         if event.error is not None:
             raise gr.Error(f"the video failed: {event.error}")
         yield str(path), str(sidecar_path(path)), f"{path.name}: {event.seconds:.1f} s", self.recent()
@@ -133,10 +142,14 @@ def build(app: App):
         recent = gr.Dataframe(headers=["file", "prompt", "seed", "sampler", "steps"], value=app.recent(),
                               label=f"Recent renders in {app.outputs}", interactive=False)
         dice.click(lambda: secrets.randbelow(2**31), outputs=seed, api_name=False)
-        event = run.click(app.generate, [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler],
-                          [video, sidecar, status, recent], api_name="generate")
+        # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
+        # that the place stays readable).
+        event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
+            app.generate, [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler],
+            [video, sidecar, status, recent], api_name="generate", show_progress_on=video)
         stop.click(None, cancels=[event], api_name=False)
         page.load(app.recent, outputs=recent, api_name=False)
+    app.waiting = lambda: len(page._queue)  # Gradio's queue object; its length is the requests waiting
     return page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 

@@ -1,5 +1,6 @@
-"""The reader of original VideoCrafter inference YAMLs (configs/inference_t2v_*.yaml of the original
-repository): their model section becomes a vcraft config, unchanged in meaning, or a one-line error."""
+"""The reader of original VideoCrafter inference YAMLs (configs/inference_t2v_*.yaml and inference_i2v_512_v1.0.yaml
+of the original repository): their model section becomes a vcraft config, unchanged in meaning, or a one-line
+error."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from vcraft.errors import VcraftError
 # beats silently computing something else.
 _UNSUPPORTED_UNET = {
     "use_scale_shift_norm": False, "resblock_updown": False, "tempspatial_aware": False,
-    "use_image_attention": False, "temporal_selfatt_only": True, "conv_resample": True, "dims": 2,
+    "temporal_selfatt_only": True, "conv_resample": True, "dims": 2,
 }
+# The Resampler's sizes are fixed in the original's code, not in its YAML (vcraft name: original name).
+_RESAMPLER = {"resampler_width": "dim", "resampler_depth": "depth", "resampler_heads": "heads",
+              "resampler_head_dim": "dim_head", "tokens": "num_queries", "resampler_ff_mult": "ff_mult"}
 _IGNORED_UNET = {"use_checkpoint", "use_fp16", "num_heads", "num_classes"}
 
 
@@ -33,6 +37,7 @@ def from_videocrafter(data: DictConfig, path: Path) -> dict:
         if key in unet_in and unet_in.pop(key) != expected:
             raise VcraftError(f"{path}: unet setting {key} other than {expected} is not supported")
     unet = {k: v for k, v in unet_in.items() if k not in _IGNORED_UNET}
+    unet["image_attention"] = unet.pop("use_image_attention", False)
     if params.get("parameterization", "eps") != "eps":
         raise VcraftError(f"{path}: only epsilon-prediction models are supported")
     if params.get("uncond_type", "empty_seq") != "empty_seq":
@@ -45,8 +50,12 @@ def from_videocrafter(data: DictConfig, path: Path) -> dict:
                    if k in dd}
     autoencoder["embed_dim"] = vae_in.get("embed_dim", 4)
 
-    text = _open_clip_text_dims(text_in.get("arch", "ViT-H-14"), path)
+    text = _text_dims(_open_clip_config(text_in.get("arch", "ViT-H-14"), path))
     text["layer"] = text_in.get("layer", "penultimate")
+    image = None
+    if unet["image_attention"]:
+        image_in = dict((params.get("cond_img_config") or {}).get("params") or {})
+        image = _image_dims(_open_clip_config(image_in.get("arch", "ViT-H-14"), path), path, unet)
 
     schedule = {k: params[k] for k in ("timesteps", "linear_start", "linear_end", "use_scale", "scale_a",
                                        "scale_b", "mid_step", "fix_scale_bug") if k in params}
@@ -55,14 +64,14 @@ def from_videocrafter(data: DictConfig, path: Path) -> dict:
     downsample = 2 ** (len(autoencoder.get("ch_mult", [1, 2, 4, 4])) - 1)
     return {
         "name": path.stem,
-        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "schedule": schedule,
-                  "scale_factor": params.get("scale_factor", 0.18215)},
+        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "image_encoder": image,
+                  "schedule": schedule, "scale_factor": params.get("scale_factor", 0.18215)},
         "sampling": {"height": latent_hw[0] * downsample, "width": latent_hw[1] * downsample},
     }
 
 
-def _open_clip_text_dims(arch: str, yaml_path: Path) -> dict:
-    """Text-tower dimensions of an OpenCLIP architecture: open_clip's registry, else a JSON beside the YAML."""
+def _open_clip_config(arch: str, yaml_path: Path) -> dict:
+    """An OpenCLIP architecture's config: from a JSON beside the YAML, else open_clip's registry."""
     beside = yaml_path.parent / "open_clip_config.json"
     model_cfg = None
     if beside.is_file():
@@ -73,7 +82,31 @@ def _open_clip_text_dims(arch: str, yaml_path: Path) -> dict:
         model_cfg = open_clip.get_model_config(arch)
     if model_cfg is None:
         raise VcraftError(f"unknown OpenCLIP architecture '{arch}': put its config in {beside}")
+    return model_cfg
+
+
+def _text_dims(model_cfg: dict) -> dict:
     text = model_cfg["text_cfg"]
     return {"width": text["width"], "heads": text["heads"], "layers": text["layers"],
             "context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408),
             "embed_dim": model_cfg["embed_dim"]}
+
+
+def _image_dims(model_cfg: dict, yaml_path: Path, unet: dict) -> dict:
+    """The image encoder of an image-to-video model: the vision tower's sizes from its OpenCLIP architecture, the
+    Resampler's from an `image_proj.json` beside the YAML (sizes under the original's names), else the
+    original's own."""
+    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    dims = {"width": vision["width"], "heads": vision["width"] // vision.get("head_width", 64),
+            "layers": vision["layers"], "patch_size": vision["patch_size"], "image_size": vision["image_size"],
+            "embed_dim": model_cfg["embed_dim"], "text_width": text["width"],
+            "context_length": text.get("context_length", 77), "vocab_size": text.get("vocab_size", 49408)}
+    beside = yaml_path.parent / "image_proj.json"
+    if beside.is_file():
+        sizes = json.loads(beside.read_text())
+        dims.update({ours: sizes[theirs] for ours, theirs in _RESAMPLER.items() if theirs in sizes})
+        expected = {"embedding_dim": dims["width"], "output_dim": unet.get("context_dim")}
+        for key, value in expected.items():
+            if key in sizes and sizes[key] != value:
+                raise VcraftError(f"{beside}: {key} is {sizes[key]}, but the model's is {value}")
+    return dims

@@ -36,16 +36,22 @@ class RelativePosition(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention; self-attention when no context is given."""
+    """Multi-head attention; self-attention when no context is given. With `text_tokens`, the context's tokens
+    after the first `text_tokens` are image tokens, attended separately with keys and values of their own
+    (`to_k_ip`, `to_v_ip`), and the two results are added."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None,
-                 relative_length: int | None = None):
+                 relative_length: int | None = None, text_tokens: int | None = None):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
+        self.text_tokens = text_tokens
+        if text_tokens is not None:
+            self.to_k_ip = nn.Linear(context_dim or dim, inner, bias=False)
+            self.to_v_ip = nn.Linear(context_dim or dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim))  # index 0 as in the checkpoints
         if relative_length is not None:
             self.relative_position_k = RelativePosition(head_dim, relative_length)
@@ -54,15 +60,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         context = x if context is None else context
-        q, k, v = (
-            t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-            for t in (self.to_q(x), self.to_k(context), self.to_v(context))
-        )
+        image = None
+        if self.text_tokens is not None:
+            context, image = context[:, :self.text_tokens], context[:, self.text_tokens:]
+        q, k, v = (self._heads(t) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
         if self.relative:
             out = self._relative_attention(q, k, v, causal)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        if image is not None:
+            out = out + F.scaled_dot_product_attention(q, self._heads(self.to_k_ip(image)),
+                                                       self._heads(self.to_v_ip(image)))
         return self.to_out(out.transpose(1, 2).flatten(2))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
     def _relative_attention(self, q, k, v, causal: bool) -> torch.Tensor:
         # The value-side term needs the attention probabilities themselves, which
@@ -102,10 +114,10 @@ class TransformerBlock(nn.Module):
     """Pre-norm block: attention, second attention (cross, or self when context_dim is None), GEGLU MLP."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None,
-                 relative_length: int | None = None):
+                 relative_length: int | None = None, text_tokens: int | None = None):
         super().__init__()
         self.attn1 = Attention(dim, heads, head_dim, relative_length=relative_length)
-        self.attn2 = Attention(dim, heads, head_dim, context_dim, relative_length=relative_length)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim, relative_length, text_tokens)
         self.ff = FeedForward(dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
@@ -125,16 +137,17 @@ def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class SpatialTransformer(nn.Module):
-    """Attention over the pixels of each frame, with cross-attention to the text."""
+    """Attention over the pixels of each frame, with cross-attention to the text (and to image tokens after
+    `text_tokens` text tokens, when given)."""
 
     def __init__(self, channels: int, heads: int, head_dim: int, depth: int, context_dim: int, use_linear: bool,
-                 groups: int = 32):
+                 groups: int = 32, text_tokens: int | None = None):
         super().__init__()
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth)
+            TransformerBlock(inner, heads, head_dim, context_dim, text_tokens=text_tokens) for _ in range(depth)
         )
         self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
 

@@ -117,12 +117,13 @@ class UNet3D(nn.Module):
         mc = cfg.model_channels
         emb_dim = mc * 4
         relative = cfg.temporal_length if cfg.use_relative_position else None
+        text_tokens = cfg.text_tokens if cfg.image_attention else None
 
         def spatial_temporal(ch: int) -> list[nn.Module]:
             heads = ch // cfg.num_head_channels
             layers: list[nn.Module] = [SpatialTransformer(
                 ch, heads, cfg.num_head_channels, cfg.transformer_depth, cfg.context_dim, cfg.use_linear,
-                cfg.norm_groups)]
+                cfg.norm_groups, text_tokens)]
             if cfg.temporal_attention:
                 layers.append(TemporalTransformer(
                     ch, heads, cfg.num_head_channels, cfg.temporal_transformer_depth, cfg.use_linear,

@@ -10,8 +10,8 @@ import torch
 
 @dataclass(frozen=True)
 class Conditioning:
-    """The inputs a denoiser combines with the noisy latents. A new kind of input (image tokens, say) is a
-    new field here and a few lines where `Denoiser` passes it to the UNet."""
+    """The inputs a denoiser combines with the noisy latents. A new kind of input is a new field here and a few
+    lines where `Denoiser` passes it to the UNet (as the image tokens are)."""
 
     context: torch.Tensor  # [b, tokens, dim]: the prompt's text embedding
     uncond: Optional[torch.Tensor]  # the same for the negative (or empty) prompt; None: no guidance
@@ -24,6 +24,21 @@ class Conditioning:
     # Whether guidance's unconditional pass also sees the given frames ("mask" only). LVDM hides them from it;
     # vcraft shows them, which kept colour and motion across windows (docs/embedded-model.md).
     uncond_sees_given: bool = True
+    # Image-to-video: the picture's tokens [b, n, dim], and those of guidance's unconditional pass (an all-zero
+    # image's), which follow the text tokens in the UNet's context.
+    image: Optional[torch.Tensor] = None
+    uncond_image: Optional[torch.Tensor] = None
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """The conditional pass's context: the text tokens, then the image tokens if any."""
+        return self.context if self.image is None else torch.cat([self.context, self.image], dim=1)
+
+    @property
+    def uncond_tokens(self) -> Optional[torch.Tensor]:
+        if self.uncond is None or self.uncond_image is None:
+            return self.uncond
+        return torch.cat([self.uncond, self.uncond_image], dim=1)
 
     @property
     def shown(self) -> Optional[torch.Tensor]:

@@ -66,7 +66,7 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         c = self.cond
         guided = self.guidance != 1.0 and c.uncond is not None and t >= self.guidance_min_t
-        xs, context = guidance_batch(x, c.context, c.uncond) if guided else (x, c.context)
+        xs, context = guidance_batch(x, c.tokens, c.uncond_tokens) if guided else (x, c.tokens)
         copies = 2 if guided else 1
         inputs = frame_inputs(xs, c, guided) if self.frame_conditioning else xs
         timesteps = torch.full((x.shape[0] * copies,), t, device=x.device, dtype=torch.long)
