@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -158,3 +161,82 @@ def test_full_size_preset_fits_the_official_layout():
     image = sum(p.numel() for p in models.image_encoder.parameters())
     assert image == counts["image_encoder"] + counts["image_proj"]
     assert sum(p.numel() for p in models.unet.parameters()) == counts["unet"]
+
+
+# The command line with the fixture's original YAML (in this process; see tests/test_cli.py).
+
+def i2v_args(*extra) -> list:
+    from test_cli import small_video_args
+
+    return [*small_video_args(VARIANT), "--format", "png", *extra]
+
+
+def test_the_command_line_makes_a_video_from_the_picture_and_records_it(tmp_path):
+    from PIL import Image
+
+    from test_cli import read_pngs, vcraft
+
+    root = reference_dir() / "tiny" / VARIANT
+    mirrored = tmp_path / "mirrored.png"
+    Image.open(root / "input.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    made = {}
+    for name, picture in (("a", root / "input.png"), ("b", mirrored)):
+        result = vcraft("generate", "a red fox running through snow", *i2v_args("--image", picture, "--seed", 3),
+                        "-o", tmp_path / name)
+        assert result.returncode == 0, result.stderr
+        made[name] = read_pngs(tmp_path / name)
+    assert made["a"].shape == (8, 64, 128, 3)
+    assert np.abs(made["a"].astype(int) - made["b"].astype(int)).mean() > 1.0  # the picture steers the video
+    sidecar = json.loads((tmp_path / "a.json").read_text())
+    assert sidecar["image"] == str((root / "input.png").resolve())
+    assert sidecar["image_sha256"] == hashlib.sha256((root / "input.png").read_bytes()).hexdigest()
+
+    again = vcraft("generate", "--from", tmp_path / "a.json", "-o", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(read_pngs(tmp_path / "again"), made["a"])
+
+
+def test_a_prompt_file_row_names_its_picture_relative_to_the_file(tmp_path):
+    from test_cli import read_pngs, vcraft
+
+    root = reference_dir() / "tiny" / VARIANT
+    (tmp_path / "pictures").mkdir()
+    shutil.copy(root / "input.png", tmp_path / "pictures" / "fox.png")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "a red fox running through snow", "image": "pictures/fox.png"}) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = vcraft("generate", "-f", rows, *i2v_args("--seed", 3), "-o", tmp_path / "out", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    by_argument = vcraft("generate", "a red fox running through snow",
+                         *i2v_args("--image", root / "input.png", "--seed", 3), "-o", tmp_path / "arg")
+    assert by_argument.returncode == 0
+    assert np.array_equal(read_pngs(tmp_path / "out"), read_pngs(tmp_path / "arg"))
+
+
+def test_a_long_video_follows_the_picture_in_every_window(tmp_path):
+    from test_cli import read_pngs, vcraft
+
+    root = reference_dir() / "tiny" / VARIANT
+    result = vcraft("generate", "a red fox running through snow",
+                    *i2v_args("--image", root / "input.png", "--seed", 3, "--frames", "20", "--steps", "2"),
+                    "-o", tmp_path / "long")
+    assert result.returncode == 0, result.stderr
+    assert read_pngs(tmp_path / "long").shape == (20, 64, 128, 3)
+
+
+@pytest.mark.parametrize("case", ["missing", "not an image", "text-only model", "no picture"])
+def test_bad_pictures_are_one_error_line(tmp_path, case):
+    from test_cli import one_error_line, small_video_args, vcraft
+
+    root = reference_dir() / "tiny" / VARIANT
+    args, expected = {
+        "missing": (i2v_args("--image", tmp_path / "nope.png"), "image not found"),
+        "not an image": (i2v_args("--image", root / "config.yaml"), "is not an image"),
+        "text-only model": ([*small_video_args(), "--image", root / "input.png"], "needs an image-to-video model"),
+        "no picture": (i2v_args(), "give one with --image"),
+    }[case]
+    result = vcraft("generate", "a fox", *args, "--seed", 1, "-o", tmp_path / "out")
+    assert result.returncode == 2
+    assert expected in one_error_line(result)
+    assert not (tmp_path / "out").exists()

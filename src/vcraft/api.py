@@ -23,6 +23,7 @@ from vcraft.checkpoints import load_state_dict
 from vcraft.config import Config, apply_overrides, load_config, load_preset
 from vcraft.devices import resolve_device, resolve_dtype
 from vcraft.errors import VcraftError
+from vcraft.images import picture_tensor
 from vcraft.loading import Models, identify_preset, load_models
 from vcraft.sampling import Callback, Progress, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
@@ -35,7 +36,8 @@ from vcraft.weights import find_checkpoint
 
 
 class TextToVideo:
-    """A loaded model: text encoder, UNet, autoencoder and schedule, run on one device in one dtype.
+    """A loaded model: text encoder, UNet, autoencoder and schedule (and, for image-to-video models, the image
+    encoder), run on one device in one dtype.
     With `offload`, the modules wait in CPU memory and each visits the device only while its stage runs,
     so the device holds one stage's weights at a time."""
 
@@ -45,6 +47,7 @@ class TextToVideo:
         self.text_encoder = models.text_encoder
         self.unet = models.unet
         self.autoencoder = models.autoencoder
+        self.image_encoder = models.image_encoder
         self.schedule = models.schedule
         self.device = device
         self.dtype = dtype
@@ -87,7 +90,8 @@ class TextToVideo:
 
     def settings(self, prompt: str, **chosen: Any) -> Settings:
         """Checked settings of one video for this model: `chosen` (seed, negative, frames, height, width,
-        steps, guidance, guidance_min_t, eta, fps, save_fps, overlap, extend) over the config's defaults."""
+        steps, guidance, guidance_min_t, eta, fps, save_fps, overlap, extend; `image` for image-to-video models: a
+        path, a PIL image or an RGB array) over the config's defaults."""
         return make_settings(self.config, prompt, **chosen)
 
     def __call__(self, prompt: str | Settings, callback: Optional[Progress] = None, **chosen: Any) -> np.ndarray:
@@ -120,6 +124,7 @@ class TextToVideo:
         pass (see Conditioning)."""
         context = self.encode_prompts([s.prompt]).to(self.dtype)
         uncond = self.encode_prompts([s.negative]).to(self.dtype) if s.guidance != 1.0 else None
+        image, uncond_image = self.encode_picture(s) if self.image_encoder is not None else (None, None)
         fps = torch.full((1,), s.fps, device=self.device, dtype=torch.long)
         model = self.config.model
         clip = model.unet.temporal_length
@@ -132,7 +137,7 @@ class TextToVideo:
         made, kept = 0, None
         for window in range(windows):
             x = noise()
-            cond = Conditioning(context, uncond, fps, kept, s.extend, uncond_sees_given)
+            cond = Conditioning(context, uncond, fps, kept, s.extend, uncond_sees_given, image, uncond_image)
             denoiser = self.denoiser(cond, s.guidance, s.guidance_min_t)
             # Kept frames noised with the window's own starting noise there: DDIM's deterministic path from it
             # ends at them, and it shares the window's frame-common draw (frame_noise_share).
@@ -166,6 +171,14 @@ class TextToVideo:
         with self._on_device(self.text_encoder):
             encoded = {p: self.text_encoder.encode([p]) for p in dict.fromkeys(prompts)}
         return torch.cat([encoded[p] for p in prompts]).to(self.device)
+
+    @torch.inference_mode()
+    def encode_picture(self, s: Settings) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The image tokens of `s.image` at the video's size, and (with guidance) those of the unconditional pass."""
+        picture = picture_tensor(s.image, s.height, s.width).to(self.device, self.dtype)
+        with self._on_device(self.image_encoder):
+            uncond = self.image_encoder.unconditional(1) if s.guidance != 1.0 else None
+            return self.image_encoder(picture), uncond
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:

@@ -57,16 +57,32 @@ def _recipe(path: Path) -> dict:
         raise VcraftError(f"--from: file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar ({exc})") from None
-    needed = ("model", *(k for k in TYPES if k != "negative"))  # older sidecars may lack or null the negative
+    # Older sidecars may lack or null the negative; only image-to-video ones name an image.
+    needed = ("model", *(k for k in TYPES if k not in ("negative", "image")))
     if isinstance(recipe, dict):
         recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
         recipe.setdefault("sampler", "ddim")
     if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
     try:  # a number before it is counted on from (batch.plan); make_settings checks the rest
-        return {**recipe, "seed": check_type("seed", recipe["seed"])}
+        recipe["seed"] = check_type("seed", recipe["seed"])
+        if recipe.get("image") is not None:
+            recipe["image"] = _same_picture(recipe["image"], recipe.get("image_sha256"))
     except VcraftError as exc:
         raise VcraftError(f"--from {path}: {exc}") from None
+    return recipe
+
+
+def _same_picture(source: str, sha256: Optional[str]):
+    """The picture a sidecar names, as long as it is still the one the video was made from."""
+    from vcraft.images import read_picture
+
+    if source == "array":
+        raise VcraftError("the video was made from a picture given in Python, not a file; it cannot be read again")
+    picture = read_picture(source)
+    if sha256 is not None and picture.sha256 != sha256:
+        raise VcraftError(f"the image {source} has changed since the video was made (another sha256)")
+    return picture
 
 
 @app.command()
@@ -93,6 +109,8 @@ def generate(
     guidance_min_t: Optional[int] = typer.Option(None, "--guidance-min-t", help="Guidance only at timesteps "
                                                  "at or above this (0-1000; 0 = every step, as VideoCrafter)."),
     negative: Optional[str] = typer.Option(None, help="Negative prompt (default: the empty prompt)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image-to-video models: the picture the video "
+                                                               "starts from and follows."),
     sampler: Optional[str] = typer.Option(None, help="ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: the "
                                                       "model's)."),
     eta: Optional[float] = typer.Option(None, help="Noise a step: DDIM's eta, or dpmpp-2m-sde's share (0 = "
@@ -129,11 +147,13 @@ def generate(
 ) -> None:
     """Generate videos from text prompts, prompt files or stdin."""
     from vcraft.batch import STDOUT, plan
+    from vcraft.images import read_picture
     from vcraft.prompts import PromptRow, gather_prompts
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
               "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta,
-              "sampler": sampler, "overlap": overlap, "extend": extend, "negative": negative}
+              "sampler": sampler, "overlap": overlap, "extend": extend, "negative": negative,
+              "image": None if image is None else read_picture(image)}  # read once for the whole run
     if from_json is not None:
         if prompts or prompts_file or model or config:
             raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")

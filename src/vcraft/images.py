@@ -7,13 +7,14 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from vcraft.errors import VcraftError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,12 @@ def _read_file(path: Path) -> Picture:
         raise VcraftError(f"image not found: {path}") from None
     except IsADirectoryError:
         raise VcraftError(f"{path} is a directory, not an image") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise VcraftError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else 'not an image'}"
+    except UnidentifiedImageError:
+        raise VcraftError(f"{path} is not an image that can be read (PNG, JPEG, WebP, ...)") from None
+    except (OSError, ValueError) as exc:
+        raise VcraftError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else 'damaged'}"
                           ) from None
-    return Picture(str(path), hashlib.sha256(data).hexdigest(), pixels)
+    return Picture(str(path.resolve()), hashlib.sha256(data).hexdigest(), pixels)
 
 
 def _from_array(array: np.ndarray) -> Picture:
@@ -75,9 +78,12 @@ def _from_array(array: np.ndarray) -> Picture:
     return Picture("array", hashlib.sha256(array.tobytes()).hexdigest(), array)
 
 
-def picture_tensor(picture: Picture, height: int, width: int) -> torch.Tensor:
+def picture_tensor(picture: Picture, height: int, width: int) -> "torch.Tensor":
     """The picture at the video's size as `[1, 3, height, width]` in [-1, 1], as the reference loads it: bilinear
     through pixel centres on the 0-255 values, no antialiasing (OpenCV's INTER_LINEAR), then scaled."""
+    import torch  # here, not at the top: settings (and so the command line's start) import this module
+    import torch.nn.functional as F
+
     x = torch.tensor(picture.pixels, dtype=torch.float32).permute(2, 0, 1)[None]
     if tuple(x.shape[-2:]) != (height, width):
         x = F.interpolate(x, (height, width), mode="bilinear", align_corners=False)

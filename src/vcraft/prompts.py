@@ -2,7 +2,8 @@
 
 Files are read whole and checked before anything is rendered; a bad row is reported with its file and line.
 `.jsonl` and `.csv` rows may carry their own settings (any of settings.Settings, such as seed, frames, fps,
-steps, guidance, negative) and an output `name`.
+steps, guidance, negative, image) and an output `name`. A row's `image` is a path, relative to the file's folder;
+the picture itself is read when the run is planned (settings.make_settings).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,9 +29,9 @@ class PromptRow:
 
 
 def _value(key: str, raw: Any, where: str) -> Any:
-    if key == "name":  # the output's name, not a setting
+    if key in ("name", "image"):  # the output's name (not a setting); the picture's path, read when planned
         if not isinstance(raw, str):
-            raise VcraftError(f"{where}: 'name' must be text, got {raw!r}")
+            raise VcraftError(f"{where}: '{key}' must be text, got {raw!r}")
         return raw
     if isinstance(raw, str) and TYPES[key] is not str:  # CSV cells are text
         try:
@@ -106,7 +107,8 @@ def read_prompt_file(path: Path) -> list[PromptRow]:
     rows = reader(text, path.name)
     if not rows:
         raise VcraftError(f"{path}: no prompts in it (only blank lines or comments)")
-    return rows
+    return [replace(row, settings={**row.settings, "image": str(path.parent / row.settings["image"])})
+            if "image" in row.settings else row for row in rows]
 
 
 def gather_prompts(arguments: list[str], prompts_file: Path | None, stdin: TextIO) -> list[PromptRow]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Optional
 
 from vcraft.config import Config, ModelConfig
 from vcraft.errors import VcraftError
+from vcraft.images import Picture, read_picture
 from vcraft.sampling import SAMPLERS
 
 # Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from
@@ -40,21 +41,28 @@ class Settings:
     save_fps: int  # the playback rate written to the file
     overlap: int  # long videos: latent frames each window keeps from the one before
     extend: str  # long videos: "mask" (the UNet sees the kept frames) or "replace" (put back each step)
+    image: Optional[Picture] = None  # image-to-video: the picture every window follows
 
     def record(self) -> dict[str, Any]:
-        """The settings as plain data, for sidecars and JSON output."""
-        return asdict(self)
+        """The settings as plain data, for sidecars and JSON output (a picture as its path and sha256)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
+        return {**values, **(self.image.record() if self.image is not None else {})}
 
 
-# The type of every setting, as `check_type` enforces it; also what a prompt-file row may set.
-TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str}[f.type] for f in fields(Settings)}
+# The type of every setting, as `check_type` enforces it; also what a prompt-file row may set. A picture ("image")
+# is read by `read_picture` from a path, a PIL image or an array.
+TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str, "Optional[Picture]": Picture}[f.type]
+                          for f in fields(Settings)}
 
 
 def check_type(key: str, value: Any) -> Any:
-    """`value` as the type of setting `key` (an int may be given as 3.0, a float as 3); VcraftError otherwise."""
+    """`value` as the type of setting `key` (an int may be given as 3.0, a float as 3; a picture read); VcraftError
+    otherwise."""
     kind = TYPES.get(key)
     if kind is None:
         raise VcraftError(f"unknown setting '{key}'; known: {', '.join(TYPES)}")
+    if kind is Picture:
+        return read_picture(value)
     if kind is str:
         if not isinstance(value, str):
             raise VcraftError(f"'{key}' must be text, got {value!r}")
@@ -69,7 +77,7 @@ def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
     """A checked `Settings` for `config`'s model: `chosen` values (None: not chosen) over the config's
     defaults; the seed defaults to 0 and the negative prompt to "". Raises VcraftError saying what to change."""
     given = {k: check_type(k, v) for k, v in {"prompt": prompt, **chosen}.items() if v is not None}
-    values = {"seed": 0, "negative": "", **asdict(config.sampling), **given}
+    values = {"seed": 0, "negative": "", "image": None, **asdict(config.sampling), **given}
     model = config.model
     values["extend"] = values["extend"] or ("mask" if model.frame_conditioning else "replace")
     if values["overlap"] is None:
@@ -106,6 +114,10 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
          "--extend mask needs a model trained to continue videos (frame_conditioning); use --extend replace"),
         (1 <= s.overlap < clip, f"--overlap must be between 1 and {clip - 1} (the model makes {clip} frames at "
                                 f"a time), got {s.overlap}"),
+        (s.image is not None or model.image_encoder is None,
+         "this model makes videos from a picture: give one with --image FILE (an 'image' column in prompt files)"),
+        (s.image is None or model.image_encoder is not None,
+         "--image needs an image-to-video model (such as vc1-i2v-512); this one makes videos from text alone"),
     ]
     return next((message for ok, message in checks if not ok), None)
 
