@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from reference import assert_close, reference_dir
 from vcraft.checkpoints import load_state_dict
 from vcraft.config import load_config
-from vcraft.images import picture_tensor, read_picture
+from vcraft.inputs import picture_tensor, read_picture
 from vcraft.loading import load_models
 from vcraft.models.image_encoder import shrink_blur
 from vcraft.models.tokenizer import tokenize

@@ -207,3 +207,32 @@ def test_in_the_browser_a_waiting_request_sees_its_place_and_stop_cancels_a_long
     wait.until(lambda b: ".mp4" in (b.find_element(By.CSS_SELECTOR, "#video video").get_attribute("src") or ""))
     assert {name.split("-", 2)[2] for name in made() - before} == {"a-yellow-square-moving-up-0.mp4",
                                                                    "a-yellow-square-moving-up-0.json"}
+
+
+def test_an_image_to_video_model_gets_a_picture_input(tmp_path, monkeypatch):
+    """Built in this process around the tiny image-to-video fixture: its page has the image input, and a render
+    from it records the picture in the sidecar."""
+    import hashlib
+    import json
+
+    from reference import reference_dir
+    from vcraft.api import TextToVideo
+    from vcraft.config import load_config
+    from vcraft.render import Job
+    from vcraft.ui import App, build, import_gradio
+
+    root = reference_dir() / "tiny" / "vc1_i2v_512"
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    import_gradio(tmp_path)
+    cfg = load_config(root / "config.yaml")
+    pipe = TextToVideo.from_config(cfg, root / "model.safetensors", device="cpu")
+    app = App(pipe, Job(cfg, root / "model.safetensors", "mp4"), tmp_path)
+    page = build(app)
+    assert [c.elem_id for c in page.blocks.values() if type(c).__name__ == "Image"] == ["image"]
+    *_, (video, sidecar, status, _) = app.generate("a red fox", "", 8, 3, 12.0, 0.0, 8, 1, "ddim",
+                                                   str(root / "input.png"))
+    assert read_video(video).shape == (8, 64, 128, 3)
+    assert json.loads(Path(sidecar).read_text())["image_sha256"] == hashlib.sha256(
+        (root / "input.png").read_bytes()).hexdigest()
+    with pytest.raises(Exception, match="give one with --image"):
+        list(app.generate("a red fox", "", 8, 3, 12.0, 0.0, 8, 1, "ddim", None))

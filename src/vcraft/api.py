@@ -23,7 +23,7 @@ from vcraft.checkpoints import load_state_dict
 from vcraft.config import Config, apply_overrides, load_config, load_preset
 from vcraft.devices import resolve_device, resolve_dtype
 from vcraft.errors import VcraftError
-from vcraft.images import picture_tensor
+from vcraft.inputs import frames_tensor, picture_tensor
 from vcraft.loading import Models, identify_preset, load_models
 from vcraft.sampling import Callback, Progress, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
@@ -96,14 +96,17 @@ class TextToVideo:
 
     def __call__(self, prompt: str | Settings, callback: Optional[Progress] = None, **chosen: Any) -> np.ndarray:
         """One video as uint8 `[T, H, W, 3]`, from `Settings` or a prompt and settings (see `settings`)."""
-        latents = self.latents(self._checked(prompt, chosen), callback)
-        return np.concatenate([chunk[0].numpy() for window in latents for chunk in self.decode(window)])
+        return np.concatenate(list(self.stream(prompt, callback, **chosen)))
 
     def stream(self, prompt: str | Settings, callback: Optional[Progress] = None, **chosen: Any
                ) -> Iterator[np.ndarray]:
         """One video's uint8 frames `[n, H, W, 3]`, chunk by chunk and window by window, so that memory does
-        not grow with its length. `callback(step, total)` counts the denoising steps of all windows."""
-        for window in self.latents(self._checked(prompt, chosen), callback):
+        not grow with its length (a continued video's own frames first). `callback(step, total)` counts the
+        denoising steps of all windows."""
+        s = self._checked(prompt, chosen)
+        if s.continues is not None:
+            yield s.continues.frames
+        for window in self.latents(s, callback):
             for chunk in self.decode(window):
                 yield chunk[0].numpy()
 
@@ -118,7 +121,8 @@ class TextToVideo:
     def latents(self, s: Settings, callback: Optional[Progress] = None, uncond_sees_given: bool = True
                 ) -> Iterator[torch.Tensor]:
         """The latents of one video, yielded window by window as its new frames `[1, c, n, h, w]`. Past the
-        model's clip, each window continues the last `s.overlap` frames of the one before. All its noise
+        model's clip, each window continues the last `s.overlap` frames of the one before (the first window
+        too, from the given video's, when `s.continues`). All its noise
         comes from one CPU generator seeded with `s.seed`: each window's starting noise, then (eta > 0)
         one draw a step. `uncond_sees_given=False` hides the given frames from guidance's unconditional
         pass (see Conditioning)."""
@@ -129,12 +133,14 @@ class TextToVideo:
         model = self.config.model
         clip = model.unet.temporal_length
         f = self.autoencoder.downsample
-        shape = (1, model.autoencoder.embed_dim, min(s.frames, clip), s.height // f, s.width // f)
+        given = 0 if s.continues is None else s.overlap  # latent frames each window keeps, from the start
+        shape = (1, model.autoencoder.embed_dim, min(given + s.frames, clip), s.height // f, s.width // f)
         noise = partial(self._noise, torch.Generator("cpu").manual_seed(s.seed), shape)
-        windows = window_count(s.frames, clip, s.overlap)
+        windows = window_count(s.frames, clip, s.overlap, s.continues is not None)
         sample = sampler(s.sampler)
         steps = step_count(s.sampler, s.steps, self.schedule)
-        made, kept = 0, None
+        made = 0
+        kept = None if s.continues is None else self.encode_frames(s.continues.frames[-s.overlap:])
         for window in range(windows):
             x = noise()
             cond = Conditioning(context, uncond, fps, kept, s.extend, uncond_sees_given, image, uncond_image)
@@ -152,7 +158,7 @@ class TextToVideo:
                 out[:, :, :kept.shape[2]] = kept
             new = (out if kept is None else out[:, :, s.overlap:])[:, :, :s.frames - made]
             made += new.shape[2]
-            kept = out[:, :, clip - s.overlap:]
+            kept = out[:, :, -s.overlap:]
             yield new
 
     def denoiser(self, cond: Conditioning, guidance: float, guidance_min_t: int = 0) -> Denoiser:
@@ -171,6 +177,15 @@ class TextToVideo:
         with self._on_device(self.text_encoder):
             encoded = {p: self.text_encoder.encode([p]) for p in dict.fromkeys(prompts)}
         return torch.cat([encoded[p] for p in prompts]).to(self.device)
+
+    @torch.inference_mode()
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames `[T, H, W, 3]` as latents `[1, c, T, h, w]` (the posterior's mean): needs the autoencoder's
+        encoder, which only `from_pretrained(..., encoder=True)` loads."""
+        if self.autoencoder.encoder is None:
+            raise VcraftError("continuing a video needs the autoencoder's encoder: load the model with encoder=True")
+        with self._on_device(self.autoencoder):
+            return self.autoencoder.encode(frames_tensor(frames).to(self.device, self.dtype))
 
     @torch.inference_mode()
     def encode_picture(self, s: Settings) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

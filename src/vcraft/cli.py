@@ -49,6 +49,7 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
 
 def _recipe(path: Path) -> dict:
     """The settings a video was made with, from its JSON sidecar (for --from)."""
+    from vcraft.prompts import INPUT_FILES
     from vcraft.settings import TYPES, check_type
 
     try:
@@ -57,8 +58,8 @@ def _recipe(path: Path) -> dict:
         raise VcraftError(f"--from: file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar ({exc})") from None
-    # Older sidecars may lack or null the negative; only image-to-video ones name an image.
-    needed = ("model", *(k for k in TYPES if k not in ("negative", "image")))
+    # Older sidecars may lack or null the negative; only some name input files.
+    needed = ("model", *(k for k in TYPES if k not in ("negative", *INPUT_FILES)))
     if isinstance(recipe, dict):
         recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
         recipe.setdefault("sampler", "ddim")
@@ -66,23 +67,24 @@ def _recipe(path: Path) -> dict:
         raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
     try:  # a number before it is counted on from (batch.plan); make_settings checks the rest
         recipe["seed"] = check_type("seed", recipe["seed"])
-        if recipe.get("image") is not None:
-            recipe["image"] = _same_picture(recipe["image"], recipe.get("image_sha256"))
+        for key in INPUT_FILES:
+            if recipe.get(key) is not None:
+                recipe[key] = _same_input(key, recipe[key], recipe.get(f"{key}_sha256"))
     except VcraftError as exc:
         raise VcraftError(f"--from {path}: {exc}") from None
     return recipe
 
 
-def _same_picture(source: str, sha256: Optional[str]):
-    """The picture a sidecar names, as long as it is still the one the video was made from."""
-    from vcraft.images import read_picture
+def _same_input(key: str, source: str, sha256: Optional[str]):
+    """The input file (picture, video) a sidecar names, as long as it is the one the video was made from."""
+    from vcraft.settings import check_type
 
     if source == "array":
-        raise VcraftError("the video was made from a picture given in Python, not a file; it cannot be read again")
-    picture = read_picture(source)
-    if sha256 is not None and picture.sha256 != sha256:
-        raise VcraftError(f"the image {source} has changed since the video was made (another sha256)")
-    return picture
+        raise VcraftError(f"the video was made from an {key} given in Python, not a file; it cannot be read again")
+    given = check_type(key, source)
+    if sha256 is not None and given.sha256 != sha256:
+        raise VcraftError(f"{source} has changed since the video was made (another sha256)")
+    return given
 
 
 @app.command()
@@ -111,6 +113,8 @@ def generate(
     negative: Optional[str] = typer.Option(None, help="Negative prompt (default: the empty prompt)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Image-to-video models: the picture the video "
                                                                "starts from and follows."),
+    continues: Optional[Path] = typer.Option(None, "--continue", help="Continue this video (MP4, GIF or a PNG "
+                                             "folder) by --frames new frames; the output holds both."),
     sampler: Optional[str] = typer.Option(None, help="ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: the "
                                                       "model's)."),
     eta: Optional[float] = typer.Option(None, help="Noise a step: DDIM's eta, or dpmpp-2m-sde's share (0 = "
@@ -147,13 +151,15 @@ def generate(
 ) -> None:
     """Generate videos from text prompts, prompt files or stdin."""
     from vcraft.batch import STDOUT, plan
-    from vcraft.images import read_picture
+    from vcraft.inputs import read_footage, read_picture
     from vcraft.prompts import PromptRow, gather_prompts
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
               "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta,
               "sampler": sampler, "overlap": overlap, "extend": extend, "negative": negative,
-              "image": None if image is None else read_picture(image)}  # read once for the whole run
+              # input files read once for the whole run
+              "image": None if image is None else read_picture(image),
+              "continues": None if continues is None else read_footage(continues)}
     if from_json is not None:
         if prompts or prompts_file or model or config:
             raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")
@@ -189,7 +195,9 @@ def generate(
     resolve_dtype(dtype, resolve_device(device))  # a bad choice is an input error, found before loading
     if offload not in ("none", "model"):
         raise VcraftError(f"unknown --offload '{offload}'; use none or model")
-    job = Job(cfg, ckpt_path, fmt.value, device, dtype, offload == "model", compile_unet, config, list(overrides))
+    encoder = any(v.settings.continues is not None for v in todo)
+    job = Job(cfg, ckpt_path, fmt.value, device, dtype, offload == "model", compile_unet, config, list(overrides),
+              encoder)
     pool = _pool(todo, ray, workers, cpus_per_worker, gpus_per_worker)
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)

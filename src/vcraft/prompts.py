@@ -2,8 +2,8 @@
 
 Files are read whole and checked before anything is rendered; a bad row is reported with its file and line.
 `.jsonl` and `.csv` rows may carry their own settings (any of settings.Settings, such as seed, frames, fps,
-steps, guidance, negative, image) and an output `name`. A row's `image` is a path, relative to the file's folder;
-the picture itself is read when the run is planned (settings.make_settings).
+steps, guidance, negative, image, continues) and an output `name`. A row's `image` (picture) and `continues`
+(video) are paths, relative to the file's folder, read when the run is planned (settings.make_settings).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from vcraft.errors import VcraftError
 from vcraft.settings import TYPES, check_type
 
 ROW_COLUMNS = ("prompt", *(k for k in TYPES if k != "prompt"), "name")
+INPUT_FILES = ("image", "continues")  # settings that name a file, relative to the prompt file's folder
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class PromptRow:
 
 
 def _value(key: str, raw: Any, where: str) -> Any:
-    if key in ("name", "image"):  # the output's name (not a setting); the picture's path, read when planned
+    if key in ("name", *INPUT_FILES):  # the output's name (not a setting); an input's path, read when planned
         if not isinstance(raw, str):
             raise VcraftError(f"{where}: '{key}' must be text, got {raw!r}")
         return raw
@@ -107,8 +108,8 @@ def read_prompt_file(path: Path) -> list[PromptRow]:
     rows = reader(text, path.name)
     if not rows:
         raise VcraftError(f"{path}: no prompts in it (only blank lines or comments)")
-    return [replace(row, settings={**row.settings, "image": str(path.parent / row.settings["image"])})
-            if "image" in row.settings else row for row in rows]
+    return [replace(row, settings={**row.settings, **{k: str(path.parent / row.settings[k])
+                                                      for k in INPUT_FILES if k in row.settings}}) for row in rows]
 
 
 def gather_prompts(arguments: list[str], prompts_file: Path | None, stdin: TextIO) -> list[PromptRow]:

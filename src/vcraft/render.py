@@ -34,6 +34,7 @@ class Job:
     compile: bool = False
     config_file: Optional[Path] = None  # the YAML it came from, when not a preset
     overrides: list[str] = field(default_factory=list)
+    encoder: bool = False  # load the autoencoder's encoder too (videos that continue others)
 
 
 class Stopped(KeyboardInterrupt):
@@ -49,7 +50,7 @@ class Outcome:
 
 
 def load(job: Job) -> TextToVideo:
-    pipe = TextToVideo.from_config(job.config, job.ckpt, job.device, job.dtype, job.offload)
+    pipe = TextToVideo.from_config(job.config, job.ckpt, job.device, job.dtype, job.offload, job.encoder)
     return pipe.compile() if job.compile else pipe
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from vcraft.config import Config, ModelConfig
 from vcraft.errors import VcraftError
-from vcraft.images import Picture, read_picture
+from vcraft.inputs import Footage, Picture, read_footage, read_picture
 from vcraft.sampling import SAMPLERS
 
 # Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from
@@ -42,17 +42,20 @@ class Settings:
     overlap: int  # long videos: latent frames each window keeps from the one before
     extend: str  # long videos: "mask" (the UNet sees the kept frames) or "replace" (put back each step)
     image: Optional[Picture] = None  # image-to-video: the picture every window follows
+    continues: Optional[Footage] = None  # a video this one continues (`frames` new frames after its own)
 
     def record(self) -> dict[str, Any]:
-        """The settings as plain data, for sidecars and JSON output (a picture as its path and sha256)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
-        return {**values, **(self.image.record() if self.image is not None else {})}
+        """The settings as plain data, for sidecars and JSON output (input files as their path and sha256)."""
+        inputs = (self.image, self.continues)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image", "continues")}
+        return {**values, **{k: v for given in inputs if given is not None for k, v in given.record().items()}}
 
 
-# The type of every setting, as `check_type` enforces it; also what a prompt-file row may set. A picture ("image")
-# is read by `read_picture` from a path, a PIL image or an array.
-TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str, "Optional[Picture]": Picture}[f.type]
-                          for f in fields(Settings)}
+# The type of every setting, as `check_type` enforces it; also what a prompt-file row may set. Input files are read
+# by their readers (a path, or pixels given in Python).
+READERS = {Picture: read_picture, Footage: read_footage}
+TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str, "Optional[Picture]": Picture,
+                                   "Optional[Footage]": Footage}[f.type] for f in fields(Settings)}
 
 
 def check_type(key: str, value: Any) -> Any:
@@ -61,8 +64,8 @@ def check_type(key: str, value: Any) -> Any:
     kind = TYPES.get(key)
     if kind is None:
         raise VcraftError(f"unknown setting '{key}'; known: {', '.join(TYPES)}")
-    if kind is Picture:
-        return read_picture(value)
+    if kind in READERS:
+        return READERS[kind](value)
     if kind is str:
         if not isinstance(value, str):
             raise VcraftError(f"'{key}' must be text, got {value!r}")
@@ -77,7 +80,11 @@ def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
     """A checked `Settings` for `config`'s model: `chosen` values (None: not chosen) over the config's
     defaults; the seed defaults to 0 and the negative prompt to "". Raises VcraftError saying what to change."""
     given = {k: check_type(k, v) for k, v in {"prompt": prompt, **chosen}.items() if v is not None}
-    values = {"seed": 0, "negative": "", "image": None, **asdict(config.sampling), **given}
+    values = {"seed": 0, "negative": "", "image": None, "continues": None, **asdict(config.sampling), **given}
+    if values["continues"] is not None:  # a continuation keeps its video's size and, unless told, its pace
+        video = values["continues"]
+        values = {**values, "height": video.frames.shape[1], "width": video.frames.shape[2],
+                  **({"save_fps": max(1, round(video.fps))} if video.fps and "save_fps" not in given else {}), **given}
     model = config.model
     values["extend"] = values["extend"] or ("mask" if model.frame_conditioning else "replace")
     if values["overlap"] is None:
@@ -119,6 +126,16 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
         (s.image is None or model.image_encoder is not None,
          "--image needs an image-to-video model (such as vc1-i2v-512); this one makes videos from text alone"),
     ]
+    if s.continues is not None:
+        shape = s.continues.frames.shape
+        checks = [
+            ((s.height, s.width) == shape[1:3], f"--continue: the video is {shape[1]}x{shape[2]} (height x width); "
+                                                "it is continued at its own size, so give no --height or --width"),
+            (shape[1] % m == 0 and shape[2] % m == 0, f"--continue: the video is {shape[1]}x{shape[2]}; this model "
+                                                      f"continues videos whose sides are multiples of {m}"),
+            (shape[0] >= s.overlap, f"--continue: the video has {shape[0]} frame(s); continuing it needs at least "
+                                    f"--overlap ({s.overlap})"),
+        ] + checks
     return next((message for ok, message in checks if not ok), None)
 
 

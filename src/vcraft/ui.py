@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from vcraft.api import TextToVideo
 from vcraft.batch import Video, check_writable, slug
@@ -62,13 +62,14 @@ class App:
         return f"busy: {ahead} ahead of you, your video starts when they are done" if ahead else "starting"
 
     def generate(self, prompt: str, negative: str, frames: int, steps: int, guidance: float, eta: float,
-                 fps: int, seed: int, sampler: str) -> Iterator[tuple]:
-        """Yields (video, sidecar, status, recent renders) as the render goes; the last is the finished video."""
+                 fps: int, seed: int, sampler: str, image: Optional[str] = None) -> Iterator[tuple]:
+        """Yields (video, sidecar, status, recent renders) as the render goes; the last is the finished video.
+        `image`: the picture's file, for image-to-video models (their page has an image input)."""
         import gradio as gr
 
         try:
             s = self.pipe.settings(prompt, negative=negative, frames=frames, steps=steps, guidance=guidance,
-                                   eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler)
+                                   eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler, image=image)
         except VcraftError as exc:
             raise gr.Error(str(exc)) from None
         path = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt)}-{s.seed}.mp4"
@@ -120,6 +121,8 @@ def build(app: App):
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle moving left", elem_id="prompt")
+                pictures = [] if app.pipe.image_encoder is None else [
+                    gr.Image(label="Picture (the video starts from it)", type="filepath", elem_id="image")]
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
                     frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1, elem_id="frames")
@@ -145,7 +148,7 @@ def build(app: App):
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
-            app.generate, [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler],
+            app.generate, [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler, *pictures],
             [video, sidecar, status, recent], api_name="generate", show_progress_on=video)
         stop.click(None, cancels=[event], api_name=False)
         page.load(app.recent, outputs=recent, api_name=False)

@@ -12,8 +12,11 @@ from vcraft.sampling import Keep
 from vcraft.sampling.schedule import Schedule
 
 
-def window_count(frames: int, clip: int, overlap: int) -> int:
-    """Windows needed for `frames` frames: the first makes `clip`, each next `clip - overlap` more."""
+def window_count(frames: int, clip: int, overlap: int, continued: bool = False) -> int:
+    """Windows needed for `frames` new frames: the first makes `clip` (`clip - overlap` when it continues a given
+    video), each next `clip - overlap` more."""
+    if continued:
+        return math.ceil(frames / (clip - overlap))
     return 1 + math.ceil(max(0, frames - clip) / (clip - overlap))
 
 
