@@ -11,10 +11,11 @@ from vcraft.settings import make_settings
 from vcraft.errors import VcraftError
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [*VARIANTS, "vc1_i2v_512"])
 def test_official_yaml_reads_as_its_preset(tmp_path, variant):
     """The tiny YAMLs are the official ones with sizes shrunk; put the official sizes back (and drop the
-    tiny text architecture, so ViT-H-14 comes from open_clip) and the preset must come out."""
+    tiny CLIP architecture, so ViT-H-14 comes from open_clip, and the Resampler sizes beside the tiny YAML, so the
+    original's own apply) and the preset must come out."""
     data = OmegaConf.load(reference_dir() / "tiny" / variant / "config.yaml")
     p = data.model.params
     p.image_size = [72, 128] if variant == "vc1_1024" else [40, 64]
@@ -22,16 +23,18 @@ def test_official_yaml_reads_as_its_preset(tmp_path, variant):
                                 num_head_channels=64, context_dim=1024)
     p.first_stage_config.params.ddconfig.update(ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
     del p.cond_stage_config.params["arch"]
+    if "cond_img_config" in p:
+        del p.cond_img_config.params["arch"]
     path = tmp_path / "inference.yaml"
     OmegaConf.save(data, path)
     cfg = load_config(path)
-    preset = load_preset(PRESET_OF[variant])
+    preset = load_preset({**PRESET_OF, "vc1_i2v_512": "vc1-i2v-512"}[variant])
     assert cfg.model == preset.model
     assert (cfg.sampling.height, cfg.sampling.width) == (preset.sampling.height, preset.sampling.width)
 
 
 def test_presets_and_overrides():
-    assert {"shapes", "vc2-512", "vc1-512", "vc1-1024"} <= set(preset_names())
+    assert {"shapes", "vc2-512", "vc1-512", "vc1-1024", "vc1-i2v-512"} <= set(preset_names())
     cfg = load_config(reference_dir() / "tiny" / "vc2_512" / "config.yaml",
                       ["sampling.steps=7", "model.schedule.scale_b=0.5"])
     assert cfg.sampling.steps == 7 and cfg.model.schedule.scale_b == 0.5

@@ -382,6 +382,7 @@ def info(
         "unet_parameters": sum(v.numel() for v in parts.unet.values()),
         "autoencoder_parameters": sum(v.numel() for v in parts.vae.values()),
         "text_encoder_parameters": sum(v.numel() for v in parts.text.values()),
+        **({"image_encoder_parameters": sum(v.numel() for v in parts.image.values())} if parts.image else {}),
         "total_parameters": sum(v.numel() for v in weights),
         "keys": len(state),
     }
