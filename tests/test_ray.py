@@ -1,5 +1,5 @@
 """`vcraft generate --ray` on a real Ray cluster on this machine (the embedded model, small settings): the same
-files as a local run, a worker killed mid-batch, a video that fails by itself, Ctrl-C.
+files as a local run, with a worker killed mid-batch and videos that fail by themselves; Ctrl-C.
 
 Skipped where Ray is not installed (`pip install "vcraft[ray]"`), except under VCRAFT_REQUIRE_RAY=1 (CI).
 """
@@ -34,21 +34,29 @@ RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disab
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """A Ray head node of 2 CPUs, as `ray start` makes one on a cluster's first machine, being started."""
+    """A Ray head node of 2 CPUs, as `ray start` makes one on a cluster's first machine, being started. In the
+    foreground (`--block`), so that stopping that one process stops the node's processes."""
     address = f"127.0.0.1:{free_port()}"
     temp = tmp_path_factory.mktemp("ray")
     ray = str(Path(sys.executable).parent / "ray")
-    start = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
+    start = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
              "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--temp-dir", str(temp)]
-    yield subprocess.Popen(start, env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), address
-    subprocess.run([ray, "stop", "--force"], env=RAY_ENV, capture_output=True)
+    log = temp / "start.log"
+    with open(log, "w") as out:
+        node = subprocess.Popen(start, env=RAY_ENV, stdout=out, stderr=subprocess.STDOUT)
+    yield node, address, log
+    node.terminate()
+    node.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
 def cluster(head, local_run) -> str:
     """The head node's address once it is up; the local run is made while it starts."""
-    starting, address = head
-    assert starting.wait(timeout=120) == 0, starting.stderr.read()
+    node, address, log = head
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log.read_text():
+        assert node.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
     return address
 
 
@@ -60,11 +68,24 @@ def prompts_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_run(prompts_file, tmp_path_factory) -> Path:
+def rows_file(tmp_path_factory) -> Path:
+    """The prompts as JSON lines, the second with guidance 1e38: valid, but it overflows to NaN, so its videos fail
+    wherever they are rendered."""
+    path = tmp_path_factory.mktemp("rows") / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p, **({"guidance": 1e38} if i == 1 else {})})
+                               for i, p in enumerate(PROMPTS)) + "\n")
+    return path
+
+
+FAILING = {3, 4, 5}  # the second row's three videos
+
+
+@pytest.fixture(scope="module")
+def local_run(rows_file, tmp_path_factory) -> Path:
     """The batch made in this process (one thread, as each Ray worker of one CPU has)."""
     out = tmp_path_factory.mktemp("local")
     with one_cpu_thread():
-        assert run(["generate", "-f", str(prompts_file), *BATCH, "-o", str(out), "-q"]) == 0
+        assert run(["generate", "-f", str(rows_file), *BATCH, "-o", str(out), "-q"]) == 1
     return out
 
 
@@ -104,42 +125,28 @@ def assert_same_videos(made: Path, expected: Path) -> None:
         assert not mismatch and not errors, (folder.name, mismatch, errors)
 
 
-def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit_even_when_one_is_killed(cluster, prompts_file,
+def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit_even_when_one_is_killed(cluster, rows_file,
                                                                                          local_run, tmp_path):
     """12 videos on 2 workers; after two have finished, one worker's process is killed (SIGKILL, as a crash or
-    the out-of-memory killer would): Ray restarts it and renders its video again, every video comes out once."""
+    the out-of-memory killer would): Ray restarts it and renders its video again, every video comes out once.
+    The three videos that fail by themselves are reported once each, and the run exits 1."""
     out = tmp_path / "out"
-    process = vcraft("-f", str(prompts_file), *BATCH, "-o", str(out), "--ray", cluster, "--workers", "2", "--json")
+    process = vcraft("-f", str(rows_file), *BATCH, "-o", str(out), "--ray", cluster, "--workers", "2", "--json")
     lines: list[str] = []
     pids = worker_pids(process, lines)
     assert "ray: 2 workers of 1 CPU(s) and 0 GPU(s)" in lines[-1]
     wait_for_videos(process, lines, 2)
     os.kill(pids[0], signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, "".join(lines) + stderr
+    assert process.returncode == 1, "".join(lines) + stderr
     reported = [json.loads(line) for line in stdout.splitlines()]  # nothing but the JSON objects on stdout
     assert sorted(r["path"] for r in reported) == sorted(str(p) for p in out.iterdir() if p.is_dir())  # each once
+    failures = re.findall(r"^error: video (\d+) .*failed: .*NaN", "".join(lines) + stderr, re.MULTILINE)
+    assert sorted(map(int, failures)) == sorted(FAILING), stderr
+    assert re.search(r"^3 of 12 videos failed: [345], [345], [345]$", stderr, re.MULTILINE), stderr
     assert_same_videos(out, local_run)
     for sidecar in out.glob("*.json"):
         assert json.loads(sidecar.read_text()) == json.loads((local_run / sidecar.name).read_text())
-
-
-def test_a_video_that_fails_by_itself_is_reported_once_and_the_rest_complete(cluster, tmp_path):
-    """Guidance 1e38 passes validation but overflows to NaN: the video fails wherever it is rendered."""
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("\n".join(json.dumps({"prompt": p, **({"guidance": 1e38} if i == 1 else {})})
-                              for i, p in enumerate(PROMPTS)) + "\n")
-    out = tmp_path / "out"
-    process = vcraft("-f", str(rows), "--seed", "5", "--frames", "8", "--steps", "4", "-o", str(out),
-                     "--ray", cluster, "--workers", "2")
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 1
-    failures = [line for line in stderr.splitlines() if line.startswith("error: video 1 ")]
-    assert len(failures) == 1 and "NaN" in failures[0], stderr
-    assert "1 of 4 videos failed: 1" in stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}.{ext}" for stem in ("0000-a-red-circle-moving-left-5", "0002-a-green-triangle-moving-right-7",
-                                     "0003-a-yellow-circle-growing-8") for ext in ("mp4", "json"))
 
 
 def test_ctrl_c_cancels_the_batch_and_leaves_no_partial_file(cluster, prompts_file, tmp_path):
