@@ -15,10 +15,10 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
 @pytest.fixture(scope="session")
 def shapes_pipe():
-    """The embedded model, loaded once for the whole run."""
+    """The embedded model (with its autoencoder's encoder, for continuing videos), loaded once for the whole run."""
     from vcraft import TextToVideo
 
-    return TextToVideo.from_pretrained("shapes", device="cpu")
+    return TextToVideo.from_pretrained("shapes", device="cpu", encoder=True)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,9 @@ def render(shapes_pipe):
     made = {}
 
     def video(prompt: str, **settings):
-        key = (prompt, tuple(sorted(settings.items())))
+        import numpy as np
+
+        key = (prompt, tuple(sorted((k, id(v) if isinstance(v, np.ndarray) else v) for k, v in settings.items())))
         if key not in made:
             with one_cpu_thread():
                 made[key] = shapes_pipe(prompt, **settings)
@@ -61,8 +63,9 @@ def free_port() -> int:
 
 # pytest-xdist (pyproject.toml) hands whole files to its two workers in this order, the longest first, so that
 # the workers finish at about the same time.
-LONGEST_FIRST = ("test_ray.py", "test_reference.py", "test_shapes_model.py", "test_batch.py", "test_ui.py",
-                 "test_training.py", "test_samplers.py", "test_long_video.py", "test_download.py", "test_cli.py")
+LONGEST_FIRST = ("test_shapes_model.py", "test_ray.py", "test_ui.py", "test_batch.py", "test_samplers.py",
+                 "test_training.py", "test_cli.py", "test_reference.py", "test_long_video.py", "test_download.py",
+                 "test_image_to_video.py", "test_continue.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -62,6 +62,21 @@ def test_the_video_follows_the_prompt(render, prompt, colour, motion):
     assert (seen["colour"], seen["motion"]) == (colour, motion), seen
 
 
+def test_a_generated_video_is_continued_keeping_its_colour_and_motion(render):
+    """16 generated frames continued to 48 (`--continue`, the model's mask conditioning): the given frames come
+    back unchanged, the new ones show the same object moving the same way, and the join is no jump."""
+    prompt = "a red circle moving left"
+    start = render(prompt, seed=0)  # also a video of test_the_video_follows_the_prompt
+    video = render(prompt, continues=start, frames=32, seed=1)
+    assert start.shape == (16, 64, 64, 3) and video.shape == (48, 64, 64, 3)
+    assert np.array_equal(video[:16], start)
+    new = video[16:].astype(np.float32) / 255
+    assert measure(new) == measure(start.astype(np.float32) / 255) == {"colour": "red", "shape": "circle",
+                                                                         "motion": "left"}
+    changes = np.abs(np.diff(video.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+    assert changes[15] <= 2 * np.median(changes[16:]), (changes[15], np.median(changes[16:]))
+
+
 # The embedded model's defaults when the videos were recorded (issue 23 changed them).
 RECORDED = {"sampler": "ddim", "steps": 25}
 # name: (model, prompt, settings, frames' shape); the frames themselves are in data/golden_videos.npz
