@@ -91,7 +91,8 @@ class TextToVideo:
     def settings(self, prompt: str, **chosen: Any) -> Settings:
         """Checked settings of one video for this model: `chosen` (seed, negative, frames, height, width,
         steps, guidance, guidance_min_t, eta, fps, save_fps, overlap, extend; `image` for image-to-video models: a
-        path, a PIL image or an RGB array) over the config's defaults."""
+        path, a PIL image or an RGB array; `continues`: a video to extend by `frames` new frames, a path or a
+        uint8 array, which needs the encoder) over the config's defaults."""
         return make_settings(self.config, prompt, **chosen)
 
     def __call__(self, prompt: str | Settings, callback: Optional[Progress] = None, **chosen: Any) -> np.ndarray:
@@ -122,9 +123,8 @@ class TextToVideo:
                 ) -> Iterator[torch.Tensor]:
         """The latents of one video, yielded window by window as its new frames `[1, c, n, h, w]`. Past the
         model's clip, each window continues the last `s.overlap` frames of the one before (the first window
-        too, from the given video's, when `s.continues`). All its noise
-        comes from one CPU generator seeded with `s.seed`: each window's starting noise, then (eta > 0)
-        one draw a step. `uncond_sees_given=False` hides the given frames from guidance's unconditional
+        too, from the given video's, when `s.continues`). All its noise comes from one CPU generator seeded
+        with `s.seed`: each window's starting noise, then (eta > 0) one draw a step. `uncond_sees_given=False` hides the given frames from guidance's unconditional
         pass (see Conditioning)."""
         context = self.encode_prompts([s.prompt]).to(self.dtype)
         uncond = self.encode_prompts([s.negative]).to(self.dtype) if s.guidance != 1.0 else None
@@ -143,7 +143,8 @@ class TextToVideo:
         kept = None if s.continues is None else self.encode_frames(s.continues.frames[-s.overlap:])
         for window in range(windows):
             x = noise()
-            cond = Conditioning(context, uncond, fps, kept, s.extend, uncond_sees_given, image, uncond_image)
+            cond = Conditioning(context, uncond, fps, given=kept, extend=s.extend, uncond_sees_given=uncond_sees_given,
+                                image=image, uncond_image=uncond_image)
             denoiser = self.denoiser(cond, s.guidance, s.guidance_min_t)
             # Kept frames noised with the window's own starting noise there: DDIM's deterministic path from it
             # ends at them, and it shares the window's frame-common draw (frame_noise_share).

@@ -7,10 +7,13 @@ torch and the models are imported inside the commands, so `vcraft --help` stays 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from enum import Enum
 from pathlib import Path
@@ -49,8 +52,7 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
 
 def _recipe(path: Path) -> dict:
     """The settings a video was made with, from its JSON sidecar (for --from)."""
-    from vcraft.prompts import INPUT_FILES
-    from vcraft.settings import TYPES, check_type
+    from vcraft.settings import INPUT_FILES, TYPES, check_type
 
     try:
         recipe = json.loads(path.read_text(encoding="utf-8"))
@@ -80,7 +82,7 @@ def _same_input(key: str, source: str, sha256: Optional[str]):
     from vcraft.settings import check_type
 
     if source == "array":
-        raise VcraftError(f"the video was made from an {key} given in Python, not a file; it cannot be read again")
+        raise VcraftError(f"its {key!r} was given in Python as pixels, not as a file; it cannot be read again")
     given = check_type(key, source)
     if sha256 is not None and given.sha256 != sha256:
         raise VcraftError(f"{source} has changed since the video was made (another sha256)")
@@ -196,8 +198,8 @@ def generate(
     if offload not in ("none", "model"):
         raise VcraftError(f"unknown --offload '{offload}'; use none or model")
     encoder = any(v.settings.continues is not None for v in todo)
-    job = Job(cfg, ckpt_path, fmt.value, device, dtype, offload == "model", compile_unet, config, list(overrides),
-              encoder)
+    job = Job(cfg, ckpt_path, fmt.value, device=device, dtype=dtype, offload=offload == "model",
+              compile=compile_unet, config_file=config, overrides=list(overrides), encoder=encoder)
     pool = _pool(todo, ray, workers, cpus_per_worker, gpus_per_worker)
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
@@ -227,13 +229,43 @@ def _locally(job, todo: list, quiet: bool):
     if job.compile:
         _log("--compile: the first step compiles the UNet (a minute or more)", quiet)
     clip = job.config.model.unet.temporal_length
-    for done, video in enumerate(todo, 1):
-        s = video.settings
-        bar = _progress(quiet, f"[{done}/{len(todo)}]", window_count(s.frames, clip, s.overlap))
-        try:
-            yield render(pipe, job, video, bar)
-        finally:
-            bar(None, None)
+    with _remembered_interrupt() as interrupted:
+        for done, video in enumerate(todo, 1):
+            s = video.settings
+            bar = _progress(quiet, f"[{done}/{len(todo)}]",
+                            window_count(s.frames, clip, s.overlap, s.continues is not None))
+
+            def progress(step: int, total: int) -> None:
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                bar(step, total)
+
+            try:
+                yield render(pipe, job, video, progress)
+            finally:
+                bar(None, None)
+
+
+@contextlib.contextmanager
+def _remembered_interrupt():
+    """An Event set by Ctrl-C, which still raises KeyboardInterrupt as usual. Python drops that exception where it
+    lands in an object's finaliser (an image writer closing, say); the progress callback then raises it at the
+    next denoising step instead."""
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler or threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_interrupt(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _pool(todo: list, address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):

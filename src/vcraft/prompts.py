@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vcraft.errors import VcraftError
-from vcraft.settings import TYPES, check_type
+from vcraft.settings import INPUT_FILES, TYPES, check_type
 
 ROW_COLUMNS = ("prompt", *(k for k in TYPES if k != "prompt"), "name")
-INPUT_FILES = ("image", "continues")  # settings that name a file, relative to the prompt file's folder
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,9 @@ class PromptRow:
 
 
 def _value(key: str, raw: Any, where: str) -> Any:
-    if key in ("name", *INPUT_FILES):  # the output's name (not a setting); an input's path, read when planned
+    # The output's name (not a setting), or an input file's path: made relative to the prompt file's folder by
+    # read_prompt_file, read when the run is planned.
+    if key in ("name", *INPUT_FILES):
         if not isinstance(raw, str):
             raise VcraftError(f"{where}: '{key}' must be text, got {raw!r}")
         return raw

@@ -22,6 +22,10 @@ MAX_SIDE = 2048
 MAX_SEED = 2**63 - 1
 
 
+# Settings that are input files (a path, or pixels given in Python), recorded as their path and sha256.
+INPUT_FILES = ("image", "continues")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a video depends on besides the model: its pixels are a function of these alone."""
@@ -46,8 +50,8 @@ class Settings:
 
     def record(self) -> dict[str, Any]:
         """The settings as plain data, for sidecars and JSON output (input files as their path and sha256)."""
-        inputs = (self.image, self.continues)
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("image", "continues")}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in INPUT_FILES}
+        inputs = [getattr(self, name) for name in INPUT_FILES]
         return {**values, **{k: v for given in inputs if given is not None for k, v in given.record().items()}}
 
 
@@ -80,7 +84,7 @@ def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
     """A checked `Settings` for `config`'s model: `chosen` values (None: not chosen) over the config's
     defaults; the seed defaults to 0 and the negative prompt to "". Raises VcraftError saying what to change."""
     given = {k: check_type(k, v) for k, v in {"prompt": prompt, **chosen}.items() if v is not None}
-    values = {"seed": 0, "negative": "", "image": None, "continues": None, **asdict(config.sampling), **given}
+    values = {"seed": 0, "negative": "", **dict.fromkeys(INPUT_FILES), **asdict(config.sampling), **given}
     if values["continues"] is not None:  # a continuation keeps its video's size and, unless told, its pace
         video = values["continues"]
         values = {**values, "height": video.frames.shape[1], "width": video.frames.shape[2],
