@@ -193,6 +193,7 @@ def test_in_the_browser_a_waiting_request_sees_its_place_and_stop_cancels_a_long
     browser.switch_to.new_window("tab")
     _page(browser, address)
     _fill(browser, "prompt", "a yellow square moving up")
+    _fill(browser, "steps", "2")  # a short render, once its turn comes
     browser.find_element(By.ID, "generate").click()
     wait.until(lambda b: "busy: 1 ahead of you" in b.find_element(By.ID, "status").text)
 

@@ -27,9 +27,6 @@ class Picture:
     sha256: str
     pixels: np.ndarray = field(repr=False, compare=False)
 
-    def record(self) -> dict[str, str]:
-        return {"image": self.source, "image_sha256": self.sha256}
-
 
 def read_picture(image: Any) -> Picture:
     """A path, a PIL image, an RGB(A)/grey array (uint8, or floats in [0, 1]) or a Picture, as a Picture; a
@@ -93,9 +90,6 @@ class Footage:
     sha256: str
     frames: np.ndarray = field(repr=False, compare=False)
     fps: Optional[float] = field(default=None, compare=False)
-
-    def record(self) -> dict[str, str]:
-        return {"continues": self.source, "continues_sha256": self.sha256}
 
 
 def read_footage(video: Any) -> Footage:

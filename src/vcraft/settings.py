@@ -51,8 +51,11 @@ class Settings:
     def record(self) -> dict[str, Any]:
         """The settings as plain data, for sidecars and JSON output (input files as their path and sha256)."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in INPUT_FILES}
-        inputs = [getattr(self, name) for name in INPUT_FILES]
-        return {**values, **{k: v for given in inputs if given is not None for k, v in given.record().items()}}
+        for name in INPUT_FILES:
+            given = getattr(self, name)
+            if given is not None:
+                values.update({name: given.source, f"{name}_sha256": given.sha256})
+        return values
 
 
 # The type of every setting, as `check_type` enforces it; also what a prompt-file row may set. Input files are read
