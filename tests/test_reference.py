@@ -80,6 +80,23 @@ def test_without_its_encoder_the_autoencoder_decodes_the_same_and_refuses_to_enc
     assert_close(out, cases["vae_decode.output"], 1e-5, 1e-5, 1e-6, "vae_decode")
 
 
+def test_vae_keys_are_renamed_as_diffusers_converter_renames_them(variant):
+    """vcraft's own renaming of the official autoencoder keys (no diffusers import when loading) gives exactly the
+    state dict diffusers' converter gives."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from vcraft.checkpoints import split_state_dict
+    from vcraft.models.autoencoder import convert_ldm_vae_keys, diffusers_vae_config
+
+    root = reference_dir() / "tiny" / variant
+    cfg = load_config(root / "config.yaml").model.autoencoder
+    vae = split_state_dict(load_state_dict(root / "model.safetensors"), variant).vae
+    ours = convert_ldm_vae_keys(vae, cfg)
+    theirs = convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in vae.items()}, diffusers_vae_config(cfg))
+    assert sorted(ours) == sorted(theirs) and len(ours) == len(vae)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 @pytest.mark.parametrize("band_pixels", [2 ** 14, 200, 1])
 def test_vae_decoder_is_diffusers_decoder_within_fp32_rounding(monkeypatch, band_pixels):
     """vcraft's banded decoder, given diffusers' Decoder's weights, is no further from a float64 evaluation

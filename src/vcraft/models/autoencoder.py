@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import torch
@@ -27,16 +28,42 @@ def diffusers_vae_config(cfg: AutoencoderConfig) -> dict:
     }
 
 
+# LDM's names of the autoencoder's parts -> diffusers' (the decoder's up-blocks are renumbered in `_renamed`).
+_LDM_TO_DIFFUSERS = [
+    (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+    (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
+    (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+    (r"^(encoder|decoder)\.mid\.block_1\.", r"\1.mid_block.resnets.0."),
+    (r"^(encoder|decoder)\.mid\.block_2\.", r"\1.mid_block.resnets.1."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.([qkv])\.", r"\1.mid_block.attentions.0.to_\2."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0."),
+    (r"\.nin_shortcut\.", ".conv_shortcut."),
+]
+
+
 def convert_ldm_vae_keys(state_dict: dict[str, torch.Tensor], cfg: AutoencoderConfig) -> dict[str, torch.Tensor]:
-    """Rename an LDM-layout autoencoder state dict (no prefix) to diffusers' layout.
+    """An LDM-layout autoencoder state dict (no prefix) in diffusers' layout, as diffusers' own converter makes it
+    (tests/test_reference.py holds the two equal). Written here because importing that converter costs seconds of
+    every command that loads an official checkpoint. Names it does not know are kept, for the strict check."""
+    levels = len(cfg.ch_mult)
+    converted = {}
+    for key, value in state_dict.items():
+        new = _renamed(key, levels)
+        if ".mid_block.attentions.0." in new and value.dim() > 2:
+            value = value.flatten(1)  # the attention's 1x1 convolutions are linear layers in diffusers
+        converted[new] = value
+    return converted
 
-    diffusers' own converter does the renaming; it skips keys it does not know, so the caller checks
-    that nothing was lost (the mapping is one to one).
-    """
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    prefixed = {f"first_stage_model.{k}": v for k, v in state_dict.items()}
-    return convert_ldm_vae_checkpoint(prefixed, diffusers_vae_config(cfg))
+def _renamed(key: str, levels: int) -> str:
+    up = re.match(r"^decoder\.up\.(\d+)\.(block|upsample)\.", key)
+    if up is not None:  # LDM numbers the decoder's levels from the finest, diffusers from the coarsest
+        part = "resnets" if up.group(2) == "block" else "upsamplers.0"
+        key = f"decoder.up_blocks.{levels - 1 - int(up.group(1))}.{part}.{key[up.end():]}"
+    for pattern, replacement in _LDM_TO_DIFFUSERS:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 # Output pixels decoded per call: 4 frames of 256x256, 1 of 320x512, 64 of 64x64.
