@@ -223,7 +223,7 @@ def test_an_image_to_video_model_gets_a_picture_input(tmp_path, monkeypatch):
     from vcraft.ui import App, build, import_gradio
 
     root = reference_dir() / "tiny" / "vc1_i2v_512"
-    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / ".gradio"))  # as import_gradio sets it, undone after
     import_gradio(tmp_path)
     cfg = load_config(root / "config.yaml")
     pipe = TextToVideo.from_config(cfg, root / "model.safetensors", device="cpu")
