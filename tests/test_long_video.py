@@ -140,3 +140,31 @@ def test_interrupting_a_long_render_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt itself
+def test_a_ctrl_c_that_python_drops_in_a_finaliser_stops_the_render_at_its_next_step():
+    """Python drops a KeyboardInterrupt raised inside `__del__` (an image writer closing, say); the command remembers
+    the signal, and its progress callback raises it again at the next denoising step."""
+    import os
+
+    from vcraft.cli import _interruptible, _remembered_interrupt
+
+    class ClosesOnCollection:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # its handler runs here, inside the finaliser
+
+    steps = []
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever ran the tests
+    try:
+        with _remembered_interrupt() as interrupted:
+            progress = _interruptible(lambda step, total: steps.append(step), interrupted)
+            progress(1, 3)
+            ClosesOnCollection()  # made and finalised at once: the interrupt is dropped, and remembered
+            assert interrupted.is_set()
+            with pytest.raises(KeyboardInterrupt):
+                progress(2, 3)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert steps == [1]

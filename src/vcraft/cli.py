@@ -234,16 +234,20 @@ def _locally(job, todo: list, quiet: bool):
             s = video.settings
             bar = _progress(quiet, f"[{done}/{len(todo)}]",
                             window_count(s.frames, clip, s.overlap, s.continues is not None))
-
-            def progress(step: int, total: int) -> None:
-                if interrupted.is_set():
-                    raise KeyboardInterrupt
-                bar(step, total)
-
             try:
-                yield render(pipe, job, video, progress)
+                yield render(pipe, job, video, _interruptible(bar, interrupted))
             finally:
                 bar(None, None)
+
+
+def _interruptible(progress, interrupted: threading.Event):
+    """`progress`, raising KeyboardInterrupt first once `interrupted` is set (see _remembered_interrupt)."""
+    def step(step: int, total: int) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        progress(step, total)
+
+    return step
 
 
 @contextlib.contextmanager
