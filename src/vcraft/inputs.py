@@ -5,6 +5,7 @@ rendered."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from vcraft.download import sha256_of
 from vcraft.errors import VcraftError
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ def _read_file(path: Path) -> Picture:
 
     try:
         data = path.read_bytes()
-        with Image.open(path) as opened:
+        with Image.open(io.BytesIO(data)) as opened:  # the bytes that are hashed are the ones decoded
             pixels = np.asarray(opened.convert("RGB"))
     except FileNotFoundError:
         raise VcraftError(f"image not found: {path}") from None
@@ -110,9 +112,9 @@ def read_footage(video: Any) -> Footage:
     import imageio.v3 as iio
 
     try:
-        data = path.read_bytes()
         frames = iio.imread(path, index=None)
         meta = iio.immeta(path)
+        sha256 = sha256_of(path)
     except Exception as exc:  # each container and plugin raises its own kinds
         first = str(exc).strip().splitlines()
         raise VcraftError(f"cannot read video {path}: {first[0] if first else 'not an MP4 or GIF'}") from None
@@ -120,7 +122,7 @@ def read_footage(video: Any) -> Footage:
     if frames.ndim == 3:  # a single picture
         frames = frames[None]
     frames = _rgb_uint8(frames, 4, f"{path}: not a colour video")
-    return Footage(str(path.resolve()), hashlib.sha256(data).hexdigest(), frames, fps)
+    return Footage(str(path.resolve()), sha256, frames, fps)
 
 
 def _read_png_folder(path: Path) -> Footage:
@@ -154,4 +156,4 @@ def frames_tensor(frames: np.ndarray) -> "torch.Tensor":
     """uint8 frames `[T, H, W, 3]` as a video `[1, 3, T, H, W]` in [-1, 1], for the autoencoder's encoder."""
     import torch
 
-    return torch.from_numpy(frames.copy()).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    return torch.tensor(frames, dtype=torch.float32).permute(3, 0, 1, 2)[None] / 127.5 - 1
