@@ -136,7 +136,7 @@ class TextToVideo:
         given = 0 if s.continues is None else s.overlap  # latent frames each window keeps, from the start
         shape = (1, model.autoencoder.embed_dim, min(given + s.frames, clip), s.height // f, s.width // f)
         noise = partial(self._noise, torch.Generator("cpu").manual_seed(s.seed), shape)
-        windows = window_count(s.frames, clip, s.overlap, s.continues is not None)
+        windows = self.window_count(s)
         sample = sampler(s.sampler)
         steps = step_count(s.sampler, s.steps, self.schedule)
         made = 0
@@ -161,6 +161,10 @@ class TextToVideo:
             made += new.shape[2]
             kept = out[:, :, -s.overlap:]
             yield new
+
+    def window_count(self, s: Settings) -> int:
+        """How many windows (clips of the model) make the video of `s`."""
+        return window_count(s.frames, self.config.model.unet.temporal_length, s.overlap, s.continues is not None)
 
     def denoiser(self, cond: Conditioning, guidance: float, guidance_min_t: int = 0) -> Denoiser:
         """This model's UNet as `eps = denoiser(x, t)` under `cond`, guided at timesteps >= `guidance_min_t`."""

@@ -220,7 +220,6 @@ def generate(
 def _locally(job, todo: list, quiet: bool):
     """Outcomes of rendering `todo` in this process, one after the other, with a bar over each one's steps."""
     from vcraft.render import load, render
-    from vcraft.sampling.long_video import window_count
 
     started = time.perf_counter()
     pipe = load(job)
@@ -228,12 +227,9 @@ def _locally(job, todo: list, quiet: bool):
          f"in {time.perf_counter() - started:.1f} s", quiet)
     if job.compile:
         _log("--compile: the first step compiles the UNet (a minute or more)", quiet)
-    clip = job.config.model.unet.temporal_length
     with _remembered_interrupt() as interrupted:
         for done, video in enumerate(todo, 1):
-            s = video.settings
-            bar = _progress(quiet, f"[{done}/{len(todo)}]",
-                            window_count(s.frames, clip, s.overlap, s.continues is not None))
+            bar = _progress(quiet, f"[{done}/{len(todo)}]", pipe.window_count(video.settings))
             try:
                 yield render(pipe, job, video, _interruptible(bar, interrupted))
             finally:

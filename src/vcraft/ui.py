@@ -18,9 +18,8 @@ from typing import Any, Callable, Iterator, Optional
 from vcraft.api import TextToVideo
 from vcraft.batch import Video, check_writable, slug
 from vcraft.errors import VcraftError
-from vcraft.render import Job, Outcome, Stopped, render
+from vcraft.render import Job, Outcome, Stopped, load, render
 from vcraft.sampling import SAMPLERS
-from vcraft.sampling.long_video import window_count
 from vcraft.video import sidecar_path
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
@@ -73,7 +72,7 @@ class App:
         except VcraftError as exc:
             raise gr.Error(str(exc)) from None
         path = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt)}-{s.seed}.mp4"
-        windows = window_count(s.frames, self.pipe.config.model.unet.temporal_length, s.overlap)
+        windows = self.pipe.window_count(s)
         worker = RenderThread(self.pipe, self.job, Video(0, 0, s, path, "web"))
         worker.start()
         self.rendering.set()
@@ -159,8 +158,6 @@ def build(app: App):
 def serve(job: Job, outputs: Path, host: str, port: int, share: bool, log) -> None:
     """Load the model, then serve the page until Ctrl-C (after `import_gradio`)."""
     check_writable(outputs)
-    from vcraft.render import load
-
     pipe = load(job)
     log(f"loaded {job.config.name} on {pipe.device}; serving http://{host}:{port} (Ctrl-C to stop)")
     page = build(App(pipe, job, outputs))
