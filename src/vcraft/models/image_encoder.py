@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vcraft.config import ImageEncoderConfig
-from vcraft.models.text_encoder import Transformer
+from vcraft.models.text_encoder import TextTables, Transformer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -41,19 +41,13 @@ class VisionTower(nn.Module):
         return x
 
 
-class ClipImageModel(nn.Module):
-    """What the checkpoint holds of CLIP under `embedder.model`: the vision tower, and the text tower's tables that
+class ClipImageModel(TextTables):
+    """What the checkpoint holds of CLIP under `embedder.model`: the vision tower, and the text side's tables that
     the original left in place when it removed the text transformer (unused)."""
 
     def __init__(self, cfg: ImageEncoderConfig):
-        super().__init__()
+        super().__init__(cfg.vocab_size, cfg.text_width, cfg.context_length, cfg.embed_dim)
         self.visual = VisionTower(cfg)
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width,
-                                            _weight=torch.empty(cfg.vocab_size, cfg.text_width))
-        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
-        self.ln_final = nn.LayerNorm(cfg.text_width)
-        self.text_projection = nn.Parameter(torch.empty(cfg.text_width, cfg.embed_dim))
-        self.logit_scale = nn.Parameter(torch.empty(()))
 
 
 class Embedder(nn.Module):

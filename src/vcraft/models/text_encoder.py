@@ -39,18 +39,25 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
 
 
-class TextTower(nn.Module):
-    def __init__(self, cfg: TextEncoderConfig):
+class TextTables(nn.Module):
+    """CLIP's text side outside its transformer: the token and position tables and the final norm, and the
+    projection and similarity scale, which official checkpoints carry and vcraft never uses (kept so that they load
+    strictly). The image-to-video checkpoint keeps these beside its vision tower too."""
+
+    def __init__(self, vocab_size: int, width: int, context_length: int, embed_dim: int):
         super().__init__()
         # Given an empty table, so as not to be drawn twice (see TextEncoder._init_weights).
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width, _weight=torch.empty(cfg.vocab_size, cfg.width))
-        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        self.transformer = Transformer(cfg.width, cfg.heads, cfg.layers)
-        self.ln_final = nn.LayerNorm(cfg.width)
-        # Kept only so that official checkpoints load strictly: CLIP's projection and similarity scale are
-        # never used here.
-        self.text_projection = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim))
+        self.token_embedding = nn.Embedding(vocab_size, width, _weight=torch.empty(vocab_size, width))
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
         self.logit_scale = nn.Parameter(torch.empty(()))
+
+
+class TextTower(TextTables):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__(cfg.vocab_size, cfg.width, cfg.context_length, cfg.embed_dim)
+        self.transformer = Transformer(cfg.width, cfg.heads, cfg.layers)
 
 
 class TextEncoder(nn.Module):
