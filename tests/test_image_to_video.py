@@ -1,5 +1,7 @@
-"""VideoCrafter1's image-to-video model (vc1_i2v_512) against the original's numbers, stage by stage
-(../shared/reference/tiny/vc1_i2v_512 and its README section 7)."""
+"""VideoCrafter1's image-to-video model (vc1_i2v_512) against the original's numbers: its image path, stage by stage
+(../shared/reference/tiny/vc1_i2v_512 and its README section 7), and image-to-video from the command line. The
+stages it shares with text-to-video (text, UNet through both containers, VAE, noising, DDIM with the image tokens,
+the frames) run in tests/test_reference.py for every architecture."""
 
 from __future__ import annotations
 
@@ -10,32 +12,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from reference import assert_close, reference_dir
-from vcraft.checkpoints import load_state_dict
-from vcraft.config import load_config
+from test_reference import I2V as VARIANT
+from test_reference import fixture
 from vcraft.inputs import picture_tensor, read_picture
-from vcraft.loading import load_models
 from vcraft.models.image_encoder import shrink_blur
-from vcraft.models.tokenizer import tokenize
-from vcraft.sampling.conditioning import Conditioning
-from vcraft.sampling.ddim import sample as ddim_sample
-from vcraft.sampling.denoisers import Denoiser
-from vcraft.sampling.schedule import q_sample
-
-VARIANT = "vc1_i2v_512"
-_cache: dict = {}
-
-
-def fixture(container: str = "model.safetensors"):
-    if container not in _cache:
-        root = reference_dir() / "tiny" / VARIANT
-        cfg = load_config(root / "config.yaml")
-        models = load_models(cfg.model, load_state_dict(root / container), container, encoder=True)
-        _cache[container] = (models, load_file(root / "cases.safetensors"),
-                             json.loads((root / "cases.json").read_text()))
-    return _cache[container]
 
 
 def single(ours, ref, what: str) -> None:
@@ -44,25 +26,14 @@ def single(ours, ref, what: str) -> None:
 
 
 @pytest.mark.parametrize("container", ["model.ckpt", "model.safetensors"])
-def test_unet_with_image_tokens_through_both_containers(container):
-    models, cases, _ = fixture(container)
+def test_the_pictures_tokens_through_both_containers(container):
+    models, cases, _ = fixture(VARIANT, container)
     with torch.inference_mode():
-        out = models.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"], cases["unet.fps"])
-        tokens = models.image_encoder(cases["image_load.output"])
-    single(out, cases["unet.output"], f"unet via {container}")
-    single(tokens, cases["image_proj.output"], f"image tokens via {container}")
-
-
-def test_text():
-    models, cases, meta = fixture()
-    tokens = tokenize(meta["cases"]["text"]["inputs"]["prompts"])
-    assert torch.equal(tokens, cases["text.tokens"])
-    with torch.inference_mode():
-        single(models.text_encoder(tokens), cases["text.output"], "text")
+        single(models.image_encoder(cases["image_load.output"]), cases["image_proj.output"], f"via {container}")
 
 
 def test_image_load_resizes_to_the_video_size_as_the_reference():
-    _, cases, meta = fixture()
+    _, cases, meta = fixture(VARIANT)
     root = reference_dir() / "tiny" / VARIANT
     picture = read_picture(root / "input.png")
     assert list(picture.pixels.shape[:2]) == meta["cases"]["image_load"]["inputs"]["png_size_hw"]
@@ -71,7 +42,7 @@ def test_image_load_resizes_to_the_video_size_as_the_reference():
 
 
 def test_image_preprocess_embed_and_resampler():
-    models, cases, _ = fixture()
+    models, cases, _ = fixture(VARIANT)
     embedder = models.image_encoder.embedder
     with torch.inference_mode():
         single(embedder.preprocess(cases["image_preprocess.input"]), cases["image_preprocess.output"], "preprocess")
@@ -91,60 +62,6 @@ def test_the_antialiasing_blur_acts_only_where_the_picture_shrinks():
     assert shrunk.shape == x.shape and not torch.allclose(shrunk, x)
     flat = torch.full((1, 3, 320, 512), 0.3)
     assert torch.allclose(shrink_blur(flat, (224, 224)), flat, atol=1e-6)
-
-
-def test_vae_decode_encode_and_q_sample():
-    models, cases, _ = fixture()
-    with torch.inference_mode():
-        decoded = models.autoencoder.decode(cases["vae_decode.z"])
-        moments = models.autoencoder.encode_moments(cases["vae_encode.frames"])
-    assert_close(decoded, cases["vae_decode.output"], 1e-5, 1e-5, 1e-6, "vae_decode")
-    assert_close(moments, cases["vae_encode.moments"], 1e-5, 1e-5, 1e-6, "vae_encode")
-    out = q_sample(models.schedule, cases["q_sample.x0"], cases["q_sample.t"], cases["q_sample.noise"])
-    single(out, cases["q_sample.output"], "q_sample")
-
-
-def _ddim(guidance: float, eta: float, prefix: str):
-    models, cases, meta = fixture()
-    case = meta["cases"][prefix]
-    with torch.inference_mode():
-        uncond = models.text_encoder.encode([""])
-        cond = Conditioning(cases["ddim.text_emb"], uncond, torch.tensor([case["fps"]]),
-                            image=cases["ddim.img_emb"], uncond_image=models.image_encoder.unconditional(1))
-        draws = iter([cases[k] for k in sorted(cases) if k.startswith(f"{prefix}.noise_step_")])
-        recorded = {}
-        out = ddim_sample(
-            Denoiser(models.unet, cond, guidance), cases["ddim.x_T"], models.schedule, case["ddim_steps_argument"],
-            eta, noise=lambda: next(draws),
-            callback=lambda step: recorded.update({step.index - 1: (step.x.clone(), step.denoised.clone())}))
-    return out, recorded, cases
-
-
-def test_ddim_with_guidance_every_step():
-    out, recorded, cases = _ddim(12.0, 0.0, "ddim_cfg")
-    assert len(recorded) == 10
-    for i, (x, x0) in recorded.items():
-        assert_close(x, cases[f"ddim_cfg.step_{i:02d}.x_prev"], 1e-4, 1e-4, what=f"step {i} x_prev")
-        assert_close(x0, cases[f"ddim_cfg.step_{i:02d}.pred_x0"], 1e-4, 1e-4, what=f"step {i} pred_x0")
-    assert_close(out, cases["ddim_cfg.output"], 1e-4, 1e-4, what="ddim_cfg")
-
-
-@pytest.mark.parametrize("guidance,eta,prefix", [(1.0, 0.0, "ddim_nocfg"), (12.0, 1.0, "ddim_eta1")])
-def test_ddim_without_guidance_and_with_eta_1(guidance, eta, prefix):
-    out, _, cases = _ddim(guidance, eta, prefix)
-    assert_close(out, cases[f"{prefix}.output"], 1e-4, 1e-4, what=prefix)
-
-
-def test_end_to_end_frames():
-    from vcraft.video import frames_to_uint8
-
-    out, _, cases = _ddim(12.0, 0.0, "ddim_cfg")
-    with torch.inference_mode():
-        video = fixture()[0].autoencoder.decode(out)
-    assert_close(video.clamp(-1, 1), cases["end_to_end.video_clamped"], 1e-4, 5e-4, what="video_clamped")
-    frames = frames_to_uint8(video)[0]
-    diff = (frames.int() - cases["end_to_end.frames_uint8"].int()).abs()
-    assert diff.max() <= 1 and (diff > 0).float().mean() <= 0.01
 
 
 def test_full_size_preset_fits_the_official_layout():

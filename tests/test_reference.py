@@ -1,4 +1,5 @@
-"""Every stage of the model stack against the original VideoCrafter's numbers (../shared/reference)."""
+"""Every stage of the model stack against the original VideoCrafter's numbers (../shared/reference), for the three
+text-to-video architectures and the image-to-video one (its image path: tests/test_image_to_video.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ def fixture(variant: str, container: str = "model.safetensors"):
     return _cache[key]
 
 
-@pytest.fixture(params=VARIANTS)
+I2V = "vc1_i2v_512"
+
+
+@pytest.fixture(params=[*VARIANTS, I2V])
 def variant(request):
     return request.param
 
@@ -149,7 +153,9 @@ def _ddim(variant: str, guidance: float, eta: float, prefix: str):
     steps = case["ddim_steps_argument"]
     with torch.inference_mode():
         uncond = models.text_encoder.encode([""])
-        denoise = Denoiser(models.unet, Conditioning(cases["ddim.text_emb"], uncond, fps), guidance)
+        image = {} if models.image_encoder is None else {  # the picture's tokens, and the zero image's
+            "image": cases["ddim.img_emb"], "uncond_image": models.image_encoder.unconditional(1)}
+        denoise = Denoiser(models.unet, Conditioning(cases["ddim.text_emb"], uncond, fps, **image), guidance)
         recorded = {}
         draws = iter([cases[k] for k in sorted(cases) if k.startswith(f"{prefix}.noise_step_")])
         out = ddim_sample(
