@@ -27,13 +27,18 @@ from pathlib import Path
 
 import torch
 
-from vcraft.api import TextToVideo
-from vcraft.devices import resolve_device, resolve_dtype
-from vcraft.checkpoints import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, save_state_dict
 from vcraft.config import load_preset
-from vcraft.loading import build_models, ready_for_inference
+from vcraft.loaders.checkpoints import (
+    TEXT_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    save_state_dict,
+)
+from vcraft.loaders.devices import resolve_device, resolve_dtype
+from vcraft.loaders.loading import build_models, ready_for_inference
 from vcraft.models.autoencoder import VideoAutoencoder
-from vcraft.video import frames_to_uint8
+from vcraft.pipeline.api import TextToVideo
+from vcraft.pipeline.frames import frames_to_uint8
 
 PROMPT = "a corgi surfing a wave"
 
@@ -114,7 +119,9 @@ def guided_step(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     reset_peak(device)
     step = statistics.median(timed(lambda: pipe.unet(x, t, context, fps), device, args.runs))
     # Counted after timing: a first call under the counter's dispatch mode would keep --compile from compiling.
-    from torch.utils.flop_counter import FlopCounterMode  # not at the top: 0.08 GiB resident in every child
+    from torch.utils.flop_counter import (
+        FlopCounterMode,  # not at the top: 0.08 GiB resident in every child
+    )
 
     with FlopCounterMode(display=False) as counter:
         pipe.unet(x, t, context, fps)

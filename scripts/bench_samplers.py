@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vcraft.api import TextToVideo
+from vcraft.pipeline.api import TextToVideo
 from vcraft.sampling import SAMPLERS
 
 PROMPTS = {

@@ -16,9 +16,13 @@ import argparse
 import json
 import sys
 import time
-import numpy as np
 
-from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
+import numpy as np
+from eval_shapes import (  # the same choice of model as the evaluation
+    load,
+    model_arguments,
+)
+
 from vcraft.data.measure import measure_colour, measure_motion, object_masks
 
 PROMPTS = [("a red circle moving left", "red", "left"), ("The blue triangle moves down.", "blue", "down"),

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vcraft.api import TextToVideo
-from vcraft.devices import resolve_device
 from vcraft.config import load_config, load_preset
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import HELD_OUT_SCENES, TRAIN_SCENES, Scene, caption
+from vcraft.loaders.devices import resolve_device
+from vcraft.pipeline.api import TextToVideo
 from vcraft.sampling import SAMPLERS
 
 
@@ -41,7 +41,7 @@ def load(args: argparse.Namespace, encoder: bool = False) -> TextToVideo:
     if args.run is None:
         cfg = load_config(args.config) if args.config else load_preset("shapes")
         return TextToVideo.from_config(cfg, args.ckpt, device=args.device, dtype="fp32", encoder=encoder)
-    from vcraft.loading import load_models
+    from vcraft.loaders.loading import load_models
     from vcraft.train import checkpoint_of_run
 
     cfg = load_config(args.run / "config.yaml")

@@ -1,5 +1,5 @@
 """Batch rendering through the `vcraft` command with the default model: prompt sources, JSON lines, resume
-after an interrupt, --from, -o -, and one clear error for every bad input. In-process (`vcraft.cli.run`),
+after an interrupt, --from, -o -, and one clear error for every bad input. In-process (`vcraft.app.cli.run`),
 except where the process itself is tested (stdin, stdout bytes, exit codes)."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_cli import one_error_line, read_pngs, vcraft, vcraft_process
 
 # The default model, few steps and frames, on the CPU whatever the machine has: these tests are about the plumbing.
@@ -59,7 +58,7 @@ def test_interrupted_batch_resumes_with_skip_existing(tmp_path, monkeypatch):
     """Ctrl-C while the second video is being written (raised after its first frames reach the temporary
     file): exit 130, the first video kept, nothing of the second; the same command with --skip-existing then
     makes the other two, the same as an uninterrupted run."""
-    from vcraft.api import TextToVideo
+    from vcraft.pipeline.api import TextToVideo
 
     prompts = ["a red circle moving left", "a blue triangle moving down", "a green square growing"]
     args = [*prompts, *FAST, "--format", "png", "-o", tmp_path / "run"]

@@ -1,4 +1,4 @@
-"""The `vcraft` command on the tiny official-format fixtures: in-process through `vcraft.cli.run` (what
+"""The `vcraft` command on the tiny official-format fixtures: in-process through `vcraft.app.cli.run` (what
 the installed command calls), and in a real subprocess where the process itself matters (Ctrl-C, imports)."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from reference import reference_dir
 
 FOX = "a red fox running through snow"
@@ -21,7 +20,7 @@ FOX = "a red fox running through snow"
 
 def vcraft(*args: str, cwd: Path | None = None, stdin: str = "") -> subprocess.CompletedProcess:
     """The command run in this process, with its stdin, stdout, stderr and working folder."""
-    from vcraft.cli import run
+    from vcraft.app.cli import run
 
     argv = [str(a) for a in args]
     out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
@@ -188,7 +187,7 @@ def test_a_generation_imports_neither_open_clip_nor_ray(tmp_path):
     argv = ["generate", "a red circle", "--frames", "8", "--steps", "2", "-o", str(tmp_path / "a.mp4")]
     code = (
         "import sys\n"
-        "from vcraft.cli import run\n"
+        "from vcraft.app.cli import run\n"
         f"assert run({argv!r}) == 0\n"
         "heavy = [m for m in ('open_clip', 'torchvision', 'torch._dynamo', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -212,7 +211,7 @@ def test_without_the_optional_extras_their_commands_are_one_error_line(monkeypat
 
 
 def test_help_imports_nothing_heavier_than_typer():
-    code = ("import sys; from vcraft.cli import app; heavy = {'torch', 'numpy', 'omegaconf'} & set(sys.modules); "
+    code = ("import sys; from vcraft.app.cli import app; heavy = {'torch', 'numpy', 'omegaconf'} & set(sys.modules); "
             "assert not heavy, heavy")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert vcraft_process("--help").returncode == 0
@@ -223,8 +222,8 @@ def test_safetensors_reader_matches_the_library_and_refuses_damaged_files(tmp_pa
     import torch
     from safetensors.torch import load_file, save_file
 
-    from vcraft.checkpoints import load_state_dict
     from vcraft.errors import VcraftError
+    from vcraft.loaders.checkpoints import load_state_dict
 
     tensors = {"f16": torch.randn(3, 4).half(), "bf16": torch.randn(5).bfloat16(), "f32": torch.randn(2, 2, 2),
                "i64": torch.tensor(3), "empty": torch.zeros(0, 4), "bool": torch.tensor([True, False])}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
-
 from reference import PRESET_OF, VARIANTS, reference_dir
+
 from vcraft.config import apply_overrides, load_config, load_preset, preset_names
-from vcraft.settings import make_settings
 from vcraft.errors import VcraftError
+from vcraft.pipeline.settings import make_settings
 
 
 @pytest.mark.parametrize("variant", [*VARIANTS, "vc1_i2v_512"])

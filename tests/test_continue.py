@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_cli import one_error_line, read_pngs, small_video_args, vcraft
 
 

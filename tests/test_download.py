@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hub_server import COMMIT, FakeHub, serve
 from test_cli import one_error_line, tiny, vcraft, vcraft_process
 
@@ -69,7 +68,7 @@ GENERATE = ["--model", "tiny-vc2", "--frames", "8", "--height", "64", "--width",
 def test_download_verifies_and_converts_then_generation_finds_the_weights_offline(hub, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from vcraft.checkpoints import SCHEDULE_KEYS, load_state_dict
+    from vcraft.loaders.checkpoints import SCHEDULE_KEYS, load_state_dict
 
     assert models_json()["tiny-vc2"]["present"] is False
 

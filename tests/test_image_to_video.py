@@ -12,12 +12,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from reference import assert_close, reference_dir
 from test_reference import I2V as VARIANT
 from test_reference import fixture
-from vcraft.inputs import picture_tensor, read_picture
+
 from vcraft.models.image_encoder import shrink_blur
+from vcraft.pipeline.frames import picture_tensor
+from vcraft.pipeline.inputs import read_picture
 
 
 def single(ours, ref, what: str) -> None:
@@ -67,7 +68,7 @@ def test_the_antialiasing_blur_acts_only_where_the_picture_shrinks():
 def test_full_size_preset_fits_the_official_layout():
     """Every key of the official checkpoint, with its shape, is placed in the preset's modules."""
     from vcraft.config import load_preset
-    from vcraft.loading import build_models, place_checkpoint
+    from vcraft.loaders.loading import build_models, place_checkpoint
 
     manifest = json.loads((reference_dir() / "manifests" / f"{VARIANT}.json").read_text())
     state = {k: torch.empty(v["shape"], device="meta") for k, v in manifest["keys"].items()}
@@ -90,7 +91,6 @@ def i2v_args(*extra) -> list:
 
 def test_the_command_line_makes_a_video_from_the_picture_and_records_it(tmp_path):
     from PIL import Image
-
     from test_cli import read_pngs, vcraft
 
     root = reference_dir() / "tiny" / VARIANT

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from test_cli import FOX, read_pngs, small_video_args, tiny, vcraft
+
 from vcraft.sampling.long_video import window_count
 
 
@@ -26,7 +26,7 @@ def pipe():
 def test_windows_make_exactly_the_frames_asked_for(pipe, monkeypatch, frames):
     """A stand-in sampler numbers a window's frames on from its first given frame: frame i of the video must
     be i, every window continuing exactly where its kept frames left off."""
-    import vcraft.api
+    import vcraft.pipeline.api
 
     seen = []
 
@@ -36,7 +36,7 @@ def test_windows_make_exactly_the_frames_asked_for(pipe, monkeypatch, frames):
         start = 0 if given is None else int(given[0, 0, 0, 0, 0])
         return torch.arange(start, start + x.shape[2], dtype=x.dtype).view(1, 1, -1, 1, 1).expand(x.shape).clone()
 
-    monkeypatch.setattr(vcraft.api, "sampler", lambda name: numbering)
+    monkeypatch.setattr(vcraft.pipeline.api, "sampler", lambda name: numbering)
     settings = pipe.settings(FOX, frames=frames, height=64, width=64, steps=2, overlap=4)
     made = torch.cat(list(pipe.latents(settings)), dim=2)
     assert made[0, 0, :, 0, 0].tolist() == list(range(frames))
@@ -49,11 +49,11 @@ def test_replace_continues_the_kept_latents_of_an_official_format_model(pipe, mo
     window's last latent frames, and those frames steer the new ones."""
     import dataclasses
 
-    import vcraft.api
+    import vcraft.pipeline.api
 
     settings = pipe.settings(FOX, seed=5, frames=24, height=64, width=64, steps=6, guidance=7.5, eta=0.0, fps=8)
     assert settings.extend == "replace" and settings.overlap == 4
-    real, windows = vcraft.api.sampler("ddim"), []
+    real, windows = vcraft.pipeline.api.sampler("ddim"), []
 
     def recording(denoiser, x, *args):
         start = x.clone()
@@ -61,7 +61,7 @@ def test_replace_continues_the_kept_latents_of_an_official_format_model(pipe, mo
         windows.append((denoiser, start, out.clone()))
         return out
 
-    monkeypatch.setattr(vcraft.api, "sampler", lambda name: recording)
+    monkeypatch.setattr(vcraft.pipeline.api, "sampler", lambda name: recording)
     video = torch.cat(list(pipe.latents(settings)), dim=2)
     assert video.shape[2] == 24 and len(windows) == 2
     (first_denoiser, _, first), (second_denoiser, start, second) = windows
@@ -78,7 +78,7 @@ def test_replace_continues_the_kept_latents_of_an_official_format_model(pipe, mo
 def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(pipe, monkeypatch):
     """Then they lie on DDIM's deterministic path from that noise to themselves, and share the window's
     frame-common noise when the model draws one (frame_noise_share)."""
-    import vcraft.api
+    import vcraft.pipeline.api
 
     seen = []
 
@@ -86,7 +86,7 @@ def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(pipe
         seen.append((denoiser.cond.given, x.clone(), keep))
         return x.clone()
 
-    monkeypatch.setattr(vcraft.api, "sampler", lambda name: capture)
+    monkeypatch.setattr(vcraft.pipeline.api, "sampler", lambda name: capture)
     list(pipe.latents(pipe.settings(FOX, frames=20, height=64, width=64, steps=6, guidance=1.0)))
     (_, _, no_keep), (given, x, keep) = seen
     assert no_keep is None
@@ -148,7 +148,7 @@ def test_a_ctrl_c_that_python_drops_in_a_finaliser_stops_the_render_at_its_next_
     the signal, and its progress callback raises it again at the next denoising step."""
     import os
 
-    from vcraft.cli import _interruptible, _remembered_interrupt
+    from vcraft.app.cli import _interruptible, _remembered_interrupt
 
     class ClosesOnCollection:
         def __del__(self):

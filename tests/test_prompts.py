@@ -6,8 +6,8 @@ import io
 
 import pytest
 
+from vcraft.app.prompts import PromptRow, gather_prompts, read_prompt_file
 from vcraft.errors import VcraftError
-from vcraft.prompts import PromptRow, gather_prompts, read_prompt_file
 
 
 def write(tmp_path, name: str, text: str | bytes):

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port, one_cpu_thread
-from vcraft.cli import run
+
+from vcraft.app.cli import run
 
 if os.environ.get("VCRAFT_REQUIRE_RAY") != "1":
     pytest.importorskip("ray", reason='Ray is an optional extra: pip install "vcraft[ray]"')

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from reference import PRESET_OF, VARIANTS, assert_close, reference_dir
 from safetensors.torch import load_file
 
-from reference import PRESET_OF, VARIANTS, assert_close, reference_dir
-from vcraft.loading import load_models
-from vcraft.checkpoints import load_state_dict
 from vcraft.config import load_config
+from vcraft.loaders.checkpoints import load_state_dict
+from vcraft.loaders.loading import load_models
 from vcraft.models.tokenizer import tokenize
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.ddim import sample as ddim_sample
@@ -89,7 +89,7 @@ def test_vae_keys_are_renamed_as_diffusers_converter_renames_them(variant):
     state dict diffusers' converter gives."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from vcraft.checkpoints import split_state_dict
+    from vcraft.loaders.checkpoints import split_state_dict
     from vcraft.models.autoencoder import convert_ldm_vae_keys, diffusers_vae_config
 
     root = reference_dir() / "tiny" / variant
@@ -201,7 +201,7 @@ def test_ddim_eta1(variant):
 
 def test_end_to_end_frames(variant):
     """DDIM with guidance, VAE decode and quantisation, through the public pipeline pieces."""
-    from vcraft.video import frames_to_uint8
+    from vcraft.pipeline.frames import frames_to_uint8
 
     out, _, cases = _ddim(variant, 12.0, 0.0, "ddim_cfg")
     models = fixture(variant)[0]
@@ -219,7 +219,7 @@ def test_end_to_end_frames(variant):
 def test_full_size_presets_fit_the_official_layout(variant, preset):
     """Every key of the official checkpoint, with its shape, is placed in the preset's modules."""
     from vcraft.config import load_preset
-    from vcraft.loading import build_models, place_checkpoint
+    from vcraft.loaders.loading import build_models, place_checkpoint
     from vcraft.sampling.schedule import scale_array
 
     manifest = json.loads((reference_dir() / "manifests" / f"{variant}.json").read_text())
@@ -240,7 +240,7 @@ def test_mismatched_preset_is_named():
     """A VideoCrafter1 checkpoint given to the VideoCrafter2 architecture fails with one clear message."""
     from vcraft.config import load_preset
     from vcraft.errors import VcraftError
-    from vcraft.loading import build_models, place_checkpoint
+    from vcraft.loaders.loading import build_models, place_checkpoint
 
     manifest = json.loads((reference_dir() / "manifests" / "vc1_512.json").read_text())
     state = {k: torch.empty(v["shape"], device="meta") for k, v in manifest["keys"].items()}
@@ -284,7 +284,7 @@ def test_half_precision_stays_close_to_the_reference(variant, dtype, limit):
 def test_offloading_changes_no_pixel():
     """--offload model moves each stage to the device only while it runs: same video, and the weights are
     back in CPU memory afterwards."""
-    from vcraft.api import TextToVideo
+    from vcraft.pipeline.api import TextToVideo
 
     device = "cuda"
     root = reference_dir() / "tiny" / "vc2_512"
@@ -306,9 +306,9 @@ def test_compiling_the_unet_changes_no_pixel():
     compiled module is the one sampling calls; inductor's code generation would take minutes on 2 cores (its
     GPU speed is in docs/benchmarks.md). A small UNet with random weights (the embedded model's architecture with
     two levels), since tracing takes time in proportion to the layers."""
-    from vcraft.api import TextToVideo
     from vcraft.config import apply_overrides, load_preset
-    from vcraft.loading import build_models, ready_for_inference
+    from vcraft.loaders.loading import build_models, ready_for_inference
+    from vcraft.pipeline.api import TextToVideo
 
     small = ["model.unet.channel_mult=[1,2]", "model.unet.attention_resolutions=[2]", "model.text_encoder.layers=1"]
     cfg = apply_overrides(load_preset("shapes"), small)

@@ -10,14 +10,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from conftest import one_cpu_thread
+
 from vcraft.data.measure import measure
 from vcraft.sampling import SAMPLERS
 from vcraft.sampling.ddim import ddim_timesteps
 from vcraft.sampling.ddim import sample as ddim_sample
-from vcraft.sampling.solvers import Levels, _dpmpp
 from vcraft.sampling.schedule import make_schedule
+from vcraft.sampling.solvers import Levels, _dpmpp
 
 SOLVERS = [name for name in SAMPLERS if name != "ddim"]
 

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import one_cpu_thread
 from reference import reference_dir
+
 from vcraft.data.measure import measure, measure_colour, measure_motion, object_masks
 
 
 def test_checkpoint_is_found_by_default_and_small():
     from vcraft import DEFAULT_PRESET
-    from vcraft.weights import find_checkpoint
     from vcraft.config import load_preset
+    from vcraft.loaders.weights import find_checkpoint
 
     assert DEFAULT_PRESET == "shapes"
     path = find_checkpoint(load_preset("shapes"))

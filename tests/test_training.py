@@ -7,12 +7,12 @@ import shutil
 import pytest
 import torch
 
-import vcraft.api
+import vcraft.pipeline.api
 import vcraft.train.stages
-from vcraft.api import TextToVideo
 from vcraft.config import apply_overrides, load_preset
 from vcraft.errors import VcraftError
 from vcraft.models.tokenizer import tokenize
+from vcraft.pipeline.api import TextToVideo
 from vcraft.sampling.schedule import frame_noise, q_sample
 from vcraft.train import diffusion_loss, draw_timesteps, initial_models, train
 
@@ -180,7 +180,7 @@ def test_frame_order_options_let_the_unet_tell_frames_apart(option, new_keys):
     """Without temporal convolutions (whose zero padding marks the clip's ends) a UNet given the same
     latent in every frame returns the same output in every frame; each frame-order option makes them
     differ, adding only the parameters named."""
-    from vcraft.loading import build_models
+    from vcraft.loaders.loading import build_models
 
     base = ["model.unet.temporal_conv=false", "model.unet.frame_positions=false", "model.unet.frame_embedding=false"]
     extra = [f"model.unet.{option}=true"] if option else []
@@ -251,7 +251,7 @@ def test_training_and_sampling_draw_noise_with_the_configured_share(monkeypatch)
         started.append(x)
         return x
 
-    monkeypatch.setattr(vcraft.api, "sampler", lambda name: first_noise)
+    monkeypatch.setattr(vcraft.pipeline.api, "sampler", lambda name: first_noise)
     for seed in range(8):
         list(pipe.latents(pipe.settings("a red circle", seed=seed, frames=8, height=64, width=64, steps=2,
                                         guidance=1.0, eta=0.0, fps=8)))

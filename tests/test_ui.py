@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import free_port
+
 from vcraft.data.measure import measure
 
 REQUIRED = os.environ.get("VCRAFT_REQUIRE_UI") == "1"
@@ -217,10 +217,11 @@ def test_an_image_to_video_model_gets_a_picture_input(tmp_path, monkeypatch):
     import json
 
     from reference import reference_dir
-    from vcraft.api import TextToVideo
+
+    from vcraft.app.render import Job
+    from vcraft.app.ui import App, build, import_gradio
     from vcraft.config import load_config
-    from vcraft.render import Job
-    from vcraft.ui import App, build, import_gradio
+    from vcraft.pipeline.api import TextToVideo
 
     root = reference_dir() / "tiny" / "vc1_i2v_512"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / ".gradio"))  # as import_gradio sets it, undone after

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes
 from eval_shapes import load, model_arguments  # noqa: E402  the same choice of model as the evaluation
-from vcraft.sampling.conditioning import Conditioning
+
 from vcraft.data.shapes import MOTIONS, TRAIN_SCENES, Scene, render
+from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.schedule import frame_noise
 from vcraft.train import encode_dataset
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes
 from eval_shapes import load, model_arguments  # noqa: E402  the same choice of model as the evaluation
+
 from vcraft.data.measure import object_masks
 from vcraft.data.shapes import COLOURS, Scene, render
 from vcraft.train import to_pixels

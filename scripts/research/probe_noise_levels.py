@@ -14,7 +14,6 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes
 from eval_shapes import load, model_arguments  # noqa: E402  the same choice of model as the evaluation
+
 from vcraft.data.measure import ATTRIBUTES, measure
 from vcraft.data.shapes import sample
 from vcraft.sampling.conditioning import Conditioning

@@ -12,11 +12,11 @@ __all__ = ["TextToVideo", "Settings", "load_config", "load_preset", "VcraftError
 
 def __getattr__(name: str):
     if name == "TextToVideo":
-        from vcraft.api import TextToVideo
+        from vcraft.pipeline.api import TextToVideo
 
         return TextToVideo
     if name == "Settings":
-        from vcraft.settings import Settings
+        from vcraft.pipeline.settings import Settings
 
         return Settings
     if name in ("load_config", "load_preset"):

@@ -1,3 +1,3 @@
-from vcraft.cli import main
+from vcraft.app.cli import main
 
 main()

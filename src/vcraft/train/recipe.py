@@ -9,15 +9,20 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vcraft.checkpoints import VAE_PREFIX, save_state_dict
 from vcraft.config import Config
 from vcraft.errors import VcraftError
-from vcraft.loading import Models, build_models
+from vcraft.loaders.checkpoints import VAE_PREFIX, save_state_dict
+from vcraft.loaders.loading import Models, build_models
 from vcraft.models.tokenizer import tokenize
 from vcraft.models.unet3d import zero_init_residuals
 from vcraft.train.data import encode_dataset, make_dataset, reversed_clips, train_config
 from vcraft.train.loop import Log, load_state
-from vcraft.train.stages import checkpoint_layout, pretrain_text_encoder, train_autoencoder, train_diffusion
+from vcraft.train.stages import (
+    checkpoint_layout,
+    pretrain_text_encoder,
+    train_autoencoder,
+    train_diffusion,
+)
 
 
 def initial_models(cfg: Config, device: str | torch.device = "cpu") -> Models:

@@ -8,16 +8,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vcraft.checkpoints import TEXT_PREFIX, UNET_PREFIX
 from vcraft.config import Config, DiffusionTraining
 from vcraft.data.shapes import COLOURS, COLOURS_INDEX, MOTIONS, SHAPES, Scene
-from vcraft.loading import Models
+from vcraft.loaders.checkpoints import TEXT_PREFIX, UNET_PREFIX
+from vcraft.loaders.loading import Models
 from vcraft.models.autoencoder import diffusers_vae_config
 from vcraft.models.tokenizer import tokenize
 from vcraft.models.unet3d import with_given_frames
 from vcraft.sampling.schedule import frame_noise, q_sample, v_target
 from vcraft.train.data import to_pixels, train_config
-from vcraft.train.loop import Log, device_of, lr_at, optimiser, resume, run_steps, save_state, set_lr
+from vcraft.train.loop import (
+    Log,
+    device_of,
+    lr_at,
+    optimiser,
+    resume,
+    run_steps,
+    save_state,
+    set_lr,
+)
 
 Phases = list[tuple[int, DiffusionTraining]]
 
@@ -25,7 +34,9 @@ Phases = list[tuple[int, DiffusionTraining]]
 def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path, log: Log,
                       stop_after: int | None = None) -> bool:
     """Reconstruction (L1 + L2) plus a small KL term, on single frames. Returns True when the stage is done."""
-    from diffusers import AutoencoderKL  # diffusers' for training: vcraft's decoder is for inference only
+    from diffusers import (
+        AutoencoderKL,  # diffusers' for training: vcraft's decoder is for inference only
+    )
 
     tc = train_config(cfg)
     ac = tc.autoencoder

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from vcraft.api import TextToVideo
-from vcraft.batch import Video, check_writable, slug
+from vcraft.app.batch import Video, check_writable, slug
+from vcraft.app.render import Job, Outcome, Stopped, load, render
+from vcraft.app.video import sidecar_path
 from vcraft.errors import VcraftError
-from vcraft.render import Job, Outcome, Stopped, load, render
+from vcraft.pipeline.api import TextToVideo
 from vcraft.sampling import SAMPLERS
-from vcraft.video import sidecar_path
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
 RECENT = 12  # renders listed

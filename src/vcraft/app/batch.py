@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from vcraft.app.prompts import PromptRow
 from vcraft.config import Config
 from vcraft.errors import VcraftError
-from vcraft.prompts import PromptRow
-from vcraft.settings import Settings, make_settings
+from vcraft.pipeline.settings import Settings, make_settings
 
 DEFAULT_NAME = "{index:04d}-{slug}-{seed}"
 NAME_FIELDS = ("index", "slug", "seed", "sample", "prompt")

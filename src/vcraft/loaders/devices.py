@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vcraft.checkpoints import DTYPES
 from vcraft.errors import VcraftError
+from vcraft.loaders.checkpoints import DTYPES
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -14,14 +14,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
 FORMATS = ("mp4", "gif", "png")
-
-
-def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """`[b, 3, t, H, W]` in [-1, 1] -> `[b, t, H, W, 3]` uint8, truncating as the reference does."""
-    return ((video.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
 
 
 def sidecar_path(path: Path) -> Path:

@@ -19,20 +19,19 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from vcraft.checkpoints import load_state_dict
 from vcraft.config import Config, apply_overrides, load_config, load_preset
-from vcraft.devices import resolve_device, resolve_dtype
 from vcraft.errors import VcraftError
-from vcraft.inputs import frames_tensor, picture_tensor
-from vcraft.loading import Models, identify_preset, load_models
+from vcraft.loaders.checkpoints import load_state_dict
+from vcraft.loaders.devices import resolve_device, resolve_dtype
+from vcraft.loaders.loading import Models, identify_preset, load_models
+from vcraft.loaders.weights import find_checkpoint
+from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
+from vcraft.pipeline.settings import Settings, make_settings
 from vcraft.sampling import Callback, Progress, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.denoisers import Denoiser
 from vcraft.sampling.long_video import replace_known, window_count
 from vcraft.sampling.schedule import draw_noise
-from vcraft.settings import Settings, make_settings
-from vcraft.video import frames_to_uint8
-from vcraft.weights import find_checkpoint
 
 
 class TextToVideo:

@@ -52,7 +52,7 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
 
 def _recipe(path: Path) -> dict:
     """The settings a video was made with, from its JSON sidecar (for --from)."""
-    from vcraft.settings import INPUT_FILES, TYPES, check_type
+    from vcraft.pipeline.settings import INPUT_FILES, TYPES, check_type
 
     try:
         recipe = json.loads(path.read_text(encoding="utf-8"))
@@ -79,7 +79,7 @@ def _recipe(path: Path) -> dict:
 
 def _same_input(key: str, source: str, sha256: Optional[str]):
     """The input file (picture, video) a sidecar names, as long as it is the one the video was made from."""
-    from vcraft.settings import check_type
+    from vcraft.pipeline.settings import check_type
 
     if source == "array":
         raise VcraftError(f"its {key!r} was given in Python as pixels, not as a file; it cannot be read again")
@@ -152,9 +152,9 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
 ) -> None:
     """Generate videos from text prompts, prompt files or stdin."""
-    from vcraft.batch import STDOUT, plan
-    from vcraft.inputs import read_footage, read_picture
-    from vcraft.prompts import PromptRow, gather_prompts
+    from vcraft.app.batch import STDOUT, plan
+    from vcraft.app.prompts import PromptRow, gather_prompts
+    from vcraft.pipeline.inputs import read_footage, read_picture
 
     chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
               "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta,
@@ -189,9 +189,9 @@ def generate(
     if not todo:
         return
 
-    from vcraft.devices import resolve_device, resolve_dtype
-    from vcraft.render import Job
-    from vcraft.weights import find_checkpoint
+    from vcraft.app.render import Job
+    from vcraft.loaders.devices import resolve_device, resolve_dtype
+    from vcraft.loaders.weights import find_checkpoint
 
     ckpt_path = ckpt or find_checkpoint(cfg)
     resolve_dtype(dtype, resolve_device(device))  # a bad choice is an input error, found before loading
@@ -219,7 +219,7 @@ def generate(
 
 def _locally(job, todo: list, quiet: bool):
     """Outcomes of rendering `todo` in this process, one after the other, with a bar over each one's steps."""
-    from vcraft.render import load, render
+    from vcraft.app.render import load, render
 
     started = time.perf_counter()
     pipe = load(job)
@@ -270,8 +270,8 @@ def _remembered_interrupt():
 
 def _pool(todo: list, address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
     """The Ray pool the options ask for (None: render here), checked before any work."""
-    from vcraft.batch import STDOUT
-    from vcraft.cluster import Pool, import_ray
+    from vcraft.app.batch import STDOUT
+    from vcraft.app.cluster import Pool, import_ray
 
     if address is None:
         if workers is not None or gpus is not None or cpus != 1:
@@ -287,7 +287,7 @@ def _pool(todo: list, address: Optional[str], workers: Optional[int], cpus: int,
 
 def _on_ray(job, todo: list, pool, quiet: bool):
     """Outcomes of rendering `todo` on Ray workers, in the order they complete, with a bar over the videos."""
-    from vcraft.cluster import render_on_ray
+    from vcraft.app.cluster import render_on_ray
 
     bar = _progress(quiet, "videos", unit="video")
     bar(0, len(todo))
@@ -300,7 +300,7 @@ def _on_ray(job, todo: list, pool, quiet: bool):
 
 
 def _report(outcome, as_json: bool, quiet: bool, label: str, stdout) -> None:
-    from vcraft.batch import STDOUT
+    from vcraft.app.batch import STDOUT
 
     video, s = outcome.video, outcome.video.settings
     _log(f"{label} {s.prompt!r} seed {s.seed}: {outcome.seconds:.1f} s", quiet)
@@ -354,14 +354,14 @@ def ui(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
 ) -> None:
     """A local web app: prompt, settings, the video in the page (needs vcraft[ui])."""
-    from vcraft.ui import import_gradio
+    from vcraft.app.ui import import_gradio
 
     import_gradio(output)
     cfg = _resolve_config(model, config, overrides)
-    from vcraft.devices import resolve_device, resolve_dtype
-    from vcraft.render import Job
-    from vcraft.ui import serve
-    from vcraft.weights import find_checkpoint
+    from vcraft.app.render import Job
+    from vcraft.app.ui import serve
+    from vcraft.loaders.devices import resolve_device, resolve_dtype
+    from vcraft.loaders.weights import find_checkpoint
 
     ckpt_path = ckpt or find_checkpoint(cfg)
     resolve_dtype(dtype, resolve_device(device))
@@ -378,8 +378,13 @@ def convert(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Convert a checkpoint to safetensors once, so later loads are fast and run no pickle code."""
-    from vcraft.checkpoints import DTYPES, load_state_dict, save_state_dict, split_state_dict
-    from vcraft.loading import identify_preset
+    from vcraft.loaders.checkpoints import (
+        DTYPES,
+        load_state_dict,
+        save_state_dict,
+        split_state_dict,
+    )
+    from vcraft.loaders.loading import identify_preset
 
     if dtype not in DTYPES:
         raise VcraftError(f"unknown dtype '{dtype}'; use fp32, fp16 or bf16")
@@ -401,8 +406,12 @@ def info(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Say which preset a checkpoint matches, its dtype and parameter counts."""
-    from vcraft.checkpoints import SCHEDULE_KEYS, load_state_dict, split_state_dict
-    from vcraft.loading import identify_preset
+    from vcraft.loaders.checkpoints import (
+        SCHEDULE_KEYS,
+        load_state_dict,
+        split_state_dict,
+    )
+    from vcraft.loaders.loading import identify_preset
 
     state = load_state_dict(ckpt)
     parts = split_state_dict(state, str(ckpt))
@@ -439,7 +448,7 @@ def train(
 
     Resumable: run the same command again to continue from the last checkpoint in the run folder."""
     from vcraft.config import load_config
-    from vcraft.devices import resolve_device
+    from vcraft.loaders.devices import resolve_device
     from vcraft.train import train as run_training
 
     cfg = load_config(config, overrides)
@@ -467,10 +476,10 @@ def download(
     Files go to the Hugging Face cache (HF_HOME; HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply), the converted
     weights to vcraft's cache (VCRAFT_HOME). Prints the path of each model's weights."""
     from vcraft.config import load_preset, preset_names
-    from vcraft.weights import size_text
+    from vcraft.loaders.weights import size_text
 
     if list_only:
-        from vcraft.download import hub_size
+        from vcraft.loaders.download import hub_size
 
         rows = [(cfg.name, f"{cfg.weights.repo}/{cfg.weights.file}",
                  size_text(hub_size(cfg.weights) or cfg.weights.size), cfg.description)
@@ -482,8 +491,8 @@ def download(
                           "shows them)")
     from huggingface_hub.utils import disable_progress_bars
 
-    from vcraft.download import download as fetch_weights
-    from vcraft.download import weights_source
+    from vcraft.loaders.download import download as fetch_weights
+    from vcraft.loaders.download import weights_source
 
     configs = [load_preset(name) for name in names]
     for cfg in configs:  # every name checked before anything is fetched
@@ -498,9 +507,9 @@ def download(
 def models(as_json: bool = typer.Option(False, "--json", help="One JSON object per model instead of a table.")
            ) -> None:
     """The model presets: whether each one's weights are on this machine, where, their size and dtype."""
-    from vcraft.checkpoints import stored_dtypes
     from vcraft.config import load_preset, preset_names
-    from vcraft.weights import locate, size_text
+    from vcraft.loaders.checkpoints import stored_dtypes
+    from vcraft.loaders.weights import locate, size_text
 
     rows = [("MODEL", "PRESENT", "SIZE", "DTYPE", "SOURCE", "WHERE")]
     for cfg in map(load_preset, preset_names()):

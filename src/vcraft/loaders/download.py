@@ -14,7 +14,7 @@ from typing import Callable
 
 from vcraft.config import Config, WeightsSource
 from vcraft.errors import RunFailure, VcraftError
-from vcraft.weights import converted_path, hub_cached, size_text
+from vcraft.loaders.weights import converted_path, hub_cached, size_text
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 Log = Callable[[str], None]
@@ -51,7 +51,11 @@ def weights_source(cfg: Config) -> WeightsSource:
 def fetch(source: WeightsSource, log: Log) -> Path:
     """The file from the Hugging Face cache, downloaded into it first if it is not there."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     where = f"{source.repo}/{source.file}"
     log(f"fetching {where} into the Hugging Face cache {constants.HF_HUB_CACHE}")
@@ -97,8 +101,8 @@ def verify(path: Path, source: WeightsSource, log: Log) -> None:
 def convert_checkpoint(cfg: Config, ckpt: Path, target: Path, log: Log) -> None:
     """The checkpoint as fp16 safetensors at `target`, after checking that it fits the preset exactly. Reading
     runs no pickled code (checkpoints.load_state_dict); writing is atomic (temporary name, then rename)."""
-    from vcraft.checkpoints import load_state_dict, save_state_dict
-    from vcraft.loading import build_models, fit_checkpoint
+    from vcraft.loaders.checkpoints import load_state_dict, save_state_dict
+    from vcraft.loaders.loading import build_models, fit_checkpoint
 
     log(f"{cfg.name}: converting to fp16 safetensors in {target}")
     state = load_state_dict(ckpt)

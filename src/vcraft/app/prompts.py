@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vcraft.errors import VcraftError
-from vcraft.settings import INPUT_FILES, TYPES, check_type
+from vcraft.pipeline.settings import INPUT_FILES, TYPES, check_type
 
 ROW_COLUMNS = ("prompt", *(k for k in TYPES if k != "prompt"), "name")
 

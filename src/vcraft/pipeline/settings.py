@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from vcraft.config import Config, ModelConfig
 from vcraft.errors import VcraftError
-from vcraft.inputs import Footage, Picture, read_footage, read_picture
+from vcraft.pipeline.inputs import Footage, Picture, read_footage, read_picture
 from vcraft.sampling import SAMPLERS
 
 # Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from

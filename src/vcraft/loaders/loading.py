@@ -11,9 +11,14 @@ from typing import Optional
 
 import torch
 
-from vcraft.checkpoints import assign, check_fits, check_schedule, split_state_dict
 from vcraft.config import ModelConfig, load_preset, preset_names
 from vcraft.errors import VcraftError
+from vcraft.loaders.checkpoints import (
+    assign,
+    check_fits,
+    check_schedule,
+    split_state_dict,
+)
 from vcraft.models.autoencoder import VideoAutoencoder, convert_ldm_vae_keys
 from vcraft.models.image_encoder import ImageEncoder
 from vcraft.models.text_encoder import TextEncoder

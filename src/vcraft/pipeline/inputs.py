@@ -9,15 +9,12 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from vcraft.download import sha256_of
 from vcraft.errors import VcraftError
-
-if TYPE_CHECKING:
-    import torch
+from vcraft.loaders.download import sha256_of
 
 
 @dataclass(frozen=True)
@@ -138,22 +135,3 @@ def _read_png_folder(path: Path) -> Footage:
     if len({p.shape for p in pictures}) > 1:
         raise VcraftError(f"{path}: the frames are not all the same size")
     return Footage(str(path.resolve()), digest.hexdigest(), np.stack(pictures))
-
-
-def picture_tensor(picture: Picture, height: int, width: int) -> "torch.Tensor":
-    """The picture at the video's size as `[1, 3, height, width]` in [-1, 1], as the reference loads it: bilinear
-    through pixel centres on the 0-255 values, no antialiasing (OpenCV's INTER_LINEAR), then scaled."""
-    import torch  # here, not at the top: settings (and so the command line's start) import this module
-    import torch.nn.functional as F
-
-    x = torch.tensor(picture.pixels, dtype=torch.float32).permute(2, 0, 1)[None]
-    if tuple(x.shape[-2:]) != (height, width):
-        x = F.interpolate(x, (height, width), mode="bilinear", align_corners=False)
-    return (x / 255 - 0.5) * 2
-
-
-def frames_tensor(frames: np.ndarray) -> "torch.Tensor":
-    """uint8 frames `[T, H, W, 3]` as a video `[1, 3, T, H, W]` in [-1, 1], for the autoencoder's encoder."""
-    import torch
-
-    return torch.tensor(frames, dtype=torch.float32).permute(3, 0, 1, 2)[None] / 127.5 - 1

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from vcraft import __version__
-from vcraft.api import TextToVideo
-from vcraft.batch import STDOUT, Video
+from vcraft.app.batch import STDOUT, Video
+from vcraft.app.video import write_video
 from vcraft.config import Config
 from vcraft.errors import one_line
+from vcraft.pipeline.api import TextToVideo
 from vcraft.sampling import Progress
-from vcraft.video import write_video
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from vcraft.batch import Video
+from vcraft.app.batch import Video
+from vcraft.app.render import Job, Outcome
+from vcraft.app.video import remove_partials
 from vcraft.errors import VcraftError
-from vcraft.render import Job, Outcome
-from vcraft.video import remove_partials
 
 RESTARTS = 3  # times a worker is restarted, and a video sent again, after its process or node died
 CLEANUP_S = 60.0  # how long cancelled workers get to remove their temporary files
@@ -55,7 +55,7 @@ class Worker:
     def __init__(self, job: Job, threads: int):
         import torch
 
-        from vcraft.render import load
+        from vcraft.app.render import load
 
         torch.set_num_threads(threads)
         self.job = job
@@ -67,7 +67,7 @@ class Worker:
     def render(self, video: Video) -> Outcome:
         import ray
 
-        from vcraft.render import Stopped, render
+        from vcraft.app.render import Stopped, render
 
         context = ray.get_runtime_context()
 

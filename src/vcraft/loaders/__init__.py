@@ -1,0 +1,1 @@
+"""Finding, reading and placing weights: checkpoints, the component table, devices, downloads."""

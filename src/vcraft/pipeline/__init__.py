@@ -1,0 +1,1 @@
+"""The Python API: a loaded model turning settings into videos."""
