@@ -129,13 +129,6 @@ class TransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
-def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a Linear or a 1x1 convolution to channels-last tokens (they are the same map)."""
-    if isinstance(layer, nn.Linear):
-        return layer(x)
-    return F.linear(x, layer.weight.flatten(1), layer.bias)
-
-
 class SpatialTransformer(nn.Module):
     """Attention over the pixels of each frame, with cross-attention to the text (and to image tokens after
     `text_tokens` text tokens, when given)."""
@@ -144,6 +137,7 @@ class SpatialTransformer(nn.Module):
                  groups: int = 32, text_tokens: int | None = None):
         super().__init__()
         inner = heads * head_dim
+        self.use_linear = use_linear
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
@@ -153,11 +147,16 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape  # n = batch * frames
-        tokens = _project(self.proj_in, self.norm(x).flatten(2).transpose(1, 2))
+        # Each projection gets its own layout (a Linear tokens, a 1x1 convolution images), so a wrapped one works.
+        if self.use_linear:
+            tokens = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
+        else:
+            tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
-        tokens = _project(self.proj_out, tokens)
-        return x + tokens.transpose(1, 2).reshape(n, c, h, w)
+        if self.use_linear:
+            return x + self.proj_out(tokens).transpose(1, 2).reshape(n, c, h, w)
+        return x + self.proj_out(tokens.transpose(1, 2).reshape(n, -1, h, w))
 
 
 class TemporalTransformer(nn.Module):
@@ -175,6 +174,7 @@ class TemporalTransformer(nn.Module):
         inner = heads * head_dim
         self.causal = causal
         self.frame_positions = frame_positions
+        self.use_linear = use_linear
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
@@ -185,13 +185,17 @@ class TemporalTransformer(nn.Module):
     def forward(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         n, c, h, w = x.shape
         t = n // batch
-        video = x.view(batch, t, c, h, w).transpose(1, 2)  # GroupNorm statistics span all frames
-        tokens = self.norm(video).permute(0, 3, 4, 2, 1).reshape(batch * h * w, t, c)
-        tokens = _project(self.proj_in, tokens)
+        video = self.norm(x.view(batch, t, c, h, w).transpose(1, 2))  # GroupNorm statistics span all frames
+        if self.use_linear:  # as in SpatialTransformer: each projection in its own layout
+            tokens = self.proj_in(video.permute(0, 3, 4, 2, 1).reshape(batch * h * w, t, c))
+        else:
+            tokens = self.proj_in(video.permute(0, 3, 4, 1, 2).reshape(batch * h * w, c, t)).transpose(1, 2)
         if self.frame_positions:
             tokens = tokens + sinusoidal_embedding(torch.arange(t, device=x.device), tokens.shape[-1]).to(tokens.dtype)
         for block in self.transformer_blocks:
             tokens = block(tokens, causal=self.causal)
-        tokens = _project(self.proj_out, tokens)
-        out = tokens.view(batch, h, w, t, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)
-        return x + out
+        if self.use_linear:
+            out = self.proj_out(tokens).view(batch, h, w, t, c).permute(0, 3, 4, 1, 2)
+        else:
+            out = self.proj_out(tokens.transpose(1, 2)).view(batch, h, w, c, t).permute(0, 4, 3, 1, 2)
+        return x + out.reshape(n, c, h, w)

@@ -26,6 +26,18 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
+class TemporalConv(nn.Conv3d):
+    """A (3, 1, 1) convolution of videos `[b, c, t, h, w]` along time, computed as the (3, 1) 2D convolution over
+    `[time, pixels]` that it is: the same arithmetic, several times faster on CPUs than the 3D kernel."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(x.flatten(3), self.weight.squeeze(-1), self.bias, padding=(1, 0))
+        return out.unflatten(3, x.shape[3:])
+
+
 class TemporalConvBlock(nn.Module):
     """Four GroupNorm-SiLU-Conv3d(3x1x1) stages along time plus the input."""
 
@@ -36,7 +48,7 @@ class TemporalConvBlock(nn.Module):
             # The dropout shifts the conv to index 3, as in the checkpoints. VideoCrafter trains with 0.1
             # here; inference never drops, so the config's rate (0 for vcraft's own training) is used.
             layers = [nn.GroupNorm(groups, channels), nn.SiLU()] + ([nn.Dropout(dropout)] if drop else [])
-            return nn.Sequential(*layers, nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
+            return nn.Sequential(*layers, TemporalConv(channels))
 
         self.conv1 = stage(False)
         self.conv2 = stage(True)
@@ -45,15 +57,10 @@ class TemporalConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         n, c, h, w = x.shape
-        video = x.view(batch, n // batch, c, h, w).transpose(1, 2).reshape(batch, c, n // batch, h * w)
+        video = x.view(batch, n // batch, c, h, w).transpose(1, 2).contiguous()
         for stage in (self.conv1, self.conv2, self.conv3, self.conv4):
-            *act, conv = stage
-            for layer in act:
-                video = layer(video)
-            # A (3, 1, 1) kernel is a (3, 1) kernel over [time, pixels]: the 2D convolution is the same
-            # arithmetic and several times faster on CPUs than the 3D one.
-            video = F.conv2d(video, conv.weight.squeeze(-1), conv.bias, padding=(1, 0))
-        return x + video.view(batch, c, n // batch, h, w).transpose(1, 2).reshape(n, c, h, w)
+            video = stage(video)
+        return x + video.transpose(1, 2).reshape(n, c, h, w)
 
 
 class ResBlock(nn.Module):

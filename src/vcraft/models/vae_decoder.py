@@ -81,8 +81,14 @@ def _empty(x: torch.Tensor, channels: int, scale: int = 1) -> torch.Tensor:
                        memory_format=torch.channels_last)
 
 
+def band_conv(cin: int, cout: int) -> nn.Conv2d:
+    """A 3x3 convolution for `_conv_bands`: it pads columns only, since a band arrives with its rows above and below
+    (zeros at the frame's edges)."""
+    return nn.Conv2d(cin, cout, 3, padding=(0, 1))
+
+
 def _conv_bands(rows_of: Rows, conv: nn.Conv2d, out: torch.Tensor, add: Rows | None = None) -> torch.Tensor:
-    """`out` = a 3x3 convolution (stride 1, zero padding 1) of an input that exists only as `rows_of`, plus
+    """`out` = a 3x3 convolution (a `band_conv`) of an input that exists only as `rows_of`, plus
     `add` if given, computed a band of output rows at a time from its rows and one more above and below.
 
     Each band is stored only once the next one is computed, which is the last to read its rows (as its halo),
@@ -96,7 +102,7 @@ def _conv_bands(rows_of: Rows, conv: nn.Conv2d, out: torch.Tensor, add: Rows | N
         band = rows_of(lo, hi)
         if lo == r or hi == end:  # the frame's top or bottom edge: its zero padding
             band = F.pad(band, (0, 0, lo - r + 1, end + 1 - hi))
-        y = F.conv2d(band, conv.weight, conv.bias, padding=(0, 1))
+        y = conv(band)
         if add is not None:
             y += add(r, end)
         if pending is not None:
@@ -110,9 +116,9 @@ class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, cin, eps=1e-6)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = band_conv(cin, cout)
         self.norm2 = nn.GroupNorm(groups, cout, eps=1e-6)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = band_conv(cout, cout)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +161,7 @@ class MidBlock(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = band_conv(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _conv_bands(_upsampled(x), self.conv, _empty(x, self.conv.out_channels, scale=2))
@@ -183,7 +189,7 @@ class Decoder(nn.Module):
             UpBlock(channels[max(i - 1, 0)], c, cfg.num_res_blocks + 1, groups, upsample=i < len(channels) - 1)
             for i, c in enumerate(channels)])
         self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=1e-6)
-        self.conv_out = nn.Conv2d(channels[-1], cfg.out_ch, 3, padding=1)
+        self.conv_out = band_conv(channels[-1], cfg.out_ch)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # The layers run from this one loop, whose `x` is the only reference to the activation between two of
