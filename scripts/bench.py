@@ -28,12 +28,8 @@ from pathlib import Path
 import torch
 
 from vcraft.config import load_preset
-from vcraft.loaders.checkpoints import (
-    TEXT_PREFIX,
-    UNET_PREFIX,
-    VAE_PREFIX,
-    save_state_dict,
-)
+from vcraft.loaders.checkpoints import save_state_dict
+from vcraft.loaders.components import official_layout
 from vcraft.loaders.devices import resolve_device, resolve_dtype
 from vcraft.loaders.loading import build_models, ready_for_inference
 from vcraft.models.autoencoder import VideoAutoencoder
@@ -85,7 +81,7 @@ def random_pipe(name: str, device: torch.device, dtype: torch.dtype, offload: bo
     torch.manual_seed(0)
     home = torch.device("cpu") if offload else device  # as from_config places them
     models = build_models(cfg.model, home, encoder)
-    for module in (models.text_encoder, models.unet, models.autoencoder):
+    for module in models.modules():
         module.to(dtype)
     pipe = TextToVideo(cfg, ready_for_inference(models, home), device, dtype, offload)
     return pipe.compile() if compile_unet else pipe
@@ -119,9 +115,7 @@ def guided_step(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     reset_peak(device)
     step = statistics.median(timed(lambda: pipe.unet(x, t, context, fps), device, args.runs))
     # Counted after timing: a first call under the counter's dispatch mode would keep --compile from compiling.
-    from torch.utils.flop_counter import (
-        FlopCounterMode,  # not at the top: 0.08 GiB resident in every child
-    )
+    from torch.utils.flop_counter import FlopCounterMode  # not at the top: 0.08 GiB resident in every child
 
     with FlopCounterMode(display=False) as counter:
         pipe.unet(x, t, context, fps)
@@ -174,10 +168,8 @@ def vae_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
 
 def save_random(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     pipe = random_pipe(args.model, torch.device("cpu"), torch.float32, encoder=True)  # a whole checkpoint
-    state = {**{UNET_PREFIX + k: v for k, v in pipe.unet.state_dict().items()},
-             **{TEXT_PREFIX + k: v for k, v in pipe.text_encoder.state_dict().items()},
-             **{VAE_PREFIX + k: v for k, v in pipe.autoencoder.state_dict().items()}}
-    save_state_dict(state, args.file, "fp16")
+    models = {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "autoencoder": pipe.autoencoder}
+    save_state_dict(official_layout({name: m.state_dict() for name, m in models.items()}), args.file, "fp16")
     return {}
 
 

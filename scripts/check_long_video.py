@@ -18,10 +18,7 @@ import sys
 import time
 
 import numpy as np
-from eval_shapes import (  # the same choice of model as the evaluation
-    load,
-    model_arguments,
-)
+from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
 
 from vcraft.data.measure import measure_colour, measure_motion, object_masks
 

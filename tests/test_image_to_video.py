@@ -30,7 +30,8 @@ def single(ours, ref, what: str) -> None:
 def test_the_pictures_tokens_through_both_containers(container):
     models, cases, _ = fixture(VARIANT, container)
     with torch.inference_mode():
-        single(models.image_encoder(cases["image_load.output"]), cases["image_proj.output"], f"via {container}")
+        tokens = models.image_projector(models.image_encoder(cases["image_load.output"]))
+        single(tokens, cases["image_proj.output"], f"via {container}")
 
 
 def test_image_load_resizes_to_the_video_size_as_the_reference():
@@ -44,14 +45,13 @@ def test_image_load_resizes_to_the_video_size_as_the_reference():
 
 def test_image_preprocess_embed_and_resampler():
     models, cases, _ = fixture(VARIANT)
-    embedder = models.image_encoder.embedder
+    embedder = models.image_encoder
     with torch.inference_mode():
         single(embedder.preprocess(cases["image_preprocess.input"]), cases["image_preprocess.output"], "preprocess")
         embedded = embedder(cases["image_load.output"])
         single(embedded, cases["image_embed.output"], "image_embed")
-        single(models.image_encoder.image_proj_model(cases["image_embed.output"]), cases["image_proj.output"],
-               "image_proj")
-        single(models.image_encoder.unconditional(1), cases["image_uncond.output"], "image_uncond")
+        single(models.image_projector(cases["image_embed.output"]), cases["image_proj.output"], "image_proj")
+        single(models.image_projector(embedder(embedder.blank(1))), cases["image_uncond.output"], "image_uncond")
 
 
 def test_the_antialiasing_blur_acts_only_where_the_picture_shrinks():
@@ -76,8 +76,8 @@ def test_full_size_preset_fits_the_official_layout():
     models = build_models(cfg, encoder=True)
     place_checkpoint(models, cfg, state, f"{VARIANT} manifest")  # strict: raises on any difference
     counts = manifest["param_counts"]
-    image = sum(p.numel() for p in models.image_encoder.parameters())
-    assert image == counts["image_encoder"] + counts["image_proj"]
+    assert sum(p.numel() for p in models.image_encoder.parameters()) == counts["image_encoder"]
+    assert sum(p.numel() for p in models.image_projector.parameters()) == counts["image_proj"]
     assert sum(p.numel() for p in models.unet.parameters()) == counts["unet"]
 
 

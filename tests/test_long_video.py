@@ -82,18 +82,18 @@ def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(pipe
 
     seen = []
 
-    def capture(denoiser, x, schedule, steps, eta, noise, callback, keep):
-        seen.append((denoiser.cond.given, x.clone(), keep))
+    def capture(denoiser, x, schedule, steps, eta, noise, callback, replace):
+        seen.append((denoiser.cond.given, x.clone(), replace))
         return x.clone()
 
     monkeypatch.setattr(vcraft.pipeline.api, "sampler", lambda name: capture)
     list(pipe.latents(pipe.settings(FOX, frames=20, height=64, width=64, steps=6, guidance=1.0)))
-    (_, _, no_keep), (given, x, keep) = seen
-    assert no_keep is None
+    (_, _, no_replace), (given, x, replace) = seen
+    assert no_replace is None
     t = 999
     a, s = float(pipe.schedule.alphas_cumprod[t]), float(pipe.schedule.scale_arr[t])
     expected = a ** 0.5 * s * given + (1 - a) ** 0.5 * x[:, :, :4]
-    assert torch.allclose(keep(x, t)[:, :, :4], expected, atol=1e-6)
+    assert torch.allclose(replace(x, t)[:, :, :4], expected, atol=1e-6)
 
 
 def test_long_video_from_the_command_line(tmp_path):

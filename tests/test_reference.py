@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from vcraft.config import load_config
 from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.loading import load_models
-from vcraft.models.tokenizer import tokenize
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.ddim import sample as ddim_sample
 from vcraft.sampling.denoisers import Denoiser
@@ -53,7 +52,7 @@ def test_both_containers_load_the_same_weights(variant, container):
 def test_text(variant):
     models, cases, meta = fixture(variant)
     prompts = meta["cases"]["text"]["inputs"]["prompts"]
-    tokens = tokenize(prompts)
+    tokens = models.text_encoder.tokenize(prompts)
     assert torch.equal(tokens, cases["text.tokens"])
     with torch.inference_mode():
         out = models.text_encoder(tokens)
@@ -89,12 +88,12 @@ def test_vae_keys_are_renamed_as_diffusers_converter_renames_them(variant):
     state dict diffusers' converter gives."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from vcraft.loaders.checkpoints import split_state_dict
+    from vcraft.loaders.components import split
     from vcraft.models.autoencoder import convert_ldm_vae_keys, diffusers_vae_config
 
     root = reference_dir() / "tiny" / variant
     cfg = load_config(root / "config.yaml").model.autoencoder
-    vae = split_state_dict(load_state_dict(root / "model.safetensors"), variant).vae
+    vae = split(load_state_dict(root / "model.safetensors"), variant)[0]["autoencoder"]
     ours = convert_ldm_vae_keys(vae, cfg)
     theirs = convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in vae.items()}, diffusers_vae_config(cfg))
     assert sorted(ours) == sorted(theirs) and len(ours) == len(vae)
@@ -153,8 +152,9 @@ def _ddim(variant: str, guidance: float, eta: float, prefix: str):
     steps = case["ddim_steps_argument"]
     with torch.inference_mode():
         uncond = models.text_encoder.encode([""])
-        image = {} if models.image_encoder is None else {  # the picture's tokens, and the zero image's
-            "image": cases["ddim.img_emb"], "uncond_image": models.image_encoder.unconditional(1)}
+        encoder = models.image_encoder
+        image = {} if encoder is None else {  # the picture's tokens, and the zero image's
+            "image": cases["ddim.img_emb"], "uncond_image": models.image_projector(encoder(encoder.blank(1)))}
         denoise = Denoiser(models.unet, Conditioning(cases["ddim.text_emb"], uncond, fps, **image), guidance)
         recorded = {}
         draws = iter([cases[k] for k in sorted(cases) if k.startswith(f"{prefix}.noise_step_")])

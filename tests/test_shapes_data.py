@@ -7,15 +7,7 @@ import re
 import numpy as np
 
 from vcraft.data.measure import measure
-from vcraft.data.shapes import (
-    ALL_SCENES,
-    COLOURS,
-    HELD_OUT_SCENES,
-    MOTIONS,
-    SHAPES,
-    TRAIN_SCENES,
-    sample,
-)
+from vcraft.data.shapes import ALL_SCENES, COLOURS, HELD_OUT_SCENES, MOTIONS, SHAPES, TRAIN_SCENES, sample
 
 
 def test_same_seed_same_video_and_caption():

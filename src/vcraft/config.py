@@ -72,8 +72,12 @@ class AutoencoderConfig:
     norm_groups: int = 32  # as UNetConfig.norm_groups
 
 
+TEXT_FAMILIES = ("open_clip",)  # models.text_encoder_class builds each
+
+
 @dataclass
 class TextEncoderConfig:
+    family: str = "open_clip"  # which implementation (and tokenizer) the sizes below are for
     width: int = 1024
     heads: int = 16
     layers: int = 24
@@ -293,6 +297,8 @@ def _model_problem(m: ModelConfig) -> str | None:
                 f"not {m.unet.in_channels} and {m.unet.out_channels}")
     if (m.image_encoder is not None) != m.unet.image_attention:
         return "model.image_encoder and model.unet.image_attention go together: set both or neither"
+    if m.text_encoder.family not in TEXT_FAMILIES:
+        return f"model.text_encoder.family must be one of {', '.join(TEXT_FAMILIES)}, not '{m.text_encoder.family}'"
     if m.text_encoder.layer not in ("penultimate", "last"):
         return f"model.text_encoder.layer must be 'penultimate' or 'last', not '{m.text_encoder.layer}'"
     divides = [

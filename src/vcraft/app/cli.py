@@ -378,12 +378,8 @@ def convert(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Convert a checkpoint to safetensors once, so later loads are fast and run no pickle code."""
-    from vcraft.loaders.checkpoints import (
-        DTYPES,
-        load_state_dict,
-        save_state_dict,
-        split_state_dict,
-    )
+    from vcraft.loaders.checkpoints import DTYPES, load_state_dict, save_state_dict
+    from vcraft.loaders.components import split
     from vcraft.loaders.loading import identify_preset
 
     if dtype not in DTYPES:
@@ -393,7 +389,7 @@ def convert(
     if target.exists() and not overwrite:
         raise VcraftError(f"{target} already exists; use --overwrite to replace it")
     state = load_state_dict(source)
-    split_state_dict(state, str(source))
+    split(state, str(source))
     preset = identify_preset(state)
     save_state_dict(state, target, dtype, {"format": "vcraft", "preset": preset or "unknown"})
     print(target)
@@ -406,24 +402,18 @@ def info(
     verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Say which preset a checkpoint matches, its dtype and parameter counts."""
-    from vcraft.loaders.checkpoints import (
-        SCHEDULE_KEYS,
-        load_state_dict,
-        split_state_dict,
-    )
+    from vcraft.loaders.checkpoints import load_state_dict
+    from vcraft.loaders.components import SCHEDULE_KEYS, split
     from vcraft.loaders.loading import identify_preset
 
     state = load_state_dict(ckpt)
-    parts = split_state_dict(state, str(ckpt))
+    parts, _ = split(state, str(ckpt))
     weights = [v for k, v in state.items() if k not in SCHEDULE_KEYS]
     facts = {
         "file": str(ckpt),
         "preset": identify_preset(state) or "none (no preset fits; use --config with its YAML)",
         "dtype": ", ".join(sorted({str(v.dtype).removeprefix("torch.") for v in weights})),
-        "unet_parameters": sum(v.numel() for v in parts.unet.values()),
-        "autoencoder_parameters": sum(v.numel() for v in parts.vae.values()),
-        "text_encoder_parameters": sum(v.numel() for v in parts.text.values()),
-        **({"image_encoder_parameters": sum(v.numel() for v in parts.image.values())} if parts.image else {}),
+        **{f"{name}_parameters": sum(v.numel() for v in tensors.values()) for name, tensors in parts.items()},
         "total_parameters": sum(v.numel() for v in weights),
         "keys": len(state),
     }

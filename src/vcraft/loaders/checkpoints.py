@@ -1,8 +1,8 @@
 """Safe checkpoint I/O: official Lightning `.ckpt` (weights only, never arbitrary pickle) and safetensors.
 
 vcraft keeps the official key layout in its own files, so `vcraft convert` only changes the container
-and, optionally, the dtype. Placing the tensors into the modules is strict: every weight of the UNet,
-autoencoder and text encoder must be present with the right shape, and nothing may be left over.
+and, optionally, the dtype. Placing the tensors into the modules is strict: every weight of every component
+(loaders/components.py) must be present with the right shape, and nothing may be left over.
 """
 
 from __future__ import annotations
@@ -13,24 +13,13 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vcraft.errors import VcraftError
+from vcraft.loaders.components import SCHEDULE_KEYS
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model."
-IMAGE_PREFIXES = ("embedder.", "image_proj_model.")  # image-to-video: CLIP's vision tower and the Resampler
-# Top-level buffers of the reference's LatentDiffusion: all recomputed from the config.
-SCHEDULE_KEYS = {
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-    "scale_arr",
-}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint's tensors on the CPU without running any code stored in it."""
@@ -117,38 +106,6 @@ def stored_dtypes(path: Path) -> list[str]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
-
-
-@dataclass
-class Parts:
-    """A checkpoint split by component, each with its keys relative to that component's module."""
-
-    unet: dict[str, torch.Tensor]
-    vae: dict[str, torch.Tensor]  # LDM layout
-    text: dict[str, torch.Tensor]
-    schedule: dict[str, torch.Tensor]
-    image: dict[str, torch.Tensor]  # keys as in the checkpoint (ImageEncoder names its parts so)
-
-
-def split_state_dict(state: dict[str, torch.Tensor], source: str) -> Parts:
-    parts = Parts({}, {}, {}, {}, {})
-    unknown = []
-    for key, value in state.items():
-        if key.startswith(UNET_PREFIX):
-            parts.unet[key[len(UNET_PREFIX):]] = value
-        elif key.startswith(VAE_PREFIX):
-            parts.vae[key[len(VAE_PREFIX):]] = value
-        elif key.startswith(TEXT_PREFIX):
-            parts.text[key[len(TEXT_PREFIX):]] = value
-        elif key in SCHEDULE_KEYS:
-            parts.schedule[key] = value
-        elif key.startswith(IMAGE_PREFIXES):
-            parts.image[key] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        raise VcraftError(f"{source} is not a VideoCrafter checkpoint: unexpected keys such as '{unknown[0]}'")
-    return parts
 
 
 def check_fits(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:

@@ -51,11 +51,7 @@ def weights_source(cfg: Config) -> WeightsSource:
 def fetch(source: WeightsSource, log: Log) -> Path:
     """The file from the Hugging Face cache, downloaded into it first if it is not there."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     where = f"{source.repo}/{source.file}"
     log(f"fetching {where} into the Hugging Face cache {constants.HF_HUB_CACHE}")

@@ -6,72 +6,55 @@ assigned in place, so a model costs one copy of its weights, in the target dtype
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from vcraft.config import ModelConfig, load_preset, preset_names
 from vcraft.errors import VcraftError
-from vcraft.loaders.checkpoints import (
-    assign,
-    check_fits,
-    check_schedule,
-    split_state_dict,
-)
-from vcraft.models.autoencoder import VideoAutoencoder, convert_ldm_vae_keys
-from vcraft.models.image_encoder import ImageEncoder
-from vcraft.models.text_encoder import TextEncoder
-from vcraft.models.unet3d import UNet3D
-from vcraft.sampling.schedule import Schedule, make_schedule, scale_array
-
-
-@dataclass
-class Models:
-    text_encoder: TextEncoder
-    unet: UNet3D
-    autoencoder: VideoAutoencoder
-    schedule: Schedule
-    image_encoder: Optional[ImageEncoder] = None  # image-to-video models
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.text_encoder, self.unet, self.autoencoder, self.image_encoder) if m is not None]
+from vcraft.loaders.checkpoints import assign, check_fits, check_schedule
+from vcraft.loaders.components import BY_NAME, BuildOptions, Models, Tensors, build, split
+from vcraft.sampling.schedule import make_schedule, scale_array
 
 
 def build_models(cfg: ModelConfig, device: str | torch.device = "meta", encoder: bool = False) -> Models:
-    """Instantiate the modules; on the meta device (the default) this allocates nothing. The autoencoder's
-    encoder only with `encoder` (generating from text or an image never encodes a video)."""
+    """Instantiate the components (loaders/components.py); on the meta device (the default) this allocates nothing.
+    The autoencoder's encoder only with `encoder` (generating from text or an image never encodes a video)."""
     with torch.device(device):
-        modules = (TextEncoder(cfg.text_encoder), UNet3D(cfg.unet),
-                   VideoAutoencoder(cfg.autoencoder, cfg.scale_factor, encoder))
-        image = None if cfg.image_encoder is None else ImageEncoder(cfg.image_encoder, cfg.unet.context_dim)
-    return Models(*modules, make_schedule(cfg.schedule), image)
+        modules = build(cfg, BuildOptions(encoder=encoder))
+    return Models(modules, make_schedule(cfg.schedule))
 
 
-def fit_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str
-                   ) -> list[tuple[torch.nn.Module, dict[str, torch.Tensor]]]:
-    """Check that an official-layout state dict fits the modules exactly (see checkpoints.check_fits),
+def fit_checkpoint(models: Models, cfg: ModelConfig, state: Tensors, source: str
+                   ) -> list[tuple[torch.nn.Module, Tensors]]:
+    """Check that an official-layout state dict fits the built components exactly (see checkpoints.check_fits),
     before anything is placed; returns each module with its tensors, keyed as the module names them."""
-    parts = split_state_dict(state, source)
-    # vcraft's own models were trained as diffusers modules and keep that layout; official ones use LDM's.
-    native = any(k.startswith("encoder.down_blocks.") for k in parts.vae)
-    vae = parts.vae if native else convert_ldm_vae_keys(parts.vae, cfg.autoencoder)
-    if len(vae) != len(parts.vae):
-        raise VcraftError(f"{source} does not fit the autoencoder of this config: "
-                          f"{len(parts.vae) - len(vae)} keys could not be mapped")
-    if models.autoencoder.encoder is None:
-        vae = {k: v for k, v in vae.items() if not k.startswith(("encoder.", "quant_conv."))}
-    fitted = [(models.unet, parts.unet, "UNet"), (models.text_encoder, parts.text, "text encoder"),
-              (models.autoencoder, vae, "autoencoder")]
-    if models.image_encoder is not None:
-        fitted.append((models.image_encoder, parts.image, "image encoder"))
-    elif parts.image:
-        raise VcraftError(f"{source} holds an image encoder (an image-to-video model), which this config lacks")
-    for module, tensors, what in fitted:
-        check_fits(module, tensors, what, source)
+    parts, schedule = split(state, source)
+    for name in parts:
+        if getattr(models, name) is None:
+            raise VcraftError(f"{source} holds weights of the {BY_NAME[name].label} ('{BY_NAME[name].prefix}...'), "
+                              "a part this config lacks; give the config of the model it belongs to")
+    fitted = [(module, _fitted(name, module, parts.get(name, {}), cfg, source)) for name, module in models.items()]
     scale_full = torch.tensor(scale_array(cfg.schedule), dtype=torch.float32)
-    check_schedule(parts.schedule, models.schedule.alphas_cumprod, scale_full, source)
-    return [(module, tensors) for module, tensors, _ in fitted]
+    check_schedule(schedule, models.schedule.alphas_cumprod, scale_full, source)
+    return fitted
+
+
+def _fitted(name: str, module: torch.nn.Module, tensors: Tensors, cfg: ModelConfig, source: str) -> Tensors:
+    component = BY_NAME[name]
+    renamed = component.rename(tensors, cfg, module)
+    check_fits(module, renamed, component.label, source)
+    return renamed
+
+
+def attach(models: Models, cfg: ModelConfig, name: str, state: Tensors, source: str) -> None:
+    """Place a separate weight file into the built component `name`: its keys with or without the component's
+    official prefix, renamed and checked strictly as a checkpoint's part is; its weights replace the module's (in
+    the module's dtype, on its device)."""
+    module = getattr(models, name)
+    if module is None:
+        raise VcraftError(f"{source} is for the {BY_NAME[name].label}, which this model lacks")
+    prefix = BY_NAME[name].prefix
+    tensors = {k.removeprefix(prefix): v for k, v in state.items()}
+    module.load_state_dict(_fitted(name, module, tensors, cfg, source), strict=True)
 
 
 def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,

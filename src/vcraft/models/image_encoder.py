@@ -1,8 +1,8 @@
-"""The image side of VideoCrafter1's image-to-video model: a picture -> OpenCLIP vision tokens -> Resampler ->
-a few context tokens for the UNet's image cross-attention.
+"""The image side of VideoCrafter1's image-to-video model, two components: a picture -> OpenCLIP vision tokens
+(`ImageEncoder`) -> Resampler (the image projector) -> a few context tokens for the UNet's image cross-attention.
 
-Module and parameter names follow the official checkpoint (`embedder.model.visual.*`, `image_proj_model.*`), so it
-loads key for key. The vision tower is open_clip's ViT without its pooling: every token after the last block, no
+Module and parameter names follow the official checkpoint (`embedder.model.visual.*`, `image_proj_model.*`, each
+prefix the component's), so it loads key for key. The vision tower is open_clip's ViT without its pooling: every token after the last block, no
 `ln_post`, no projection. Written here, as the text tower is, so that loading never imports open_clip.
 """
 
@@ -50,7 +50,10 @@ class ClipImageModel(TextTables):
         self.visual = VisionTower(cfg)
 
 
-class Embedder(nn.Module):
+class ImageEncoder(nn.Module):
+    """A picture `[b, 3, H, W]` in [-1, 1] (at the video's size) -> every token of CLIP's vision tower
+    `[b, 1 + patches, width]`; the Resampler (the image projector) turns them into context tokens."""
+
     def __init__(self, cfg: ImageEncoderConfig):
         super().__init__()
         self.size = cfg.image_size
@@ -68,6 +71,12 @@ class Embedder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model.visual(self.preprocess(image))
+
+    def blank(self, batch: int) -> torch.Tensor:
+        """What guidance's unconditional pass encodes: an all-zero square input (mid-grey once preprocessed), as
+        the reference builds it."""
+        weight = self.model.visual.class_embedding
+        return torch.zeros(batch, 3, self.size, self.size, device=weight.device, dtype=weight.dtype)
 
 
 def shrink_blur(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -138,22 +147,3 @@ class Resampler(nn.Module):
             latents = attention(x, latents) + latents
             latents = mlp(latents) + latents
         return self.norm_out(self.proj_out(latents))
-
-
-class ImageEncoder(nn.Module):
-    """A picture `[b, 3, H, W]` in [-1, 1] (at the video's size) -> `[b, tokens, context_dim]` image tokens."""
-
-    def __init__(self, cfg: ImageEncoderConfig, context_dim: int):
-        super().__init__()
-        self.embedder = Embedder(cfg)
-        self.image_proj_model = Resampler(cfg, context_dim)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.image_proj_model(self.embedder(image))
-
-    def unconditional(self, batch: int) -> torch.Tensor:
-        """The tokens guidance's unconditional pass sees: those of an all-zero square input (mid-grey once
-        preprocessed), as the reference builds them."""
-        weight = self.image_proj_model.latents
-        size = self.embedder.size
-        return self(torch.zeros(batch, 3, size, size, device=weight.device, dtype=weight.dtype))

@@ -1,4 +1,5 @@
-"""OpenCLIP's text tower (a causal pre-norm transformer), read at the penultimate or last layer.
+"""The `open_clip` text-encoder family: OpenCLIP's text tower (a causal pre-norm transformer), read at the
+penultimate or last layer, with its tokenizer (tokenizer.py).
 
 Only the text tower is built (the reference builds the whole CLIP, image tower included, then deletes it). The
 modules are named as in open_clip's TextTransformer, so official checkpoints load key for key; written here
@@ -69,7 +70,7 @@ class TextTables(nn.Module):
 
     def __init__(self, vocab_size: int, width: int, context_length: int, embed_dim: int):
         super().__init__()
-        # Given an empty table, so as not to be drawn twice (see TextEncoder._init_weights).
+        # Given an empty table, so as not to be drawn twice (see OpenCLIPTextEncoder._init_weights).
         self.token_embedding = nn.Embedding(vocab_size, width, _weight=torch.empty(vocab_size, width))
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.ln_final = nn.LayerNorm(width)
@@ -83,8 +84,9 @@ class TextTower(TextTables):
         self.transformer = Transformer(cfg.width, cfg.heads, cfg.layers)
 
 
-class TextEncoder(nn.Module):
-    """Maps prompts to `[n, context_length, width]` token features (all positions, padding included)."""
+class OpenCLIPTextEncoder(nn.Module):
+    """The `open_clip` family: prompts to `[n, context_length, width]` token features (all positions, padding
+    included), through open_clip's tokenizer and text tower."""
 
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
@@ -122,6 +124,9 @@ class TextEncoder(nn.Module):
             x = block(x, mask)
         return tower.ln_final(x)
 
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids `[n, context_length]` as open_clip.tokenize gives them."""
+        return tokenize(prompts, self.cfg.context_length)
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        device = self.model.token_embedding.weight.device
-        return self(tokenize(prompts, self.cfg.context_length).to(device))
+        return self(self.tokenize(prompts).to(self.model.token_embedding.weight.device))

@@ -12,11 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vcraft.config import UNetConfig
-from vcraft.models.attention import (
-    SpatialTransformer,
-    TemporalTransformer,
-    sinusoidal_embedding,
-)
+from vcraft.models.attention import SpatialTransformer, TemporalTransformer, sinusoidal_embedding
 
 
 class GroupNorm32(nn.GroupNorm):

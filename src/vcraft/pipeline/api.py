@@ -22,15 +22,16 @@ import torch
 from vcraft.config import Config, apply_overrides, load_config, load_preset
 from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import load_state_dict
+from vcraft.loaders.components import Models
 from vcraft.loaders.devices import resolve_device, resolve_dtype
-from vcraft.loaders.loading import Models, identify_preset, load_models
+from vcraft.loaders.loading import identify_preset, load_models
 from vcraft.loaders.weights import find_checkpoint
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
 from vcraft.pipeline.settings import Settings, make_settings
 from vcraft.sampling import Callback, Progress, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.denoisers import Denoiser
-from vcraft.sampling.long_video import replace_known, window_count
+from vcraft.sampling.long_video import replace_given, window_count
 from vcraft.sampling.schedule import draw_noise
 
 
@@ -47,6 +48,7 @@ class TextToVideo:
         self.unet = models.unet
         self.autoencoder = models.autoencoder
         self.image_encoder = models.image_encoder
+        self.image_projector = models.image_projector
         self.schedule = models.schedule
         self.device = device
         self.dtype = dtype
@@ -122,9 +124,9 @@ class TextToVideo:
                 ) -> Iterator[torch.Tensor]:
         """The latents of one video, yielded window by window as its new frames `[1, c, n, h, w]`. Past the
         model's clip, each window continues the last `s.overlap` frames of the one before (the first window
-        too, from the given video's, when `s.continues`). All its noise comes from one CPU generator seeded
-        with `s.seed`: each window's starting noise, then (eta > 0) one draw a step. `uncond_sees_given=False` hides the given frames from guidance's unconditional
-        pass (see Conditioning)."""
+        too, from the given video's, when `s.continues`): its given frames. All its noise comes from one CPU
+        generator seeded with `s.seed`: each window's starting noise, then (eta > 0) one draw a step.
+        `uncond_sees_given=False` hides the given frames from guidance's unconditional pass (see Conditioning)."""
         context = self.encode_prompts([s.prompt]).to(self.dtype)
         uncond = self.encode_prompts([s.negative]).to(self.dtype) if s.guidance != 1.0 else None
         image, uncond_image = self.encode_picture(s) if self.image_encoder is not None else (None, None)
@@ -132,33 +134,33 @@ class TextToVideo:
         model = self.config.model
         clip = model.unet.temporal_length
         f = self.autoencoder.downsample
-        given = 0 if s.continues is None else s.overlap  # latent frames each window keeps, from the start
-        shape = (1, model.autoencoder.embed_dim, min(given + s.frames, clip), s.height // f, s.width // f)
+        first = 0 if s.continues is None else s.overlap  # given latent frames of the first window
+        shape = (1, model.autoencoder.embed_dim, min(first + s.frames, clip), s.height // f, s.width // f)
         noise = partial(self._noise, torch.Generator("cpu").manual_seed(s.seed), shape)
         windows = self.window_count(s)
         sample = sampler(s.sampler)
         steps = step_count(s.sampler, s.steps, self.schedule)
         made = 0
-        kept = None if s.continues is None else self.encode_frames(s.continues.frames[-s.overlap:])
+        given = None if s.continues is None else self.encode_frames(s.continues.frames[-s.overlap:])
         for window in range(windows):
             x = noise()
-            cond = Conditioning(context, uncond, fps, given=kept, extend=s.extend, uncond_sees_given=uncond_sees_given,
-                                image=image, uncond_image=uncond_image)
+            cond = Conditioning(context, uncond, fps, given=given, extend=s.extend,
+                                uncond_sees_given=uncond_sees_given, image=image, uncond_image=uncond_image)
             denoiser = self.denoiser(cond, s.guidance, s.guidance_min_t)
-            # Kept frames noised with the window's own starting noise there: DDIM's deterministic path from it
+            # Given frames noised with the window's own starting noise there: DDIM's deterministic path from it
             # ends at them, and it shares the window's frame-common draw (frame_noise_share).
-            keep = None if kept is None or s.extend != "replace" else \
-                replace_known(kept, x[:, :, :kept.shape[2]].clone(), self.schedule)
+            replace = None if given is None or s.extend != "replace" else \
+                replace_given(given, x[:, :, :given.shape[2]].clone(), self.schedule)
             with self._on_device(self.unet):
                 out = sample(denoiser, x, self.schedule, s.steps, s.eta, noise,
-                             _offset(callback, window * steps, windows * steps), keep)
+                             _offset(callback, window * steps, windows * steps), replace)
             if not out.isfinite().all():
                 raise FloatingPointError("the sampler produced NaN or infinite latents (try --dtype fp32)")
-            if kept is not None:  # exactly the kept latents, which the sampler only approaches
-                out[:, :, :kept.shape[2]] = kept
-            new = (out if kept is None else out[:, :, s.overlap:])[:, :, :s.frames - made]
+            if given is not None:  # exactly the given latents, which the sampler only approaches
+                out[:, :, :given.shape[2]] = given
+            new = (out if given is None else out[:, :, s.overlap:])[:, :, :s.frames - made]
             made += new.shape[2]
-            kept = out[:, :, -s.overlap:]
+            given = out[:, :, -s.overlap:]  # the next window's
             yield new
 
     def window_count(self, s: Settings) -> int:
@@ -195,9 +197,10 @@ class TextToVideo:
     def encode_picture(self, s: Settings) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The image tokens of `s.image` at the video's size, and (with guidance) those of the unconditional pass."""
         picture = picture_tensor(s.image, s.height, s.width).to(self.device, self.dtype)
-        with self._on_device(self.image_encoder):
-            uncond = self.image_encoder.unconditional(1) if s.guidance != 1.0 else None
-            return self.image_encoder(picture), uncond
+        encoder, projector = self.image_encoder, self.image_projector
+        with self._on_device(encoder, projector):
+            uncond = projector(encoder(encoder.blank(1))) if s.guidance != 1.0 else None
+            return projector(encoder(picture)), uncond
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> Iterator[torch.Tensor]:
@@ -207,16 +210,18 @@ class TextToVideo:
                 yield frames_to_uint8(part).cpu()
 
     @contextmanager
-    def _on_device(self, module: torch.nn.Module) -> Iterator[None]:
-        """Offloading: `module` on the device for the duration of the block, then back in CPU memory."""
+    def _on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """Offloading: `modules` on the device for the duration of the block, then back in CPU memory."""
         if not self.offload:
             yield
             return
-        module.to(self.device)
+        for module in modules:
+            module.to(self.device)
         try:
             yield
         finally:
-            module.to("cpu")
+            for module in modules:
+                module.to("cpu")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # give the freed weights back before the next stage arrives
 

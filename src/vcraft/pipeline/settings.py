@@ -44,7 +44,7 @@ class Settings:
     fps: int  # the motion-rate conditioning the model sees
     save_fps: int  # the playback rate written to the file
     overlap: int  # long videos: latent frames each window keeps from the one before
-    extend: str  # long videos: "mask" (the UNet sees the kept frames) or "replace" (put back each step)
+    extend: str  # long videos: "mask" (the UNet sees the given frames) or "replace" (put back each step)
     image: Optional[Picture] = None  # image-to-video: the picture every window follows
     continues: Optional[Footage] = None  # a video this one continues (`frames` new frames after its own)
 

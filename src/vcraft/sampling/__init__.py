@@ -1,11 +1,11 @@
 """Samplers turn noise into latents with a denoiser (sampling/denoisers.py). Every sampler is one function
 
-    sample(denoiser, x, schedule, steps, eta=0.0, noise=None, callback=None, keep=None) -> latents
+    sample(denoiser, x, schedule, steps, eta=0.0, noise=None, callback=None, replace=None) -> latents
 
 over `eps = denoiser(x, t)`, starting from the noise `x`: `noise()` draws a standard-normal tensor like `x`
 (from the video's own generator) wherever the sampler needs fresh noise; `callback(Step(...))` follows
-every step; `keep(x, t)`, before each step, may overwrite parts of the latents with what is known at
-timestep t (long_video.replace_known). `SAMPLERS` names them: DDIM (ddim.py, the reference's) and the
+every step; `replace(x, t)`, before each step, may overwrite the given frames of the latents with what they
+are at timestep t (long_video.replace_given). `SAMPLERS` names them: DDIM (ddim.py, the reference's) and the
 multistep solvers of solvers.py.
 """
 
@@ -30,7 +30,7 @@ class Step(NamedTuple):
 
 Noise = Callable[[], torch.Tensor]
 Callback = Callable[[Step], None]
-Keep = Callable[[torch.Tensor, int], torch.Tensor]
+Replace = Callable[[torch.Tensor, int], torch.Tensor]
 Progress = Callable[[int, int], None]  # progress(step, total) of a whole video, for users
 SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
 

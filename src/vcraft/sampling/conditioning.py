@@ -11,7 +11,7 @@ import torch
 @dataclass(frozen=True)
 class Conditioning:
     """The inputs a denoiser combines with the noisy latents. A new kind of input is a new field here and a few
-    lines where `Denoiser` passes it to the UNet (as the image tokens are)."""
+    lines in `denoisers.unet_inputs`, which turns it into the UNet's arguments for sampling and training alike."""
 
     context: torch.Tensor  # [b, tokens, dim]: the prompt's text embedding
     uncond: Optional[torch.Tensor]  # the same for the negative (or empty) prompt; None: no guidance
@@ -21,6 +21,8 @@ class Conditioning:
     # them back at each step's noise level: any model).
     given: Optional[torch.Tensor] = None
     extend: str = "mask"
+    # [b] integers: how many of the given frames each clip has (training, where they vary); None: all of them.
+    given_count: Optional[torch.Tensor] = None
     # Whether guidance's unconditional pass also sees the given frames ("mask" only). LVDM hides them from it;
     # vcraft shows them, which kept colour and motion across windows (docs/embedded-model.md).
     uncond_sees_given: bool = True
@@ -41,6 +43,6 @@ class Conditioning:
         return torch.cat([self.uncond, self.uncond_image], dim=1)
 
     @property
-    def shown(self) -> Optional[torch.Tensor]:
+    def given_to_unet(self) -> Optional[torch.Tensor]:
         """The given frames the UNet itself sees."""
         return self.given if self.extend == "mask" else None

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vcraft.sampling import Callback, Keep, Noise, Step, coefficient
+from vcraft.sampling import Callback, Replace, Noise, Step, coefficient
 from vcraft.sampling.denoisers import DenoiserFn
 from vcraft.sampling.schedule import Schedule
 
@@ -24,7 +24,7 @@ def ddim_timesteps(steps: int, total: int = 1000) -> list[int]:
 
 
 def sample(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 0.0,
-           noise: Optional[Noise] = None, callback: Optional[Callback] = None, keep: Optional[Keep] = None
+           noise: Optional[Noise] = None, callback: Optional[Callback] = None, replace: Optional[Replace] = None
            ) -> torch.Tensor:
     """Run DDIM from x_T to the final latents; `eta` > 0 adds `noise()` at every step."""
     ts = ddim_timesteps(steps, schedule.timesteps)
@@ -40,8 +40,8 @@ def sample(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int
         raise ValueError("eta > 0 needs a noise source")
 
     for i, idx in enumerate(reversed(range(len(ts)))):
-        if keep is not None:
-            x = keep(x, ts[idx])
+        if replace is not None:
+            x = replace(x, ts[idx])
         e = denoiser(x, ts[idx])
         pred_x0 = (x - coefficient(np.sqrt(1 - a[idx]), x) * e) / coefficient(np.sqrt(a[idx]), x)
         pred_x0 = pred_x0 / coefficient(s[idx], x)

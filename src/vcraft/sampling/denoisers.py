@@ -1,7 +1,7 @@
 """The model as a denoiser for the samplers: `eps = denoiser(x, t)`, the noise predicted in latents `x` at
 integer timestep `t`. Classifier-free guidance, v-to-eps and frame conditioning are small named functions
-that `Denoiser` applies in this order: frame inputs -> one UNet call (both guidance halves) -> guidance
--> v-to-eps."""
+that `Denoiser` applies in this order: the UNet's inputs (`unet_inputs`: frame inputs, both guidance halves)
+-> one UNet call -> guidance -> v-to-eps."""
 
 from __future__ import annotations
 
@@ -37,17 +37,31 @@ def eps_from_v(v: torch.Tensor, x: torch.Tensor, alpha_cumprod: float) -> torch.
 def frame_inputs(x: torch.Tensor, cond: Conditioning, guided: bool) -> torch.Tensor:
     """The input of a frame-conditioned UNet for latents `x` (a guidance batch when `guided`): the given
     frames, if any, and their mask appended; the unconditional half without them unless it sees them."""
-    b = cond.context.shape[0]
-    known = torch.zeros((b, *x.shape[1:]), device=x.device, dtype=x.dtype)
-    mask = torch.zeros((b, 1, x.shape[2], 1, 1), device=x.device, dtype=x.dtype)
-    if cond.shown is not None:
-        known[:, :, :cond.shown.shape[2]] = cond.shown
-        mask[:, :, :cond.shown.shape[2]] = 1
+    b, t = cond.context.shape[0], x.shape[2]
+    given = torch.zeros((b, *x.shape[1:]), device=x.device, dtype=x.dtype)
+    mask = torch.zeros((b, 1, t, 1, 1), device=x.device, dtype=x.dtype)
+    if cond.given_to_unet is not None:
+        k = cond.given_to_unet.shape[2]
+        given[:, :, :k] = cond.given_to_unet
+        count = torch.full((b,), k) if cond.given_count is None else cond.given_count
+        mask[:, 0, :, 0, 0] = (torch.arange(t) < count[:, None].cpu()).to(mask)
     copies = x.shape[0] // b
-    known, mask = known.repeat(copies, 1, 1, 1, 1), mask.repeat(copies, 1, 1, 1, 1)
+    given, mask = given.repeat(copies, 1, 1, 1, 1), mask.repeat(copies, 1, 1, 1, 1)
     if guided and not cond.uncond_sees_given:
-        known[b:], mask[b:] = 0, 0
-    return with_given_frames(x, known, mask)
+        given[b:], mask[b:] = 0, 0
+    return with_given_frames(x, given, mask)
+
+
+def unet_inputs(x: torch.Tensor, t: int | torch.Tensor, cond: Conditioning, frame_conditioning: bool,
+                guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The UNet's arguments (latents, timesteps, context, fps) for latents `x` at timestep `t` (one for all, or
+    one per clip) under `cond`; with `guided`, both guidance passes in one batch. Sampling (`Denoiser`) and
+    training both build them here."""
+    xs, context = guidance_batch(x, cond.tokens, cond.uncond_tokens) if guided else (x, cond.tokens)
+    copies = 2 if guided else 1
+    inputs = frame_inputs(xs, cond, guided) if frame_conditioning else xs
+    timesteps = t if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    return inputs, timesteps.repeat(copies), context, cond.fps.repeat(copies)
 
 
 @dataclass
@@ -64,13 +78,8 @@ class Denoiser:
     alphas_cumprod: Optional[torch.Tensor] = None
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        c = self.cond
-        guided = self.guidance != 1.0 and c.uncond is not None and t >= self.guidance_min_t
-        xs, context = guidance_batch(x, c.tokens, c.uncond_tokens) if guided else (x, c.tokens)
-        copies = 2 if guided else 1
-        inputs = frame_inputs(xs, c, guided) if self.frame_conditioning else xs
-        timesteps = torch.full((x.shape[0] * copies,), t, device=x.device, dtype=torch.long)
-        out = self.unet(inputs, timesteps, context, c.fps.repeat(copies))
+        guided = self.guidance != 1.0 and self.cond.uncond is not None and t >= self.guidance_min_t
+        out = self.unet(*unet_inputs(x, t, self.cond, self.frame_conditioning, guided))
         if guided:
             out = classifier_free_guidance(out, self.guidance)
         if self.alphas_cumprod is not None:

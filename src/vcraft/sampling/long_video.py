@@ -1,6 +1,7 @@
 """Videos longer than the model's clip, made autoregressively as in LVDM: sample a clip, then again and
 again a next clip whose first `overlap` latent frames are the last ones of the clip before
-(TextToVideo.latents runs the windows; this module has the arithmetic and the replace hook)."""
+(TextToVideo.latents runs the windows; this module has the arithmetic and the replace hook). The latent frames a
+window continues are its given frames."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 
 import torch
 
-from vcraft.sampling import Keep
+from vcraft.sampling import Replace
 from vcraft.sampling.schedule import Schedule
 
 
@@ -20,16 +21,16 @@ def window_count(frames: int, clip: int, overlap: int, continued: bool = False) 
     return 1 + math.ceil(max(0, frames - clip) / (clip - overlap))
 
 
-def replace_known(known: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> Keep:
-    """The sampler's `keep` hook for training-free continuation: before each step, the first frames of
-    the latents become the known clean latents noised to that step's level (signal scale included), with
+def replace_given(given: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> Replace:
+    """The sampler's `replace` hook for training-free continuation: before each step, the first frames of
+    the latents become the given clean latents noised to that step's level (signal scale included), with
     one fixed draw of noise, so that they follow the path DDIM itself would take towards them."""
-    k = known.shape[2]
+    k = given.shape[2]
 
-    def keep(x: torch.Tensor, t: int) -> torch.Tensor:
+    def replace(x: torch.Tensor, t: int) -> torch.Tensor:
         a = schedule.alphas_cumprod[t].item()
         s = schedule.scale_arr[t].item()
-        noised = (a ** 0.5 * s) * known + (1 - a) ** 0.5 * noise
+        noised = (a ** 0.5 * s) * given + (1 - a) ** 0.5 * noise
         return torch.cat([noised.to(x.dtype), x[:, :, k:]], dim=2)
 
-    return keep
+    return replace

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vcraft.sampling import Callback, Keep, Noise, Step, coefficient
+from vcraft.sampling import Callback, Replace, Noise, Step, coefficient
 from vcraft.sampling.denoisers import DenoiserFn
 from vcraft.sampling.schedule import Schedule
 
@@ -61,38 +61,38 @@ class Levels:
         return len(self.t) - 1
 
 
-def _denoised(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, i: int, keep: Optional[Keep]) -> tuple:
-    """The latents (after `keep`) and the clean latents the model predicts from them at level i."""
-    if keep is not None:
-        x = keep(x, lv.t[i])
+def _denoised(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, i: int, replace: Optional[Replace]) -> tuple:
+    """The latents (after `replace`) and the clean latents the model predicts from them at level i."""
+    if replace is not None:
+        x = replace(x, lv.t[i])
     eps = denoiser(x, lv.t[i])
     return x, (x - coefficient(lv.sigma[i], x) * eps) / coefficient(lv.alpha[i], x)
 
 
 def dpmpp_2m(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 0.0,
-             noise: Optional[Noise] = None, callback: Optional[Callback] = None, keep: Optional[Keep] = None
+             noise: Optional[Noise] = None, callback: Optional[Callback] = None, replace: Optional[Replace] = None
              ) -> torch.Tensor:
     """DPM-Solver++(2M): second order from the second step on, one model call a step; deterministic (`eta` is
     not used). Its first step is DDIM's with eta 0."""
     return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(schedule, steps)), 0.0, noise,
-                  callback, keep)
+                  callback, replace)
 
 
 def dpmpp_2m_sde(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 1.0,
-                 noise: Optional[Noise] = None, callback: Optional[Callback] = None, keep: Optional[Keep] = None
+                 noise: Optional[Noise] = None, callback: Optional[Callback] = None, replace: Optional[Replace] = None
                  ) -> torch.Tensor:
     """SDE-DPM-Solver++(2M): fresh `noise()` each step, `eta` its share (1: the SDE, 0: dpmpp_2m)."""
     if eta > 0 and noise is None:
         raise ValueError("a stochastic sampler needs a noise source")
     return _dpmpp(denoiser, x, Levels.of(schedule, solver_timesteps(schedule, steps)), eta, noise,
-                  callback, keep)
+                  callback, replace)
 
 
 def _dpmpp(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, eta: float, noise: Optional[Noise],
-           callback: Optional[Callback], keep: Optional[Keep]) -> torch.Tensor:
+           callback: Optional[Callback], replace: Optional[Replace]) -> torch.Tensor:
     previous = None  # the clean latents predicted one step before, for the second-order term
     for i in range(lv.steps):
-        x, x0 = _denoised(denoiser, x, lv, i, keep)
+        x, x0 = _denoised(denoiser, x, lv, i, replace)
         h = lv.lam[i + 1] - lv.lam[i]
         d = x0
         if previous is not None:
@@ -110,12 +110,12 @@ def _dpmpp(denoiser: DenoiserFn, x: torch.Tensor, lv: Levels, eta: float, noise:
 
 
 def unipc(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int, eta: float = 0.0,
-          noise: Optional[Noise] = None, callback: Optional[Callback] = None, keep: Optional[Keep] = None
+          noise: Optional[Noise] = None, callback: Optional[Callback] = None, replace: Optional[Replace] = None
           ) -> torch.Tensor:
     """UniPC with B(h) = e^h - 1 (bh2): a second-order predictor (UniP) and, with the model call the next step
     makes anyway, a corrector (UniC) of the point just reached; one model call a step, deterministic."""
     lv = Levels.of(schedule, solver_timesteps(schedule, steps))
-    x, x0 = _denoised(denoiser, x, lv, 0, keep)
+    x, x0 = _denoised(denoiser, x, lv, 0, replace)
     start, previous = x, None  # the step's starting point (for the corrector) and the prediction before x0's
     for i in range(lv.steps):
         h = lv.lam[i + 1] - lv.lam[i]
@@ -124,7 +124,7 @@ def unipc(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int,
         linear = coefficient(lv.sigma[i + 1] / lv.sigma[i], x) * start - coefficient(lv.alpha[i + 1] * b, x) * x0
         x = linear if rk is None else linear - coefficient(lv.alpha[i + 1] * b * 0.5 / rk, x) * (previous - x0)
         if i + 1 < lv.steps:  # the corrector, with the prediction at the new point
-            x, x0_new = _denoised(denoiser, x, lv, i + 1, keep)
+            x, x0_new = _denoised(denoiser, x, lv, i + 1, replace)
             x = _corrected(linear, x0, x0_new, previous, rk, h, lv.alpha[i + 1])
             start, previous, x0 = x, x0, x0_new
         if callback is not None:

@@ -11,18 +11,15 @@ from omegaconf import OmegaConf
 
 from vcraft.config import Config
 from vcraft.errors import VcraftError
-from vcraft.loaders.checkpoints import VAE_PREFIX, save_state_dict
-from vcraft.loaders.loading import Models, build_models
-from vcraft.models.tokenizer import tokenize
+from vcraft.loaders.checkpoints import save_state_dict
+from vcraft.loaders.components import BY_NAME, Models
+from vcraft.loaders.loading import build_models
 from vcraft.models.unet3d import zero_init_residuals
 from vcraft.train.data import encode_dataset, make_dataset, reversed_clips, train_config
 from vcraft.train.loop import Log, load_state
-from vcraft.train.stages import (
-    checkpoint_layout,
-    pretrain_text_encoder,
-    train_autoencoder,
-    train_diffusion,
-)
+from vcraft.train.stages import checkpoint_layout, pretrain_text_encoder, train_autoencoder, train_diffusion
+
+VAE = BY_NAME["autoencoder"].prefix  # the autoencoder's keys in a run's files, as in the official layout
 
 
 def initial_models(cfg: Config, device: str | torch.device = "cpu") -> Models:
@@ -30,7 +27,7 @@ def initial_models(cfg: Config, device: str | torch.device = "cpu") -> Models:
     torch.manual_seed(train_config(cfg).seed)
     models = build_models(cfg.model, "cpu", encoder=True)
     zero_init_residuals(models.unet)
-    for module in (models.text_encoder, models.unet, models.autoencoder):
+    for module in models.modules():
         module.to(device)
     return models
 
@@ -52,13 +49,13 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
     if latents_path.is_file():
         stored = load_file(latents_path)
         models.autoencoder.load_state_dict(
-            {k[len(VAE_PREFIX):]: v for k, v in stored.items() if k.startswith(VAE_PREFIX)})
+            {k[len(VAE):]: v for k, v in stored.items() if k.startswith(VAE)})
     elif not train_autoencoder(models, videos, cfg, run, log, stop_after):
         return None
     else:
         t0 = time.perf_counter()
         raw = encode_dataset(models.autoencoder, videos)
-        vae_state = {VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.state_dict().items()}
+        vae_state = {VAE + k: v.cpu() for k, v in models.autoencoder.state_dict().items()}
         save_state_dict({"latents": raw, **vae_state}, latents_path)
         stored = {"latents": raw}
         log(f"encoded the data set in {time.perf_counter() - t0:.0f} s")
@@ -69,10 +66,9 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
     cfg = replace(cfg, model=replace(cfg.model, scale_factor=scale))
     models.autoencoder.scale_factor = scale
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    tokens = tokenize(captions, cfg.model.text_encoder.context_length)
     if not (run / "diffusion.pt").is_file():  # else the text encoder is in the diffusion checkpoint
-        pretrain_text_encoder(models, tokens, scenes, cfg, run, log)
-    ema, done = train_diffusion(models, raw * scale, tokens, cfg, run, log, stop_after)
+        pretrain_text_encoder(models, captions, scenes, cfg, run, log)
+    ema, done = train_diffusion(models, raw * scale, captions, cfg, run, log, stop_after)
     if not done:
         return None
     return export(models, ema, cfg, run / "model.safetensors")
@@ -81,7 +77,7 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
 def export(models: Models, ema: dict[str, torch.Tensor], cfg: Config, path: Path, dtype: str = "fp16") -> Path:
     """The trained model in vcraft's checkpoint layout (official prefixes; autoencoder in diffusers' layout)."""
     state = {k: v.cpu() for k, v in ema.items()}
-    state.update({VAE_PREFIX + k: v.cpu() for k, v in models.autoencoder.state_dict().items()})
+    state.update({VAE + k: v.cpu() for k, v in models.autoencoder.state_dict().items()})
     state["alphas_cumprod"] = models.schedule.alphas_cumprod
     save_state_dict(state, path, dtype, {"format": "vcraft", "preset": cfg.name})
     return path
@@ -95,5 +91,5 @@ def checkpoint_of_run(run: Path) -> dict[str, torch.Tensor]:
     state = load_state(run / "diffusion.pt")
     if state is None:
         raise VcraftError(f"{run} has no diffusion checkpoint yet")
-    vae = {k: v for k, v in load_file(run / "latents.safetensors").items() if k.startswith(VAE_PREFIX)}
+    vae = {k: v for k, v in load_file(run / "latents.safetensors").items() if k.startswith(VAE)}
     return {**checkpoint_layout(state["ema"]), **vae}

@@ -10,23 +10,13 @@ import torch.nn.functional as F
 
 from vcraft.config import Config, DiffusionTraining
 from vcraft.data.shapes import COLOURS, COLOURS_INDEX, MOTIONS, SHAPES, Scene
-from vcraft.loaders.checkpoints import TEXT_PREFIX, UNET_PREFIX
-from vcraft.loaders.loading import Models
+from vcraft.loaders.components import Models, official_layout
 from vcraft.models.autoencoder import diffusers_vae_config
-from vcraft.models.tokenizer import tokenize
-from vcraft.models.unet3d import with_given_frames
+from vcraft.sampling.conditioning import Conditioning
+from vcraft.sampling.denoisers import unet_inputs
 from vcraft.sampling.schedule import frame_noise, q_sample, v_target
 from vcraft.train.data import to_pixels, train_config
-from vcraft.train.loop import (
-    Log,
-    device_of,
-    lr_at,
-    optimiser,
-    resume,
-    run_steps,
-    save_state,
-    set_lr,
-)
+from vcraft.train.loop import Log, device_of, lr_at, optimiser, resume, run_steps, save_state, set_lr
 
 Phases = list[tuple[int, DiffusionTraining]]
 
@@ -34,9 +24,7 @@ Phases = list[tuple[int, DiffusionTraining]]
 def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path, log: Log,
                       stop_after: int | None = None) -> bool:
     """Reconstruction (L1 + L2) plus a small KL term, on single frames. Returns True when the stage is done."""
-    from diffusers import (
-        AutoencoderKL,  # diffusers' for training: vcraft's decoder is for inference only
-    )
+    from diffusers import AutoencoderKL  # diffusers' for training: vcraft's decoder is for inference only
 
     tc = train_config(cfg)
     ac = tc.autoencoder
@@ -79,7 +67,7 @@ def train_autoencoder(models: Models, videos: np.ndarray, cfg: Config, run: Path
     return complete
 
 
-def pretrain_text_encoder(models: Models, tokens: torch.Tensor, scenes: list[Scene], cfg: Config, run: Path,
+def pretrain_text_encoder(models: Models, captions: list[str], scenes: list[Scene], cfg: Config, run: Path,
                           log: Log) -> None:
     """Teach the text encoder to tell captions apart before the diffusion stage, as VideoCrafter starts
     from a pretrained CLIP: linear heads on the last token's feature (the one the UNet adds to its
@@ -98,8 +86,8 @@ def pretrain_text_encoder(models: Models, tokens: torch.Tensor, scenes: list[Sce
 
     def step(i: int) -> tuple[float, float]:
         lr = set_lr(opt, lr_at(i, xc.steps, xc.lr, xc.steps // 10 + 1))
-        idx = torch.randint(len(tokens), (xc.batch_size,))
-        pooled = encoder(tokens[idx].to(device_of(encoder)))[:, -1]
+        idx = torch.randint(len(captions), (xc.batch_size,))
+        pooled = encoder.encode([captions[i] for i in idx.tolist()])[:, -1]
         loss = sum(F.cross_entropy(head(pooled), labels[idx, j].to(pooled.device)) for j, head in enumerate(heads))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -118,34 +106,33 @@ def draw_timesteps(total: int, n: int, exponent: float = 1.0) -> torch.Tensor:
     return (total * torch.rand(n) ** exponent).long().clamp(max=total - 1)
 
 
-def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: torch.Tensor,
-                   empty: torch.Tensor, settings: DiffusionTraining | None = None) -> torch.Tensor:
+def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, captions: list[str],
+                   settings: DiffusionTraining | None = None) -> torch.Tensor:
     """One batch's loss: caption dropout, random timesteps, given first frames for some clips,
-    optional min-SNR weighting, error counted on the frames the model has to make. `settings`: those of
-    the current phase (default: the config's train.diffusion)."""
+    optional min-SNR weighting, error counted on the frames the model has to make. The UNet's inputs are built
+    from a `Conditioning` as sampling builds them (denoisers.unet_inputs). `settings`: those of the current phase
+    (default: the config's train.diffusion)."""
     dc = settings if settings is not None else train_config(cfg).diffusion
     b, _, frames = latents.shape[:3]
     dev = latents.device
     schedule = models.schedule
     # Random draws on the CPU generator, whatever the device: the same run on every machine.
     drop = torch.rand(b) < dc.caption_dropout
-    tokens = torch.where(drop[:, None].to(dev), empty, tokens)
+    captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
     t = draw_timesteps(schedule.timesteps, b, dc.timestep_exponent)
     shape = latents.shape
     noise = frame_noise(schedule, lambda n: torch.randn(*shape[:2], n, *shape[3:]), frames).to(dev)
     x_t = q_sample(schedule, latents, t.to(dev), noise)
-    context = models.text_encoder(tokens)
     fps = torch.full((b,), cfg.sampling.fps, dtype=torch.long, device=dev)
-    mask = torch.zeros(b, 1, frames, 1, 1, device=dev)
+    given = torch.zeros(b, dtype=torch.long)  # first frames given to each clip
     if cfg.model.frame_conditioning:
         most = min(dc.max_given_frames, frames - 1)  # at least one frame is left to make
         given = torch.randint(1, most + 1, (b,)) * (torch.rand(b) < dc.given_frames_prob)
-        mask = (torch.arange(frames)[None] < given[:, None]).float().view(b, 1, frames, 1, 1).to(dev)
         if dc.shift_given:
             shifts = torch.randint(latents.shape[-1], (b, 2)) * (given > 0)[:, None]
             latents, noise, x_t = (_roll(v, shifts) for v in (latents, noise, x_t))
-        x_t = with_given_frames(x_t, latents, mask)
-    out = models.unet(x_t, t.to(dev), context, fps)
+    cond = Conditioning(models.text_encoder.encode(captions), None, fps, given=latents, given_count=given)
+    out = models.unet(*unet_inputs(x_t, t.to(dev), cond, cfg.model.frame_conditioning, guided=False))
     a = schedule.alphas_cumprod[t]
     snr = (a / (1 - a)).to(dev)
     v = cfg.model.parameterization == "v"
@@ -155,7 +142,7 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, tokens: t
     # min-SNR-5 gave them almost none with this schedule and the model ignored the caption.
     weight = torch.ones_like(snr) if dc.min_snr is None else snr.clamp(max=dc.min_snr) / (snr + 1 if v else snr)
     per_frame = ((out.float() - target) ** 2).mean(dim=(1, 3, 4))  # [b, frames]
-    made = 1 - mask.view(b, frames)
+    made = (torch.arange(frames)[None] >= given[:, None]).float().to(dev)
     per_clip = (per_frame * made).sum(1) / made.sum(1)
     return (weight * per_clip).mean()
 
@@ -186,14 +173,14 @@ def _phase_lines(dc: DiffusionTraining) -> list[tuple[int, str]]:
     return lines
 
 
-def train_diffusion(models: Models, latents: torch.Tensor, tokens: torch.Tensor, cfg: Config, run: Path,
+def train_diffusion(models: Models, latents: torch.Tensor, captions: list[str], cfg: Config, run: Path,
                     log: Log, stop_after: int | None = None) -> tuple[dict, bool]:
     """AdamW with warm-up and cosine decay per phase, EMA of the weights. Returns the EMA state of the UNet and
     text encoder (keys with their checkpoint prefixes) and whether the stage is done."""
     tc = train_config(cfg)
     dc = tc.diffusion
     phases = dc.resolved_phases()
-    nets = torch.nn.ModuleDict({"unet": models.unet, "text": models.text_encoder})
+    nets = torch.nn.ModuleDict({net: getattr(models, name) for net, name in TRAINED.items()})
     # The text encoder stays as its own stage left it, as VideoCrafter keeps CLIP frozen: trained along
     # with the UNet, its captions' features collapsed (|red - blue| 0.87 -> 0.05 in 1,500 steps).
     models.text_encoder.requires_grad_(False)
@@ -203,7 +190,6 @@ def train_diffusion(models: Models, latents: torch.Tensor, tokens: torch.Tensor,
     start, state = resume(path, nets, opt, tc.seed + 2)
     dev = device_of(nets)
     ema = {k: v.detach().clone().to(dev) for k, v in (state.get("ema") or nets.state_dict()).items()}
-    empty = tokenize([""], cfg.model.text_encoder.context_length).to(dev)
 
     def step(i: int) -> tuple[float, float]:
         _, settings = phase_of(i, phases)
@@ -211,7 +197,7 @@ def train_diffusion(models: Models, latents: torch.Tensor, tokens: torch.Tensor,
         for group in opt.param_groups:
             group["weight_decay"] = settings.weight_decay
         idx = torch.randint(len(latents), (settings.batch_size,))
-        loss = diffusion_loss(models, cfg, latents[idx].to(dev), tokens[idx].to(dev), empty, settings)
+        loss = diffusion_loss(models, cfg, latents[idx].to(dev), [captions[i] for i in idx.tolist()], settings)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -236,7 +222,13 @@ def train_diffusion(models: Models, latents: torch.Tensor, tokens: torch.Tensor,
     return checkpoint_layout(ema), complete
 
 
+TRAINED = {"unet": "unet", "text": "text_encoder"}  # the training modules' names (in checkpoints) -> components
+
+
 def checkpoint_layout(nets_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`unet.*` / `text.*` keys of the training modules -> the checkpoint's prefixes."""
-    return {(UNET_PREFIX + k[len("unet."):]) if k.startswith("unet.") else TEXT_PREFIX + k[len("text."):]: v
-            for k, v in nets_state.items()}
+    """`unet.*` / `text.*` keys of the training modules -> the official layout."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in nets_state.items():
+        net, rest = key.split(".", 1)
+        parts.setdefault(TRAINED[net], {})[rest] = value
+    return official_layout(parts)
