@@ -116,6 +116,7 @@ class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, cin, eps=1e-6)
+        self.cout = cout  # read here, not from conv1: a wrapped layer need not tell
         self.conv1 = band_conv(cin, cout)
         self.norm2 = nn.GroupNorm(groups, cout, eps=1e-6)
         self.conv2 = band_conv(cout, cout)
@@ -128,7 +129,7 @@ class ResnetBlock(nn.Module):
             rows = x[:, :, lo:hi]
             return rows if self.conv_shortcut is None else self.conv_shortcut(rows)
 
-        h = _conv_bands(_normalised(x, self.norm1), self.conv1, _empty(x, self.conv1.out_channels))
+        h = _conv_bands(_normalised(x, self.norm1), self.conv1, _empty(x, self.cout))
         return _conv_bands(_normalised(h, self.norm2), self.conv2, h, add=skip)
 
 
@@ -161,10 +162,11 @@ class MidBlock(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
+        self.channels = channels
         self.conv = band_conv(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _conv_bands(_upsampled(x), self.conv, _empty(x, self.conv.out_channels, scale=2))
+        return _conv_bands(_upsampled(x), self.conv, _empty(x, self.channels, scale=2))
 
 
 class UpBlock(nn.Module):
@@ -189,6 +191,7 @@ class Decoder(nn.Module):
             UpBlock(channels[max(i - 1, 0)], c, cfg.num_res_blocks + 1, groups, upsample=i < len(channels) - 1)
             for i, c in enumerate(channels)])
         self.conv_norm_out = nn.GroupNorm(groups, channels[-1], eps=1e-6)
+        self.out_ch = cfg.out_ch
         self.conv_out = band_conv(channels[-1], cfg.out_ch)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -201,5 +204,5 @@ class Decoder(nn.Module):
         x = self.conv_in(z.contiguous(memory_format=torch.channels_last))
         for layer in layers:
             x = layer(x)
-        out = _empty(x, self.conv_out.out_channels)
+        out = _empty(x, self.out_ch)
         return _conv_bands(_normalised(x, self.conv_norm_out), self.conv_out, out)
