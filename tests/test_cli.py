@@ -166,7 +166,7 @@ def _error_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
 def test_bad_input_is_one_error_line(tmp_path, monkeypatch, case):
     from huggingface_hub import constants
 
-    from vcraft import weights
+    from vcraft.loaders import weights
 
     # Weights are looked for in empty folders only, whatever this machine has in its caches and checkpoints/.
     monkeypatch.delenv("VCRAFT_CHECKPOINTS", raising=False)

@@ -49,17 +49,29 @@ def test_arguments_stdin_and_file_in_order(tmp_path):
     ("p.jsonl", '["a list"]\n', "p.jsonl:1: each line must be a JSON object"),
     ("p.jsonl", '{"text": "a fox"}\n', "p.jsonl:1: unknown column 'text'"),
     ("p.jsonl", '{"prompt": "  "}\n', "p.jsonl:1: no prompt"),
-    ("p.jsonl", '{"prompt": "a fox", "frames": "many"}\n', "p.jsonl:1: 'frames' must be a number"),
-    ("p.jsonl", '{"prompt": "a fox", "seed": 1.5}\n', "'seed' must be a number (int)"),
-    ("p.jsonl", '{"prompt": "a fox", "steps": true}\n', "'steps' must be a number"),
     ("p.csv", "text,seed\na fox,1\n", "p.csv:1: the header has no 'prompt' column"),
     ("p.csv", "prompt,seed\na fox,1,2\n", "p.csv:2: more cells than the header"),
-    ("p.csv", "prompt,seed\na fox,x\n", "p.csv:2: 'seed' must be a number"),
     ("p.yaml", "prompt: a fox\n", "unknown prompt file type"),
 ])
 def test_bad_prompt_files_name_the_file_and_line(tmp_path, name, text, message):
     with pytest.raises(VcraftError, match=message.replace("(", r"\(").replace(")", r"\)")):
         read_prompt_file(write(tmp_path, name, text))
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("p.jsonl", '{"prompt": "a fox", "frames": "many"}\n', "p.jsonl:1: 'frames' must be a number"),
+    ("p.jsonl", '{"prompt": "a fox", "seed": 1.5}\n', "p.jsonl:1: 'seed' must be a number (int)"),
+    ("p.jsonl", '{"prompt": "a fox", "steps": true}\n', "p.jsonl:1: 'steps' must be a number"),
+    ("p.csv", "prompt,seed\na fox,x\n", "p.csv:2: 'seed' must be a number"),
+])
+def test_bad_values_in_prompt_files_name_the_file_and_line_when_the_run_is_planned(tmp_path, name, text, message):
+    from vcraft.app.batch import plan
+    from vcraft.app.options import RunOptions
+    from vcraft.config import load_preset
+
+    rows = read_prompt_file(write(tmp_path, name, text))
+    with pytest.raises(VcraftError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan(rows, load_preset("shapes"), {}, 0, 2, RunOptions(output=tmp_path / "out"))
 
 
 def test_missing_sources():

@@ -218,6 +218,7 @@ def test_an_image_to_video_model_gets_a_picture_input(tmp_path, monkeypatch):
 
     from reference import reference_dir
 
+    from vcraft.app.options import RunOptions
     from vcraft.app.render import Job
     from vcraft.app.ui import App, build, import_gradio
     from vcraft.config import load_config
@@ -228,7 +229,7 @@ def test_an_image_to_video_model_gets_a_picture_input(tmp_path, monkeypatch):
     import_gradio(tmp_path)
     cfg = load_config(root / "config.yaml")
     pipe = TextToVideo.from_config(cfg, root / "model.safetensors", device="cpu")
-    app = App(pipe, Job(cfg, root / "model.safetensors", "mp4"), tmp_path)
+    app = App(pipe, Job(cfg, root / "model.safetensors", RunOptions(output=tmp_path)))
     page = build(app)
     assert [c.elem_id for c in page.blocks.values() if type(c).__name__ == "Image"] == ["image"]
     *_, (video, sidecar, status, _) = app.generate("a red fox", "", 8, 3, 12.0, 0.0, 8, 1, "ddim",

@@ -73,6 +73,7 @@ class AutoencoderConfig:
 
 
 TEXT_FAMILIES = ("open_clip",)  # models.text_encoder_class builds each
+SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")  # sampling.sampler gives each one's function
 
 
 @dataclass
@@ -144,7 +145,7 @@ class SamplingConfig:
     frames: int = 16
     height: int = 320
     width: int = 512
-    sampler: str = "ddim"  # ddim, dpmpp-2m, dpmpp-2m-sde or unipc (sampling/__init__.py)
+    sampler: str = "ddim"  # one of SAMPLERS
     steps: int = 50
     guidance: float = 12.0
     # Guidance only while t >= guidance_min_t; below, the conditional prediction alone (a guidance interval,

@@ -2,7 +2,8 @@
 included, before any heavy work.
 
 Video k of a run, in output order (every sample of every prompt), gets seed `base + k`, unless its row
-gives a seed, which then belongs to its first sample (`seed + j` for sample j). Every video is sampled on
+gives a seed, which then belongs to its first sample (`seed + j` for sample j). Every value is checked where all
+settings are (pipeline/settings.make_settings), and reported with its row's file and line. Every video is sampled on
 its own, so its pixels depend on its settings alone, not on the others of the run.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from vcraft.app.options import STDOUT, RunOptions
 from vcraft.app.prompts import PromptRow
 from vcraft.config import Config
 from vcraft.errors import VcraftError
@@ -22,7 +24,6 @@ from vcraft.pipeline.settings import Settings, make_settings
 
 DEFAULT_NAME = "{index:04d}-{slug}-{seed}"
 NAME_FIELDS = ("index", "slug", "seed", "sample", "prompt")
-STDOUT = Path("-")
 
 
 @dataclass(frozen=True)
@@ -80,29 +81,29 @@ def _settings(config: Config, row: PromptRow, chosen: dict[str, Any], seed: int)
 
 
 def plan(rows: list[PromptRow], config: Config, chosen: dict[str, Any], base_seed: int, samples: int,
-         name: Optional[str], output: Optional[Path], fmt: str, overwrite: bool, skip_existing: bool) -> list[Video]:
-    """Every video of the run with its checked settings (`chosen`: the run's options, None where not given,
+         options: RunOptions) -> list[Video]:
+    """Every video of the run with its checked settings (`chosen`: the run's settings, None where not given,
     under each row's own) and output path; raises VcraftError (naming the prompt's file and line) for
     anything wrong, an output that cannot be written included, before a model is loaded."""
     if samples < 1:
         raise VcraftError(f"--samples must be at least 1, got {samples}")
-    if overwrite and skip_existing:
-        raise VcraftError("give either --overwrite or --skip-existing, not both")
     count = len(rows) * samples
+    fmt, overwrite, skip_existing = options.format, options.overwrite, options.skip_existing
     suffix = "" if fmt == "png" else f".{fmt}"
-    single, folder = _destination(output, fmt, suffix, count)
+    single, folder = _destination(options.output, fmt, suffix, count)
 
     videos: list[Video] = []
     taken: dict[Path, str] = {}
     for row in rows:
         for j in range(samples):
             index = len(videos)
-            seed = row.settings["seed"] + j if "seed" in row.settings else base_seed + index
+            # A row's own seed, checked with its first sample's settings, counts on for its next samples.
+            seed = videos[-1].settings.seed + 1 if j else row.settings.get("seed", base_seed + index)
             settings = _settings(config, row, chosen, seed)
             if single is not None:
                 path = single
             else:
-                template = row.settings.get("name", name or DEFAULT_NAME)
+                template = row.settings.get("name", options.name or DEFAULT_NAME)
                 path = folder / (_name(template, row.where, index=index, slug=slug(row.prompt), seed=seed,
                                        sample=j, prompt=row.prompt) + suffix)
             if path in taken:

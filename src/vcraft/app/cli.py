@@ -8,6 +8,8 @@ torch and the models are imported inside the commands, so `vcraft --help` stays 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import json
 import os
 import secrets
@@ -15,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from enum import Enum
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -27,12 +29,13 @@ from vcraft.errors import VcraftError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Text-to-video generation with VideoCrafter-compatible models.")
+_verbose = threading.Event()  # set by --verbose, read by `run` when something fails
 
 
-class Format(str, Enum):
-    mp4 = "mp4"
-    gif = "gif"
-    png = "png"
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors.")) -> None:
+    if verbose:
+        _verbose.set()
 
 
 def _log(message: str, quiet: bool = False) -> None:
@@ -50,46 +53,50 @@ def _resolve_config(model: Optional[str], config: Optional[Path], overrides: lis
     return apply_overrides(load_preset(model or DEFAULT_PRESET), overrides)
 
 
-def _recipe(path: Path) -> dict:
-    """The settings a video was made with, from its JSON sidecar (for --from)."""
-    from vcraft.pipeline.settings import INPUT_FILES, TYPES, check_type
-
-    try:
-        recipe = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VcraftError(f"--from: file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VcraftError(f"--from {path}: not a vcraft JSON sidecar ({exc})") from None
-    # Older sidecars may lack or null the negative; only some name input files.
-    needed = ("model", *(k for k in TYPES if k not in ("negative", *INPUT_FILES)))
-    if isinstance(recipe, dict):
-        recipe.setdefault("guidance_min_t", 0)  # sidecars from before the setting existed: guided throughout
-        recipe.setdefault("sampler", "ddim")
-    if not isinstance(recipe, dict) or any(k not in recipe for k in needed):
-        raise VcraftError(f"--from {path}: not a vcraft JSON sidecar (it needs {', '.join(needed)})")
-    try:  # a number before it is counted on from (batch.plan); make_settings checks the rest
-        recipe["seed"] = check_type("seed", recipe["seed"])
-        for key in INPUT_FILES:
-            if recipe.get(key) is not None:
-                recipe[key] = _same_input(key, recipe[key], recipe.get(f"{key}_sha256"))
-    except VcraftError as exc:
-        raise VcraftError(f"--from {path}: {exc}") from None
-    return recipe
+def _flags(cls: type, types: dict, only: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """Typer options for the fields of a dataclass that describe themselves (metadata `help`, optional `names`), or
+    for those `only` names: a field's flag is `--field-name` unless `names` says; `types` maps a field's type to the
+    option's, and each option defaults to None (not given), a flag to False."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata and (not only or f.name in only):
+            names = f.metadata["names"] or (f"--{f.name.replace('_', '-')}",)
+            kind = types.get(hints[f.name], hints[f.name])
+            default = False if kind is bool else None
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                            default=typer.Option(default, *names, help=f.metadata["help"])))
+    return params
 
 
-def _same_input(key: str, source: str, sha256: Optional[str]):
-    """The input file (picture, video) a sidecar names, as long as it is the one the video was made from."""
-    from vcraft.pipeline.settings import check_type
+def _with_flags(*groups: list[inspect.Parameter]):
+    """A command that also takes these options (as keyword arguments, into its **flags)."""
+    def extend(command):
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+        command.__signature__ = signature.replace(parameters=[*own, *(p for group in groups for p in group)])
+        return command
 
-    if source == "array":
-        raise VcraftError(f"its {key!r} was given in Python as pixels, not as a file; it cannot be read again")
-    given = check_type(key, source)
-    if sha256 is not None and given.sha256 != sha256:
-        raise VcraftError(f"{source} has changed since the video was made (another sha256)")
-    return given
+    return extend
+
+
+def _setting_flags() -> list[inspect.Parameter]:
+    from vcraft.pipeline.inputs import Footage, Picture
+    from vcraft.pipeline.settings import Settings
+
+    types = {int: Optional[int], float: Optional[float], str: Optional[str],
+             Optional[Picture]: Optional[Path], Optional[Footage]: Optional[Path]}
+    return _flags(Settings, types)
+
+
+def _run_flags(*only: str) -> list[inspect.Parameter]:
+    from vcraft.app.options import RunOptions
+
+    return _flags(RunOptions, {str: Optional[str]}, only)
 
 
 @app.command()
+@_with_flags(_setting_flags(), _run_flags())
 def generate(
     prompts: Optional[list[str]] = typer.Argument(None, help="Prompts; - reads them from stdin, one a line."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", "-f",
@@ -99,46 +106,9 @@ def generate(
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="vcraft YAML or original VideoCrafter inference YAML."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="File (or PNG folder) for one video, - for stdout, else a folder."),
-    name: Optional[str] = typer.Option(None, "--name", help="File name template: {index} {slug} {seed} {sample} "
-                                                            "{prompt} (default {index:04d}-{slug}-{seed})."),
-    frames: Optional[int] = typer.Option(None, help="Number of frames."),
-    height: Optional[int] = typer.Option(None, help="Height in pixels."),
-    width: Optional[int] = typer.Option(None, help="Width in pixels."),
-    fps: Optional[int] = typer.Option(None, help="Motion-rate conditioning the model sees."),
-    save_fps: Optional[int] = typer.Option(None, "--save-fps", help="Playback rate written to the file."),
-    steps: Optional[int] = typer.Option(None, help="DDIM steps."),
-    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = off)."),
-    guidance_min_t: Optional[int] = typer.Option(None, "--guidance-min-t", help="Guidance only at timesteps "
-                                                 "at or above this (0-1000; 0 = every step, as VideoCrafter)."),
-    negative: Optional[str] = typer.Option(None, help="Negative prompt (default: the empty prompt)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Image-to-video models: the picture the video "
-                                                               "starts from and follows."),
-    continues: Optional[Path] = typer.Option(None, "--continue", help="Continue this video (MP4, GIF or a PNG "
-                                             "folder) by --frames new frames; the output holds both."),
-    sampler: Optional[str] = typer.Option(None, help="ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: the "
-                                                      "model's)."),
-    eta: Optional[float] = typer.Option(None, help="Noise a step: DDIM's eta, or dpmpp-2m-sde's share (0 = "
-                                                   "deterministic); dpmpp-2m and unipc use none."),
-    overlap: Optional[int] = typer.Option(None, help="Long videos: latent frames each window keeps from the "
-                                                     "one before (default: the config's, else a quarter of the "
-                                                     "model's clip)."),
-    extend: Optional[str] = typer.Option(None, help="Long videos: mask (models trained to continue) or "
-                                                    "replace (any model). Default: per model."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     seed: Optional[int] = typer.Option(None, min=0, help="Base seed (default: random, reported)."),
     samples: int = typer.Option(1, help="Videos per prompt."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", help="auto, fp32, fp16 or bf16."),
-    offload: str = typer.Option("none", help="none, or model: each stage (text encoder, UNet, autoencoder) "
-                                             "on the device only while it runs, for small GPUs."),
-    compile_unet: bool = typer.Option(False, "--compile", help="Compile the UNet (torch.compile): the first "
-                                                              "step takes a minute or more, later ones run "
-                                                              "faster; for long runs on a GPU."),
-    fmt: Optional[Format] = typer.Option(None, "--format", help="mp4 (default), gif or png frames."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Keep existing outputs; make the rest."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per finished video on stdout."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Render on Ray workers: auto (RAY_ADDRESS or a running "
                                                          "cluster), a cluster's address, or local (a Ray "
@@ -149,61 +119,57 @@ def generate(
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="--ray: GPUs a worker "
                                                     "(default: 1 where the cluster has GPUs, else 0)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
-    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
+    **flags,
 ) -> None:
     """Generate videos from text prompts, prompt files or stdin."""
-    from vcraft.app.batch import STDOUT, plan
+    from vcraft.app import sidecar
+    from vcraft.app.batch import plan
+    from vcraft.app.options import STDOUT, make_run_options
     from vcraft.app.prompts import PromptRow, gather_prompts
-    from vcraft.pipeline.inputs import read_footage, read_picture
+    from vcraft.pipeline.settings import INPUT_FILES, READERS, TYPES
 
-    chosen = {"frames": frames, "height": height, "width": width, "fps": fps, "save_fps": save_fps,
-              "steps": steps, "guidance": guidance, "guidance_min_t": guidance_min_t, "eta": eta,
-              "sampler": sampler, "overlap": overlap, "extend": extend, "negative": negative,
-              # input files read once for the whole run
-              "image": None if image is None else read_picture(image),
-              "continues": None if continues is None else read_footage(continues)}
+    chosen = {k: flags.pop(k) for k in TYPES if k in flags}
+    for key in INPUT_FILES:  # read once for the whole run
+        if chosen[key] is not None:
+            chosen[key] = READERS[TYPES[key]](chosen[key])
     if from_json is not None:
         if prompts or prompts_file or model or config:
             raise VcraftError("--from makes the video its JSON file describes; give no prompts, --model or --config")
-        recipe = _recipe(from_json)
+        recipe = sidecar.recipe(from_json)
         config = Path(recipe["config"]) if recipe.get("config") else None
         model = None if config else recipe["model"]
         ckpt = ckpt or (Path(recipe["ckpt"]) if recipe.get("ckpt") else None)
         overrides = [*recipe.get("overrides", []), *overrides]
         chosen = {**{k: recipe.get(k) for k in chosen}, **{k: v for k, v in chosen.items() if v is not None}}
         rows = [PromptRow(recipe["prompt"], {"seed": recipe["seed"] if seed is None else seed}, str(from_json))]
-        fmt = fmt or Format(recipe.get("format", "mp4"))
+        flags["format"] = flags["format"] or recipe.get("format")
+    options = make_run_options(**flags, pool=_pool(ray, workers, cpus_per_worker, gpus_per_worker))
+    if options.pool is not None:
+        from vcraft.app.cluster import import_ray
+
+        import_ray()
     cfg = _resolve_config(model, config, overrides)
     if from_json is None:
         rows = gather_prompts(prompts or [], prompts_file, sys.stdin)
-    if fmt is None:
-        suffix = output.suffix.lstrip(".").lower() if output is not None else ""
-        fmt = Format(suffix) if suffix in Format.__members__ else Format.mp4
     base_seed = seed if seed is not None else secrets.randbelow(2**31)
-    videos = plan(rows, cfg, chosen, base_seed, samples, name, output, fmt.value, overwrite, skip_existing)
+    videos = plan(rows, cfg, chosen, base_seed, samples, options)
     if ckpt is not None and not ckpt.is_file():
         raise VcraftError(f"checkpoint not found: {ckpt}")
-    todo = [v for v in videos if not (skip_existing and v.path != STDOUT and v.path.exists())]
+    todo = [v for v in videos if not (options.skip_existing and v.path != STDOUT and v.path.exists())]
     if len(todo) < len(videos):
         _log(f"skipping {len(videos) - len(todo)} video(s) whose output exists", quiet)
     if not todo:
         return
 
     from vcraft.app.render import Job
-    from vcraft.loaders.devices import resolve_device, resolve_dtype
     from vcraft.loaders.weights import find_checkpoint
 
-    ckpt_path = ckpt or find_checkpoint(cfg)
-    resolve_dtype(dtype, resolve_device(device))  # a bad choice is an input error, found before loading
-    if offload not in ("none", "model"):
-        raise VcraftError(f"unknown --offload '{offload}'; use none or model")
     encoder = any(v.settings.continues is not None for v in todo)
-    job = Job(cfg, ckpt_path, fmt.value, device=device, dtype=dtype, offload=offload == "model",
-              compile=compile_unet, config_file=config, overrides=list(overrides), encoder=encoder)
-    pool = _pool(todo, ray, workers, cpus_per_worker, gpus_per_worker)
+    job = Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides),
+              encoder=encoder)
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
-    outcomes = _locally(job, todo, quiet) if pool is None else _on_ray(job, todo, pool, quiet)
+    outcomes = _locally(job, todo, quiet) if options.pool is None else _on_ray(job, todo, quiet)
     failed, stdout = [], sys.stdout  # the reports' stream, whatever a Ray session does to sys.stdout
     for done, outcome in enumerate(outcomes, 1):
         video, s = outcome.video, outcome.video.settings
@@ -217,6 +183,17 @@ def generate(
         raise typer.Exit(1)
 
 
+def _pool(address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
+    """The Ray pool the flags ask for (None: render here)."""
+    from vcraft.app.options import Pool
+
+    if address is None:
+        if workers is not None or gpus is not None or cpus != 1:
+            raise VcraftError("--workers, --cpus-per-worker and --gpus-per-worker size a Ray pool; add --ray")
+        return None
+    return Pool(address, workers, cpus, gpus)
+
+
 def _locally(job, todo: list, quiet: bool):
     """Outcomes of rendering `todo` in this process, one after the other, with a bar over each one's steps."""
     from vcraft.app.render import load, render
@@ -225,11 +202,11 @@ def _locally(job, todo: list, quiet: bool):
     pipe = load(job)
     _log(f"loaded {job.config.name} from {job.ckpt} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}) "
          f"in {time.perf_counter() - started:.1f} s", quiet)
-    if job.compile:
+    if job.options.compile:
         _log("--compile: the first step compiles the UNet (a minute or more)", quiet)
     with _remembered_interrupt() as interrupted:
         for done, video in enumerate(todo, 1):
-            bar = _progress(quiet, f"[{done}/{len(todo)}]", pipe.window_count(video.settings))
+            bar = _bar(quiet, f"[{done}/{len(todo)}]", pipe.window_count(video.settings))
             try:
                 yield render(pipe, job, video, _interruptible(bar, interrupted))
             finally:
@@ -268,31 +245,14 @@ def _remembered_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _pool(todo: list, address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
-    """The Ray pool the options ask for (None: render here), checked before any work."""
-    from vcraft.app.batch import STDOUT
-    from vcraft.app.cluster import Pool, import_ray
-
-    if address is None:
-        if workers is not None or gpus is not None or cpus != 1:
-            raise VcraftError("--workers, --cpus-per-worker and --gpus-per-worker size a Ray pool; add --ray")
-        return None
-    if any(v.path == STDOUT for v in todo):
-        raise VcraftError("--ray writes videos to files; give -o a file or folder, not -")
-    if workers is not None and workers < 1 or cpus < 1 or gpus is not None and gpus < 0:
-        raise VcraftError("--workers and --cpus-per-worker must be at least 1, --gpus-per-worker at least 0")
-    import_ray()
-    return Pool(address, workers, cpus, gpus)
-
-
-def _on_ray(job, todo: list, pool, quiet: bool):
+def _on_ray(job, todo: list, quiet: bool):
     """Outcomes of rendering `todo` on Ray workers, in the order they complete, with a bar over the videos."""
     from vcraft.app.cluster import render_on_ray
 
-    bar = _progress(quiet, "videos", unit="video")
+    bar = _bar(quiet, "videos", unit="video")
     bar(0, len(todo))
     try:
-        for done, outcome in enumerate(render_on_ray(job, todo, pool, lambda line: _log(line, quiet)), 1):
+        for done, outcome in enumerate(render_on_ray(job, todo, lambda line: _log(line, quiet)), 1):
             bar(done, len(todo))
             yield outcome
     finally:
@@ -300,7 +260,7 @@ def _on_ray(job, todo: list, pool, quiet: bool):
 
 
 def _report(outcome, as_json: bool, quiet: bool, label: str, stdout) -> None:
-    from vcraft.app.batch import STDOUT
+    from vcraft.app.options import STDOUT
 
     video, s = outcome.video, outcome.video.settings
     _log(f"{label} {s.prompt!r} seed {s.seed}: {outcome.seconds:.1f} s", quiet)
@@ -314,7 +274,7 @@ def _report(outcome, as_json: bool, quiet: bool, label: str, stdout) -> None:
         print(video.path, file=stdout, flush=True)
 
 
-def _progress(quiet: bool, label: str, windows: int = 1, unit: str = "step"):
+def _bar(quiet: bool, label: str, windows: int = 1, unit: str = "step"):
     """A callback(step, total) drawing a bar over the denoising steps of all windows (long videos show
     which window runs), or over other units, on a terminal only; callback(None, None) closes it."""
     if quiet or not sys.stderr.isatty():
@@ -339,6 +299,7 @@ def _progress(quiet: bool, label: str, windows: int = 1, unit: str = "step"):
 
 
 @app.command()
+@_with_flags(_run_flags("device", "dtype"))
 def ui(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET})."),
     config: Optional[Path] = typer.Option(None, "--config", "-c",
@@ -348,25 +309,22 @@ def ui(
     port: int = typer.Option(7860, help="Port to listen on."),
     output: Path = typer.Option(Path("outputs"), "--output", "-o", help="Folder for the videos (and only there)."),
     share: bool = typer.Option(False, "--share", help="Also a public link through Gradio's share servers."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", help="auto, fp32, fp16 or bf16."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
-    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors (read by main)."),
+    **flags,
 ) -> None:
     """A local web app: prompt, settings, the video in the page (needs vcraft[ui])."""
     from vcraft.app.ui import import_gradio
 
     import_gradio(output)
     cfg = _resolve_config(model, config, overrides)
+    from vcraft.app.options import make_run_options
     from vcraft.app.render import Job
     from vcraft.app.ui import serve
-    from vcraft.loaders.devices import resolve_device, resolve_dtype
     from vcraft.loaders.weights import find_checkpoint
 
-    ckpt_path = ckpt or find_checkpoint(cfg)
-    resolve_dtype(dtype, resolve_device(device))
-    serve(Job(cfg, ckpt_path, "mp4", device, dtype, config_file=config, overrides=list(overrides)), output, host,
-          port, share, _log)
+    options = make_run_options(output=output, **flags)
+    serve(Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides)), host, port,
+          share, _log)
 
 
 @app.command()
@@ -375,7 +333,6 @@ def convert(
     target: Path = typer.Argument(..., help="Output .safetensors."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16 for the weights."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Convert a checkpoint to safetensors once, so later loads are fast and run no pickle code."""
     from vcraft.loaders.checkpoints import DTYPES, load_state_dict, save_state_dict
@@ -399,7 +356,6 @@ def convert(
 def info(
     ckpt: Path = typer.Argument(..., help="Checkpoint (.ckpt or .safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of lines."),
-    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Say which preset a checkpoint matches, its dtype and parameter counts."""
     from vcraft.loaders.checkpoints import load_state_dict
@@ -432,7 +388,6 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps (auto: the best there is)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages on stderr."),
-    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Train a model from scratch on the synthetic shapes data (autoencoder, then diffusion).
 
@@ -459,7 +414,6 @@ def download(
     no_convert: bool = typer.Option(False, "--no-convert", help="Only fetch the original checkpoint into the "
                                                                 "Hugging Face cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or messages on stderr."),
-    verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors."),
 ) -> None:
     """Fetch official weights from the Hugging Face Hub once: verified, then converted to fp16 safetensors.
 
@@ -531,7 +485,7 @@ def _table(rows: list[tuple]) -> str:
 
 def run(argv: list[str]) -> int:
     """The command line with these arguments, as an exit code (tests call it in-process)."""
-    verbose = "--verbose" in argv
+    _verbose.clear()
     try:
         code = app(args=argv, prog_name="vcraft", standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into exit code 130 itself
@@ -541,9 +495,9 @@ def run(argv: list[str]) -> int:
     except TyperException as exc:  # the parser's own errors: unknown option, bad value, ...
         code = _fail(exc.format_message(), getattr(exc, "exit_code", 2))
     except VcraftError as exc:
-        code = _fail(str(exc), 2, verbose)
+        code = _fail(str(exc), 2, _verbose.is_set())
     except Exception as exc:  # a failure at run time: one line, the traceback only on request
-        code = _fail(one_line(exc), 1, verbose)
+        code = _fail(one_line(exc), 1, _verbose.is_set())
     return code if isinstance(code, int) else 0
 
 

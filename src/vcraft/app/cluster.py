@@ -19,26 +19,16 @@ import os
 import socket
 import sys
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 from vcraft.app.batch import Video
+from vcraft.app.options import Pool
 from vcraft.app.render import Job, Outcome
 from vcraft.app.video import remove_partials
 from vcraft.errors import VcraftError
 
 RESTARTS = 3  # times a worker is restarted, and a video sent again, after its process or node died
 CLEANUP_S = 60.0  # how long cancelled workers get to remove their temporary files
-
-
-@dataclass(frozen=True)
-class Pool:
-    """Where to run and how many workers of what size (`--ray`, `--workers`, per-worker resources)."""
-
-    address: str  # auto, local, or a cluster's address
-    workers: Optional[int] = None  # default: as many as the cluster's resources hold
-    cpus: int = 1  # per worker; also its torch threads
-    gpus: Optional[float] = None  # per worker; default 1 where the cluster has GPUs, else 0
 
 
 def import_ray():
@@ -112,12 +102,12 @@ def _sizes(ray, pool: Pool) -> tuple[int, float]:
     return fits, gpus
 
 
-def render_on_ray(job: Job, videos: list[Video], pool: Pool, log: Callable[[str], None]) -> Iterator[Outcome]:
-    """Render `videos` on Ray workers; yields each video's outcome as it completes."""
+def render_on_ray(job: Job, videos: list[Video], log: Callable[[str], None]) -> Iterator[Outcome]:
+    """Render `videos` on the Ray workers of `job.options.pool`; yields each video's outcome as it completes."""
     ray = import_ray()
     # Ray prints its workers' errors on stdout, which carries only the run's paths or JSON: they go to stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        yield from _render(ray, job, videos, pool, log)
+        yield from _render(ray, job, videos, job.options.pool, log)
 
 
 def _render(ray, job: Job, videos: list[Video], pool: Pool, log: Callable[[str], None]) -> Iterator[Outcome]:

@@ -2,7 +2,8 @@
 
 Files are read whole and checked before anything is rendered; a bad row is reported with its file and line.
 `.jsonl` and `.csv` rows may carry their own settings (any of settings.Settings, such as seed, frames, fps,
-steps, guidance, negative, image, continues) and an output `name`. A row's `image` (picture) and `continues`
+steps, guidance, negative, image, continues) and an output `name`; their values are checked with the rest of each
+video's settings when the run is planned (batch.plan), with the row's file and line in any error. A row's `image` (picture) and `continues`
 (video) are paths, relative to the file's folder, read when the run is planned (settings.make_settings).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vcraft.errors import VcraftError
-from vcraft.pipeline.settings import INPUT_FILES, TYPES, check_type
+from vcraft.pipeline.settings import INPUT_FILES, TYPES
 
 ROW_COLUMNS = ("prompt", *(k for k in TYPES if k != "prompt"), "name")
 
@@ -37,13 +38,10 @@ def _value(key: str, raw: Any, where: str) -> Any:
         return raw
     if isinstance(raw, str) and TYPES[key] is not str:  # CSV cells are text
         try:
-            raw = json.loads(raw)
+            return json.loads(raw)
         except json.JSONDecodeError:
             pass
-    try:
-        return check_type(key, raw)
-    except VcraftError as exc:
-        raise VcraftError(f"{where}: {exc}") from None
+    return raw  # checked with the rest of the video's settings (make_settings), then reported with `where`
 
 
 def _row(values: dict[str, Any], where: str) -> PromptRow:

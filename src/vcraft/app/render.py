@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from vcraft import __version__
-from vcraft.app.batch import STDOUT, Video
+from vcraft.app import sidecar
+from vcraft.app.batch import Video
+from vcraft.app.options import STDOUT, RunOptions
 from vcraft.app.video import write_video
 from vcraft.config import Config
 from vcraft.errors import one_line
-from vcraft.pipeline.api import TextToVideo
-from vcraft.sampling import Progress
+from vcraft.pipeline.api import Progress, TextToVideo
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,7 @@ class Job:
 
     config: Config
     ckpt: Path
-    fmt: str  # mp4, gif or png
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: bool = False
-    compile: bool = False
+    options: RunOptions
     config_file: Optional[Path] = None  # the YAML it came from, when not a preset
     overrides: list[str] = field(default_factory=list)
     encoder: bool = False  # load the autoencoder's encoder too (videos that continue others)
@@ -50,27 +46,24 @@ class Outcome:
 
 
 def load(job: Job) -> TextToVideo:
-    pipe = TextToVideo.from_config(job.config, job.ckpt, job.device, job.dtype, job.offload, job.encoder)
-    return pipe.compile() if job.compile else pipe
+    o = job.options
+    pipe = TextToVideo.from_config(job.config, job.ckpt, o.device, o.dtype, o.offload == "model", job.encoder)
+    return pipe.compile() if o.compile else pipe
 
 
 def render(pipe: TextToVideo, job: Job, video: Video, progress: Optional[Progress] = None) -> Outcome:
     """Make one video and write it. A failure of this video alone (NaN, a write error, out of memory) is
     returned as the outcome's error, so that a batch goes on; Ctrl-C and the like are raised."""
     started = time.perf_counter()
-    s = video.settings
-    metadata = {"model": job.config.name, "config": str(job.config_file.resolve()) if job.config_file else None,
-                "ckpt": str(Path(job.ckpt).resolve()), "format": job.fmt, "overrides": list(job.overrides),
-                "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
-                "vcraft_version": __version__, **s.record()}
+    s, fmt = video.settings, job.options.format
     try:
         chunks = pipe.stream(s, progress)
         if video.path != STDOUT:
             video.path.parent.mkdir(parents=True, exist_ok=True)
-            write_video(video.path, chunks, job.fmt, s.save_fps, metadata)
+            write_video(video.path, chunks, fmt, s.save_fps, sidecar.fields(job, pipe, s))
         else:
             with tempfile.TemporaryDirectory() as folder:  # encoders need a seekable file; then copy it out
-                path = write_video(Path(folder) / f"video.{job.fmt}", chunks, job.fmt, s.save_fps)
+                path = write_video(Path(folder) / f"video.{fmt}", chunks, fmt, s.save_fps)
                 sys.stdout.buffer.write(path.read_bytes())
                 sys.stdout.flush()
     except Exception as exc:

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from vcraft.app import sidecar
 from vcraft.app.batch import Video, check_writable, slug
 from vcraft.app.render import Job, Outcome, Stopped, load, render
-from vcraft.app.video import sidecar_path
+from vcraft.config import SAMPLERS
 from vcraft.errors import VcraftError
 from vcraft.pipeline.api import TextToVideo
-from vcraft.sampling import SAMPLERS
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
 RECENT = 12  # renders listed
@@ -48,10 +48,10 @@ class RenderThread(threading.Thread):
 
 
 class App:
-    """The page's handlers, over one loaded pipeline and one output folder."""
+    """The page's handlers, over one loaded pipeline and one output folder (the job's)."""
 
-    def __init__(self, pipe: TextToVideo, job: Job, outputs: Path):
-        self.pipe, self.job, self.outputs = pipe, job, outputs
+    def __init__(self, pipe: TextToVideo, job: Job):
+        self.pipe, self.job, self.outputs = pipe, job, job.options.output
         self.rendering = threading.Event()
         self.waiting: Callable[[], int] = lambda: 0  # requests in Gradio's queue, set by `build`
 
@@ -90,21 +90,19 @@ class App:
             self.rendering.clear()
         if event.error is not None:
             raise gr.Error(f"the video failed: {event.error}")
-        yield str(path), str(sidecar_path(path)), f"{path.name}: {event.seconds:.1f} s", self.recent()
+        yield str(path), str(sidecar.path_of(path)), f"{path.name}: {event.seconds:.1f} s", self.recent()
 
     def recent(self) -> list[list[Any]]:
         """The latest renders in the output folder: file, prompt, seed, sampler and steps (from the sidecars)."""
-        import json
-
         rows = []
-        for sidecar in sorted(self.outputs.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        for path in sorted(self.outputs.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
-                made = json.loads(sidecar.read_text())
-            except (OSError, ValueError):
+                made = sidecar.read(path)
+            except VcraftError:
                 continue
-            video = sidecar.with_suffix(".mp4")
-            if video.is_file() and isinstance(made, dict):
-                rows.append([video.name, made.get("prompt"), made.get("seed"), made.get("sampler"), made.get("steps")])
+            video = path.with_suffix(".mp4")
+            if video.is_file():
+                rows.append([video.name, made["prompt"], made["seed"], made["sampler"], made["steps"]])
             if len(rows) == RECENT:
                 break
         return rows
@@ -155,12 +153,13 @@ def build(app: App):
     return page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
-def serve(job: Job, outputs: Path, host: str, port: int, share: bool, log) -> None:
-    """Load the model, then serve the page until Ctrl-C (after `import_gradio`)."""
+def serve(job: Job, host: str, port: int, share: bool, log) -> None:
+    """Load the model, then serve the page until Ctrl-C (after `import_gradio`), writing into `job.options.output`."""
+    outputs = job.options.output
     check_writable(outputs)
     pipe = load(job)
     log(f"loaded {job.config.name} on {pipe.device}; serving http://{host}:{port} (Ctrl-C to stop)")
-    page = build(App(pipe, job, outputs))
+    page = build(App(pipe, job))
     page.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(outputs)], quiet=True)
 
 

@@ -7,7 +7,6 @@ at the end, so an interrupted or failed render leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,12 +14,9 @@ from typing import Iterable
 
 import numpy as np
 
+from vcraft.app import sidecar
+
 FORMATS = ("mp4", "gif", "png")
-
-
-def sidecar_path(path: Path) -> Path:
-    """Settings of a video live beside it: out.mp4 -> out.json, frames/ -> frames.json."""
-    return path.with_suffix(".json") if path.suffix else path.with_name(path.name + ".json")
 
 
 def _remove(path: Path) -> None:
@@ -66,12 +62,12 @@ def remove_partials(paths: Iterable[Path]) -> None:
 
 def write_video(path: str | os.PathLike, chunks: Iterable[np.ndarray], fmt: str, fps: float,
                 metadata: dict | None = None) -> Path:
-    """Write uint8 frame chunks `[n, H, W, 3]` to `path`; with `metadata`, also a JSON sidecar."""
+    """Write uint8 frame chunks `[n, H, W, 3]` to `path`; with `metadata` (sidecar.fields), also its sidecar."""
     import imageio.v2 as imageio
 
     path = Path(path)
     tmp = _partial(path)
-    side, side_tmp = sidecar_path(path), None
+    side, side_tmp = sidecar.path_of(path), None
     count = 0
     try:
         if fmt == "png":
@@ -94,7 +90,7 @@ def write_video(path: str | os.PathLike, chunks: Iterable[np.ndarray], fmt: str,
                         count += 1
         if metadata is not None:
             side_tmp = _partial(side)
-            side_tmp.write_text(json.dumps({**metadata, "frames_written": count}, indent=2) + "\n")
+            side_tmp.write_text(sidecar.text(metadata, count))
         _replace(tmp, path)
         if side_tmp is not None:
             os.replace(side_tmp, side)

@@ -129,6 +129,17 @@ class TransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+class PointwiseConv1d(nn.Conv1d):
+    """A 1x1 Conv1d over `[n, channels, length]`, computed as the matrix product it is: on the temporal axis's short
+    sequences the convolution kernel is slower, and given a transposed view of tokens this costs no copy."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.transpose(1, 2), self.weight.squeeze(-1), self.bias).transpose(1, 2)
+
+
 class SpatialTransformer(nn.Module):
     """Attention over the pixels of each frame, with cross-attention to the text (and to image tokens after
     `text_tokens` text tokens, when given)."""
@@ -176,26 +187,22 @@ class TemporalTransformer(nn.Module):
         self.frame_positions = frame_positions
         self.use_linear = use_linear
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv1d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else PointwiseConv1d(channels, inner)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(inner, heads, head_dim, None, relative_length) for _ in range(depth)
         )
-        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv1d(inner, channels, 1)
+        self.proj_out = nn.Linear(inner, channels) if use_linear else PointwiseConv1d(inner, channels)
 
     def forward(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         n, c, h, w = x.shape
         t = n // batch
         video = self.norm(x.view(batch, t, c, h, w).transpose(1, 2))  # GroupNorm statistics span all frames
-        if self.use_linear:  # as in SpatialTransformer: each projection in its own layout
-            tokens = self.proj_in(video.permute(0, 3, 4, 2, 1).reshape(batch * h * w, t, c))
-        else:
-            tokens = self.proj_in(video.permute(0, 3, 4, 1, 2).reshape(batch * h * w, c, t)).transpose(1, 2)
+        tokens = video.permute(0, 3, 4, 2, 1).reshape(batch * h * w, t, c)
+        # As in SpatialTransformer, each projection gets its own layout: a convolution channels first.
+        tokens = self.proj_in(tokens) if self.use_linear else self.proj_in(tokens.transpose(1, 2)).transpose(1, 2)
         if self.frame_positions:
             tokens = tokens + sinusoidal_embedding(torch.arange(t, device=x.device), tokens.shape[-1]).to(tokens.dtype)
         for block in self.transformer_blocks:
             tokens = block(tokens, causal=self.causal)
-        if self.use_linear:
-            out = self.proj_out(tokens).view(batch, h, w, t, c).permute(0, 3, 4, 1, 2)
-        else:
-            out = self.proj_out(tokens.transpose(1, 2)).view(batch, h, w, c, t).permute(0, 4, 3, 1, 2)
-        return x + out.reshape(n, c, h, w)
+        tokens = self.proj_out(tokens) if self.use_linear else self.proj_out(tokens.transpose(1, 2)).transpose(1, 2)
+        return x + tokens.view(batch, h, w, t, c).permute(0, 3, 4, 1, 2).reshape(n, c, h, w)

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -28,11 +28,13 @@ from vcraft.loaders.loading import identify_preset, load_models
 from vcraft.loaders.weights import find_checkpoint
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
 from vcraft.pipeline.settings import Settings, make_settings
-from vcraft.sampling import Callback, Progress, sampler, step_count
+from vcraft.sampling import Callback, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.denoisers import Denoiser
 from vcraft.sampling.long_video import replace_given, window_count
 from vcraft.sampling.schedule import draw_noise
+
+Progress = Callable[[int, int], None]  # progress(step, total) of a whole video's denoising steps, for users
 
 
 class TextToVideo:

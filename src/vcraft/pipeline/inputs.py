@@ -1,6 +1,9 @@
 """Pictures and videos given as inputs: the picture of image-to-video, the video that `--continue` extends. Read
 once where a video's settings are made (so that a bad file is an error before any work), used where it is
-rendered."""
+rendered.
+
+numpy is imported inside the readers: settings, and so the command line's start (its flags), import this module.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,12 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Optional
 
 from vcraft.errors import VcraftError
-from vcraft.loaders.download import sha256_of
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Picture:
 def read_picture(image: Any) -> Picture:
     """A path, a PIL image, an RGB(A)/grey array (uint8, or floats in [0, 1]) or a Picture, as a Picture; a
     VcraftError saying what is wrong otherwise."""
+    import numpy as np
+
     if isinstance(image, Picture):
         return image
     if isinstance(image, (str, os.PathLike)):
@@ -42,6 +47,7 @@ def read_picture(image: Any) -> Picture:
 
 
 def _read_file(path: Path) -> Picture:
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -61,6 +67,8 @@ def _read_file(path: Path) -> Picture:
 
 
 def _from_array(array: np.ndarray) -> Picture:
+    import numpy as np
+
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     array = _rgb_uint8(array, 3, "an image array must be [height, width, 3] (RGB)")
@@ -69,6 +77,8 @@ def _from_array(array: np.ndarray) -> Picture:
 
 def _rgb_uint8(array: np.ndarray, ndim: int, shape_message: str) -> np.ndarray:
     """RGB(A) pixels, uint8 or floats in [0, 1], as contiguous RGB uint8 (alpha dropped)."""
+    import numpy as np
+
     if array.ndim != ndim or array.shape[-1] not in (3, 4) or min(array.shape[:-1]) < 1:
         raise VcraftError(f"{shape_message}, got shape {list(array.shape)}")
     array = array[..., :3]
@@ -94,6 +104,8 @@ class Footage:
 def read_footage(video: Any) -> Footage:
     """An MP4 or GIF file, a folder of PNG frames, a `[T, H, W, 3]` array or a Footage, as a Footage; a
     VcraftError saying what is wrong otherwise."""
+    import numpy as np
+
     if isinstance(video, Footage):
         return video
     if isinstance(video, np.ndarray):
@@ -107,6 +119,8 @@ def read_footage(video: Any) -> Footage:
     if path.is_dir():
         return _read_png_folder(path)
     import imageio.v3 as iio
+
+    from vcraft.loaders.download import sha256_of
 
     try:
         frames = iio.imread(path, index=None)
@@ -123,6 +137,8 @@ def read_footage(video: Any) -> Footage:
 
 
 def _read_png_folder(path: Path) -> Footage:
+    import numpy as np
+
     files = sorted(path.glob("*.png"))
     if not files:
         raise VcraftError(f"{path} is a folder without PNG frames; give an MP4, a GIF or a folder of PNG frames")

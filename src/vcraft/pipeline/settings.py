@@ -8,13 +8,14 @@ value is checked here once, and nothing downstream re-checks or re-defaults one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Optional
 
-from vcraft.config import Config, ModelConfig
 from vcraft.errors import VcraftError
 from vcraft.pipeline.inputs import Footage, Picture, read_footage, read_picture
-from vcraft.sampling import SAMPLERS
+
+if TYPE_CHECKING:  # the command line's start imports this module (its flags) and not the config's machinery
+    from vcraft.config import Config, ModelConfig
 
 # Far above what the models were trained for (at most 576x1024), and it stops a typo such as 25600 from
 # starting a render that cannot fit in memory.
@@ -26,27 +27,41 @@ MAX_SEED = 2**63 - 1
 INPUT_FILES = ("image", "continues")
 
 
+def _about(help: str, *names: str) -> dict[str, Any]:
+    return {"help": help, "names": names}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a video depends on besides the model: its pixels are a function of these alone."""
 
+    # Each field's `help` describes it, for the command line's flag (`--field-name` unless `names` says).
     prompt: str
     seed: int
-    negative: str  # "" is the unconditional prompt
-    frames: int
-    height: int
-    width: int
-    sampler: str
-    steps: int
-    guidance: float
-    guidance_min_t: int  # guided only at timesteps >= this
-    eta: float
-    fps: int  # the motion-rate conditioning the model sees
-    save_fps: int  # the playback rate written to the file
-    overlap: int  # long videos: latent frames each window keeps from the one before
-    extend: str  # long videos: "mask" (the UNet sees the given frames) or "replace" (put back each step)
-    image: Optional[Picture] = None  # image-to-video: the picture every window follows
-    continues: Optional[Footage] = None  # a video this one continues (`frames` new frames after its own)
+    negative: str = field(metadata=_about("Negative prompt (default: the empty prompt)."))
+    frames: int = field(metadata=_about("Number of frames."))
+    height: int = field(metadata=_about("Height in pixels."))
+    width: int = field(metadata=_about("Width in pixels."))
+    sampler: str = field(metadata=_about("ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: the model's)."))
+    steps: int = field(metadata=_about("Denoising steps."))
+    guidance: float = field(metadata=_about("Classifier-free guidance scale (1 = off)."))
+    guidance_min_t: int = field(metadata=_about(
+        "Guidance only at timesteps at or above this (0-1000; 0 = every step, as VideoCrafter)."))
+    eta: float = field(metadata=_about(
+        "Noise a step: DDIM's eta, or dpmpp-2m-sde's share (0 = deterministic); dpmpp-2m and unipc use none."))
+    fps: int = field(metadata=_about("Motion-rate conditioning the model sees."))
+    save_fps: int = field(metadata=_about("Playback rate written to the file."))
+    overlap: int = field(metadata=_about(
+        "Long videos: latent frames each window is given from the one before (default: the config's, else a "
+        "quarter of the model's clip)."))
+    extend: str = field(metadata=_about(
+        "Long videos: mask (the UNet sees the given frames: models trained to continue) or replace (put back each "
+        "step: any model). Default: per model."))
+    image: Optional[Picture] = field(default=None, metadata=_about(
+        "Image-to-video models: the picture the video starts from and follows."))
+    continues: Optional[Footage] = field(default=None, metadata=_about(
+        "Continue this video (MP4, GIF or a PNG folder) by --frames new frames; the output holds both.",
+        "--continue"))
 
     def record(self) -> dict[str, Any]:
         """The settings as plain data, for sidecars and JSON output (input files as their path and sha256)."""
@@ -104,6 +119,8 @@ def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
 
 
 def _problem(s: Settings, model: ModelConfig) -> str | None:
+    from vcraft.config import SAMPLERS
+
     m = spatial_multiple(model)
     clip = model.unet.temporal_length
     timesteps = model.schedule.timesteps

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 
+from vcraft.config import SAMPLERS  # noqa: F401  (the names; here with the functions they stand for)
+
 if TYPE_CHECKING:
     from vcraft.sampling.schedule import Schedule
 
@@ -31,8 +33,6 @@ class Step(NamedTuple):
 Noise = Callable[[], torch.Tensor]
 Callback = Callable[[Step], None]
 Replace = Callable[[torch.Tensor, int], torch.Tensor]
-Progress = Callable[[int, int], None]  # progress(step, total) of a whole video, for users
-SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
 
 
 def coefficient(v: float, like: torch.Tensor) -> torch.Tensor:

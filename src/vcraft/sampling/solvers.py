@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vcraft.sampling import Callback, Replace, Noise, Step, coefficient
+from vcraft.sampling import Callback, Noise, Replace, Step, coefficient
 from vcraft.sampling.denoisers import DenoiserFn
 from vcraft.sampling.schedule import Schedule
 

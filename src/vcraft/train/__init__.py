@@ -21,8 +21,15 @@ so a resumed run continues bit for bit where it stopped, in the diffusion phase 
 from vcraft.train.data import encode_dataset, make_dataset, reversed_clips, to_pixels
 from vcraft.train.loop import lr_at
 from vcraft.train.recipe import checkpoint_of_run, export, initial_models, train
-from vcraft.train.stages import (diffusion_loss, diffusion_lr, draw_timesteps, phase_of, pretrain_text_encoder,
-                                 train_autoencoder, train_diffusion)
+from vcraft.train.stages import (
+                                 diffusion_loss,
+                                 diffusion_lr,
+                                 draw_timesteps,
+                                 phase_of,
+                                 pretrain_text_encoder,
+                                 train_autoencoder,
+                                 train_diffusion,
+)
 
 __all__ = ["checkpoint_of_run", "diffusion_loss", "diffusion_lr", "draw_timesteps", "encode_dataset", "export",
            "initial_models", "lr_at", "make_dataset", "phase_of", "pretrain_text_encoder", "reversed_clips",

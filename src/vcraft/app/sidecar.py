@@ -1,0 +1,80 @@
+"""The JSON sidecar beside every video: what it records (the model, the run's options that matter, the settings, each
+input file's path and sha256), written with the video by video.write_video, and read back, for `--from` and for
+the web app's list, with the defaults of older sidecars filled in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vcraft import __version__
+from vcraft.errors import VcraftError
+from vcraft.pipeline.settings import INPUT_FILES, READERS, TYPES, Settings
+
+if TYPE_CHECKING:
+    from vcraft.app.render import Job
+    from vcraft.pipeline.api import TextToVideo
+
+# What sidecars written before a setting existed mean by its absence (or, for the negative prompt, a null).
+OLDER = {"guidance_min_t": 0, "sampler": "ddim", "negative": ""}
+NEEDED = ("model", *(k for k in TYPES if k not in INPUT_FILES))
+
+
+def path_of(video: Path) -> Path:
+    """A video's sidecar lives beside it: out.mp4 -> out.json, frames/ -> frames.json."""
+    return video.with_suffix(".json") if video.suffix else video.with_name(video.name + ".json")
+
+
+def fields(job: "Job", pipe: "TextToVideo", settings: Settings) -> dict[str, Any]:
+    """What a video's sidecar records."""
+    return {"model": job.config.name, "config": str(job.config_file.resolve()) if job.config_file else None,
+            "ckpt": str(Path(job.ckpt).resolve()), "format": job.options.format, "overrides": list(job.overrides),
+            "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."), "vcraft_version": __version__,
+            **settings.record()}
+
+
+def text(recorded: dict[str, Any], frames_written: int) -> str:
+    return json.dumps({**recorded, "frames_written": frames_written}, indent=2) + "\n"
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A sidecar's fields, older ones' defaults filled in; a VcraftError for a file that is not a sidecar."""
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VcraftError(f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VcraftError(f"{path}: not a vcraft JSON sidecar ({exc})") from None
+    if not isinstance(recorded, dict):
+        raise VcraftError(f"{path}: not a vcraft JSON sidecar (it needs {', '.join(NEEDED)})")
+    recorded = {**OLDER, **{k: v for k, v in recorded.items() if v is not None or k not in OLDER}}
+    if any(k not in recorded for k in NEEDED):
+        raise VcraftError(f"{path}: not a vcraft JSON sidecar (it needs {', '.join(NEEDED)})")
+    return recorded
+
+
+def recipe(path: Path) -> dict[str, Any]:
+    """A sidecar's fields for making its video again (`--from`): each input file read again, and refused if it is
+    not the one the video was made from. The settings are checked where all settings are (make_settings)."""
+    try:
+        recorded = read(path)
+    except VcraftError as exc:
+        raise VcraftError(f"--from: {exc}") from None
+    for key in INPUT_FILES:
+        if recorded.get(key) is not None:
+            recorded[key] = _same_input(path, key, recorded[key], recorded.get(f"{key}_sha256"))
+    return recorded
+
+
+def _same_input(path: Path, key: str, source: str, sha256: str | None) -> Any:
+    if source == "array":
+        raise VcraftError(f"--from {path}: its {key!r} was given in Python as pixels, not as a file; it cannot be "
+                          "read again")
+    try:
+        given = READERS[TYPES[key]](source)
+    except VcraftError as exc:
+        raise VcraftError(f"--from {path}: {exc}") from None
+    if sha256 is not None and given.sha256 != sha256:
+        raise VcraftError(f"--from {path}: {source} has changed since the video was made (another sha256)")
+    return given
