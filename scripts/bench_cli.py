@@ -2,11 +2,13 @@
 same run, the floor of any Typer command), the embedded model's default generation, and a tiny end-to-end
 generation through the official checkpoint layout.
 
-    python scripts/bench_cli.py [--reference ../shared/reference] [--runs 3]
+    python scripts/bench_cli.py [--reference ../shared/reference] [--runs 3] [--busy]
 
 `vcraft generate "a red circle moving left"` is what a fresh install runs (the shapes model, its default
 16 frames of 64x64 and sampling settings). The tiny generation uses a random-weight fixture in the official
-layout (8 frames, 64x128, 10 guided DDIM steps): start-up, loading, sampling, decoding and writing.
+layout (8 frames, 64x128, 10 guided DDIM steps): start-up, loading, sampling, decoding and writing. `--busy` runs
+a process that keeps one core busy beside every measurement (another render, a build), where a process that
+splits its work over every core waits on the busy one.
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "reference")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--busy", action="store_true", help="keep one core busy beside the measurements")
     args = parser.parse_args()
+    if args.busy:
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        measure(args)
+    finally:
+        if args.busy:
+            busy.kill()
+
+
+def measure(args: argparse.Namespace) -> None:
     vcraft = [sys.executable, "-m", "vcraft"]
     tiny = args.reference / "tiny" / "vc2_512"
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from vcraft.app import sidecar
 from vcraft.app.batch import Video
 from vcraft.app.options import STDOUT, RunOptions
@@ -45,10 +47,27 @@ class Outcome:
     error: Optional[str] = None  # one line, when the video failed
 
 
+# A UNet pass smaller than this (parameters times latent positions of a window at the model's default size) runs
+# on one CPU thread: its operations are too short to share out, and beside another busy process several threads
+# wait on each other at every one of them (docs/benchmarks.md, "CPU threads").
+SMALL_WORK = 10**11
+
+
 def load(job: Job) -> TextToVideo:
+    """The job's model, loaded once for its videos; on a CPU, on as many threads as its size can use (never more
+    than the process was given)."""
     o = job.options
     pipe = TextToVideo.from_config(job.config, job.ckpt, o.device, o.dtype, o.offload == "model", job.encoder)
+    if pipe.device.type == "cpu" and unet_work(pipe) < SMALL_WORK:
+        torch.set_num_threads(1)
     return pipe.compile() if o.compile else pipe
+
+
+def unet_work(pipe: TextToVideo) -> int:
+    """The size of one UNet pass at the model's default video size: parameters times latent positions."""
+    s, f = pipe.config.sampling, pipe.autoencoder.downsample
+    positions = min(s.frames, pipe.config.model.unet.temporal_length) * (s.height // f) * (s.width // f)
+    return sum(p.numel() for p in pipe.unet.parameters()) * positions
 
 
 def render(pipe: TextToVideo, job: Job, video: Video, progress: Optional[Progress] = None) -> Outcome:
