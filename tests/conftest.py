@@ -59,15 +59,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-# pytest-xdist (pyproject.toml) hands whole files to its two workers in this order, the longest first, so that
-# the workers finish at about the same time.
-LONGEST_FIRST = ("test_shapes_model.py", "test_ray.py", "test_ui.py", "test_batch.py", "test_samplers.py",
-                 "test_training.py", "test_cli.py", "test_reference.py", "test_long_video.py", "test_download.py",
-                 "test_image_to_video.py", "test_continue.py")
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
-               else len(LONGEST_FIRST))

@@ -54,6 +54,7 @@ def test_prompt_files_with_per_video_settings(tmp_path):
         "an orange square moving right"
 
 
+@pytest.mark.slow
 def test_interrupted_batch_resumes_with_skip_existing(tmp_path, monkeypatch):
     """Ctrl-C while the second video is being written (raised after its first frames reach the temporary
     file): exit 130, the first video kept, nothing of the second; the same command with --skip-existing then
@@ -142,6 +143,7 @@ def test_bad_input_exits_2_from_a_real_process(tmp_path):
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_prompt_on_stdin_to_a_browser_mp4_on_stdout(tmp_path):
     """The real command in a process of its own, as a pipeline runs it: the prompt from stdin, the default
     model, the video's bytes on stdout: H.264 in yuv420p (what browsers play), 16 frames with one

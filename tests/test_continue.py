@@ -10,6 +10,7 @@ import pytest
 from test_cli import one_error_line, read_pngs, small_video_args, vcraft
 
 
+@pytest.mark.slow
 def test_a_tiny_fixture_video_is_continued_by_replacement_and_made_again_from_its_sidecar(tmp_path):
     start = tmp_path / "start"
     assert vcraft("generate", "a red fox", *small_video_args(), "--seed", 1, "--format", "png",

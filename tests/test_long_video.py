@@ -96,6 +96,7 @@ def test_replace_noises_the_kept_frames_with_the_windows_own_starting_noise(pipe
     assert torch.allclose(replace(x, t)[:, :, :4], expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_long_video_from_the_command_line(tmp_path):
     out = tmp_path / "long"
     args = [*small_video_args(), "--frames", "21", "--steps", "3", "--seed", "2", "--format", "png"]
@@ -123,6 +124,7 @@ def test_bad_long_video_options_are_refused_before_any_work(tmp_path, option, me
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_interrupting_a_long_render_leaves_nothing(tmp_path):
     # Far more frames than it will make: it is stopped once the first ones are written.
     args = [*small_video_args(), "--frames", "2000", "--steps", "4", "--seed", "1", "--format", "png"]

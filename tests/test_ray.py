@@ -21,6 +21,8 @@ from conftest import free_port, one_cpu_thread
 
 from vcraft.app.cli import run
 
+pytestmark = pytest.mark.slow  # a Ray cluster: not in the fast subset
+
 if os.environ.get("VCRAFT_REQUIRE_RAY") != "1":
     pytest.importorskip("ray", reason='Ray is an optional extra: pip install "vcraft[ray]"')
 

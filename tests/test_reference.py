@@ -300,6 +300,7 @@ def test_offloading_changes_no_pixel():
         assert next(module.parameters()).device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_compiling_the_unet_changes_no_pixel():
     """pipe.compile() (`vcraft generate --compile`) puts the UNet under torch.compile: same video. Backend
     "eager" runs TorchDynamo's captured graphs as they are, which checks that the UNet traces and that the

@@ -77,6 +77,7 @@ def test_on_gaussian_data_the_solvers_reach_the_exact_solution_and_need_the_sign
     assert error(sampler, 40, unscaled) > 30 * error(sampler, 40)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", SOLVERS)
 def test_every_sampler_makes_long_videos_both_ways_that_follow_the_prompt(render, sampler):
     """The embedded model (v-prediction, guidance at t >= 600, a negative prompt): 24 frames in two windows, the
@@ -94,6 +95,7 @@ def test_every_sampler_makes_long_videos_both_ways_that_follow_the_prompt(render
             assert change[15] <= 2 * np.median(change), change  # the join: the kept frames were continued
 
 
+@pytest.mark.slow
 def test_the_sde_sampler_draws_its_noise_from_the_videos_seed(shapes_pipe):
     def make(seed, eta=1.0):
         with one_cpu_thread():

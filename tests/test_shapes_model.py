@@ -38,6 +38,7 @@ def long_video(render):
     return render("a red circle moving left", seed=0, frames=40).astype(np.float32) / 255
 
 
+@pytest.mark.slow
 def test_a_long_video_keeps_its_object(long_video):
     assert long_video.shape == (40, 64, 64, 3)
     masks = object_masks(long_video)
@@ -46,6 +47,7 @@ def test_a_long_video_keeps_its_object(long_video):
     assert [measure_motion(masks[i:i + 16]) for i in (0, 16, 24)] == ["left"] * 3  # across the joins too
 
 
+@pytest.mark.slow
 def test_the_joins_of_a_long_video_are_no_bigger_than_its_frame_steps(shapes_pipe, long_video):
     change = np.abs(np.diff(long_video, axis=0)).mean(axis=(1, 2, 3))  # change[i]: frame i -> i + 1
     joins = [start - 1 for start in range(16, 40, 16 - shapes_pipe.config.sampling.overlap)]
@@ -65,6 +67,7 @@ def test_the_video_follows_the_prompt(render, prompt, colour, motion):
     assert (seen["colour"], seen["motion"]) == (colour, motion), seen
 
 
+@pytest.mark.slow
 def test_a_generated_video_is_continued_keeping_its_colour_and_motion(render):
     """16 generated frames continued to 48 (`--continue`, the model's mask conditioning): the given frames come
     back unchanged, the new ones show the same object moving the same way, and the join is no jump."""
@@ -107,7 +110,8 @@ def tiny_pipe():
     return TextToVideo.from_pretrained(str(root / "config.yaml"), root / "model.ckpt", device="cpu")
 
 
-@pytest.mark.parametrize("case", GOLDEN)
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case == "40 frames" else case
+                                  for case in GOLDEN])  # the long one is also the long-video tests' video
 def test_the_pixels_are_the_recorded_ones(request, render, case):
     model, prompt, settings, shape = GOLDEN[case]
     if model == "tiny":

@@ -29,6 +29,7 @@ def tiny_config(*extra: str):
     return apply_overrides(load_preset("shapes"), TINY + list(extra))
 
 
+@pytest.mark.slow
 def test_stop_and_resume_is_bit_exact(tmp_path):
     cfg = tiny_config()
     straight = train(cfg, tmp_path / "straight", log=lambda _: None)
@@ -81,6 +82,7 @@ def _same_weights(a, b) -> None:
     assert all(torch.equal(v, exported[k]) for k, v in load_file(a / "model.safetensors").items())
 
 
+@pytest.mark.slow
 def test_phases_train_with_their_settings_and_resume_across_a_boundary(tmp_path, monkeypatch):
     """One run with two phases: each phase's settings for its steps; stopped inside the first phase and again
     after the boundary, it ends with the same weights; and it equals the two phases run the old way, one
@@ -268,6 +270,7 @@ def _anchor_error(models, videos) -> float:
     return float(F.mse_loss(mean, F.avg_pool2d(frames, frames.shape[-1] // mean.shape[-1])))
 
 
+@pytest.mark.slow
 def test_colour_anchor_ties_the_first_latent_channels_to_the_average_colour(tmp_path):
     from vcraft.train import make_dataset, train_autoencoder
 

@@ -20,6 +20,8 @@ from conftest import free_port
 
 from vcraft.data.measure import measure
 
+pytestmark = pytest.mark.slow  # a web server and a browser: not in the fast subset
+
 REQUIRED = os.environ.get("VCRAFT_REQUIRE_UI") == "1"
 if not REQUIRED:
     pytest.importorskip("gradio", reason='the web app is an optional extra: pip install "vcraft[ui]"')

@@ -234,7 +234,7 @@ def _remembered_interrupt():
         yield interrupted
         return
 
-    def on_interrupt(signum, frame):
+    def on_interrupt(*_):  # the signal handler's (signal number, frame)
         interrupted.set()
         raise KeyboardInterrupt
 
@@ -278,7 +278,7 @@ def _bar(quiet: bool, label: str, windows: int = 1, unit: str = "step"):
     """A callback(step, total) drawing a bar over the denoising steps of all windows (long videos show
     which window runs), or over other units, on a terminal only; callback(None, None) closes it."""
     if quiet or not sys.stderr.isatty():
-        return lambda step, total: None
+        return lambda *_: None
     from tqdm import tqdm
 
     state: dict = {}

@@ -61,7 +61,7 @@ class Worker:
 
         context = ray.get_runtime_context()
 
-        def stop_when_cancelled(step, total):
+        def stop_when_cancelled(*_):  # a progress callback: (step, total)
             if context.is_canceled():
                 raise Stopped()
 

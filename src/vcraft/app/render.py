@@ -5,6 +5,7 @@ file does not depend on where it was made.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -54,11 +55,11 @@ SMALL_WORK = 10**11
 
 
 def load(job: Job) -> TextToVideo:
-    """The job's model, loaded once for its videos; on a CPU, on as many threads as its size can use (never more
-    than the process was given)."""
+    """The job's model, loaded once for its videos; on a CPU, a small one on one thread unless OMP_NUM_THREADS
+    says otherwise."""
     o = job.options
     pipe = TextToVideo.from_config(job.config, job.ckpt, o.device, o.dtype, o.offload == "model", job.encoder)
-    if pipe.device.type == "cpu" and unet_work(pipe) < SMALL_WORK:
+    if pipe.device.type == "cpu" and unet_work(pipe) < SMALL_WORK and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return pipe.compile() if o.compile else pipe
 

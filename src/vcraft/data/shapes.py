@@ -92,13 +92,10 @@ def render(scene: Scene, frames: int, size: int, rng: np.random.Generator) -> np
         radius = np.full_like(t, rng.uniform(0.13, 0.17) * size)
         speed = rng.uniform(0.03, 0.036) * size
         dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[scene.motion]
-        # The path's midpoint is within 4% of the frame from its centre, and speed and size vary little.
-        # At the noisiest steps a model can only predict a caption's mean clip, and the motion in that mean
-        # is what starts a sample moving; a small model also draws several objects where the mean is a wide
-        # smear. What it is worth (300 rendered clips of one caption): the squared distance of the mean clip
-        # from its own time average is 209% of the clips' variance around the mean with these ranges, 50%
-        # with midpoints in the central 20% of the frame and wider speeds and sizes, 0.2% with paths anywhere
-        # along a wrapping line, whose mean hardly moves: models trained on those made no motion.
+        # The path's midpoint is near the frame's centre, and speed and size vary little. At the noisiest steps
+        # a model can only predict a caption's mean clip, and the motion in that mean is what starts a sample
+        # moving; a small model also draws several objects where the mean is a wide smear. Paths anywhere gave a
+        # mean that hardly moves, and models trained on them made no motion (docs/notes.md).
         mid = rng.uniform(0.46, 0.54, size=2) * size
         along = (t - (frames - 1) / 2) * speed
         cx, cy = mid[0] + dx * along, mid[1] + dy * along

@@ -83,8 +83,8 @@ def ready_for_inference(models: Models, device: torch.device) -> Models:
     for module in models.modules():
         module.to(device).eval().requires_grad_(False)
     if device.type in ("cpu", "cuda"):
-        # The decoder's full-resolution convolutions then run channels-last without layout conversions: on a
-        # CPU a quarter less working memory and 14% less time for 320x512 frames (scripts/bench.py).
+        # The decoder's full-resolution convolutions then run channels-last without layout conversions: less
+        # working memory and time on a CPU (docs/benchmarks.md).
         models.autoencoder.to(memory_format=torch.channels_last)
     return models
 

@@ -1,10 +1,10 @@
 """The KL autoencoder's decoder, for inference, written for memory rather than taken from diffusers.
 
-Two reasons, both measured on a CPU (320x512 frames, fp32; the whole decode's peak by scripts/bench.py):
+Two reasons (their measurements: docs/benchmarks.md, "Full-size VideoCrafter2 on a CPU"):
 - diffusers' Decoder holds up to three full-resolution activations at once (a block's input, its normalised
   copy and the activated copy); here normalisation and convolutions run over bands of rows, so a ResNet block
   holds only its input and one more activation, into which it writes its output.
-- importing diffusers imports torch._dynamo and sympy (0.19 GiB resident), which a process that only
+- importing diffusers imports torch._dynamo and sympy, resident memory that a process that only
   decodes then never pays (the autoencoder's encoder, which is diffusers', is built only when asked for).
 
 Parameter names are those of diffusers' `Decoder`, so checkpoints and diffusers' AutoencoderKL (used for
@@ -23,11 +23,10 @@ from torch import nn
 
 from vcraft.config import AutoencoderConfig
 
-# Pixels per band of rows (8 rows of a 512-wide frame on a CPU). On a CPU, bands of 2**12 to 2**14 pixels decode
-# at the same speed (8.8 s per 320x512 frame on 2 cores), and the smallest kept the peak lowest: glibc serves
-# band-sized temporaries from its heap, which grew by 70 MB with 2**14. On a GPU, where decoding's memory is small
-# next to the UNet's (0.47 GiB of 5.06 GiB peak for VideoCrafter2 at 320x512 on an H100) and every band costs
-# kernel launches, frames up to 1024x1024 are one band.
+# Pixels per band of rows (8 rows of a 512-wide frame). On a CPU, bands from 2**12 to 2**14 pixels decode at the
+# same speed and the smallest keeps the peak lowest (glibc serves band-sized temporaries from its heap); on a GPU,
+# where decoding's memory is small next to the UNet's and every band costs kernel launches, frames up to 1024x1024
+# are one band (docs/benchmarks.md).
 CPU_BAND_PIXELS = 2 ** 12
 GPU_BAND_PIXELS = 2 ** 20
 

@@ -38,8 +38,9 @@ Progress = Callable[[int, int], None]  # progress(step, total) of a whole video'
 
 
 class TextToVideo:
-    """A loaded model: text encoder, UNet, autoencoder and schedule (and, for image-to-video models, the image
-    encoder), run on one device in one dtype.
+    """A loaded model (its components: loaders/components.py, and its schedule), run on one device in one dtype.
+    Despite its name it makes every kind of video the model can: from text, from a picture (image-to-video models,
+    `image=`), and the continuation of a given video (`continues=`), any length, window by window.
     With `offload`, the modules wait in CPU memory and each visits the device only while its stage runs,
     so the device holds one stage's weights at a time."""
 

@@ -13,7 +13,7 @@ All randomness comes from torch's global generator, seeded per stage and saved i
 so a resumed run continues bit for bit where it stopped, in the diffusion phase it stopped in.
 
     data.py     the clips, their reversed copies, pixels, latents
-    loop.py     the step loop: learning-rate schedule, optimiser, checkpoints, resuming, progress
+    loop.py     the step loop: learning-rate schedule, optimiser, checkpoints, resuming, the log
     stages.py   autoencoder, text encoder and diffusion stages, the diffusion loss and phases
     recipe.py   the stages in order in a run folder, and the export
 """

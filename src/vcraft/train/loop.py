@@ -33,7 +33,7 @@ def load_state(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
-class Progress:
+class TrainingLog:
     """Logs to run/train.log (and stderr), and draws a bar on a terminal."""
 
     def __init__(self, run: Path, stage: str, total: int, start: int, log: Log):
@@ -106,18 +106,18 @@ def run_steps(stage: str, run: Path, start: int, total: int, stop_after: int | N
     end = total if stop_after is None else min(total, start + stop_after)
     begins = [0] + [until for until, _ in phases[:-1]]
     ends = {until for until, _ in phases}
-    progress = Progress(run, stage, total, start, log)
+    record = TrainingLog(run, stage, total, start, log)
     try:
         for i in range(start, end):
             for begin, (until, line) in zip(begins, phases):
                 if begin <= i < until and i in (begin, start):
-                    progress.note(line)
+                    record.note(line)
             loss, lr = step(i)
-            progress.step(i, loss, lr)
+            record.step(i, loss, lr)
             if (i + 1) % checkpoint_every == 0 or i + 1 == total or i + 1 in ends:
                 save(i + 1)
     finally:
-        progress.close()
+        record.close()
     return end == total
 
 
