@@ -42,12 +42,12 @@ def import_ray():
 class Worker:
     """One Ray actor: the model, loaded once, and the videos given to it one at a time."""
 
-    def __init__(self, job: Job, threads: int):
+    def __init__(self, job: Job):
         import torch
 
         from vcraft.app.render import load
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(job.options.pool.cpus)
         self.job = job
         self.pipe = load(job)
 
@@ -118,7 +118,7 @@ def _render(ray, job: Job, videos: list[Video], pool: Pool, log: Callable[[str],
         count, gpus = _sizes(ray, pool)
         actor_class = ray.remote(num_cpus=pool.cpus, num_gpus=gpus, max_restarts=RESTARTS,
                                  max_task_retries=RESTARTS)(Worker)
-        actors = [actor_class.remote(job, pool.cpus) for _ in range(min(count, len(videos)))]
+        actors = [actor_class.remote(job) for _ in range(min(count, len(videos)))]
         pids = ray.get([a.pid.remote() for a in actors])
         log(f"ray: {len(actors)} workers of {pool.cpus} CPU(s) and {gpus:g} GPU(s) (pids {', '.join(map(str, pids))})")
         waiting, idle = deque(videos), list(actors)
