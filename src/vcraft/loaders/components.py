@@ -40,7 +40,7 @@ class Component:
     label: str  # for messages
     prefix: str  # of its keys in the official checkpoint layout; the module names the rest
     build: Callable[[ModelConfig, BuildOptions], Optional[nn.Module]]  # None where the config has no such part
-    # The checkpoint's names (prefix removed) -> the module's, given the built module.
+    # The checkpoint's names (prefix removed) -> the module's, given the built module; a VcraftError says why not.
     rename: Callable[[Tensors, ModelConfig, nn.Module], Tensors] = lambda tensors, cfg, module: tensors
 
 
@@ -61,7 +61,10 @@ def _autoencoder_keys(tensors: Tensors, cfg: ModelConfig, module: nn.Module) -> 
 
     # vcraft's own models were trained as diffusers modules and keep that layout; official ones use LDM's.
     if not any(k.startswith("encoder.down_blocks.") for k in tensors):
-        tensors = convert_ldm_vae_keys(tensors, cfg.autoencoder)
+        renamed = convert_ldm_vae_keys(tensors, cfg.autoencoder)
+        if len(renamed) != len(tensors):  # two names made one: a tensor would be dropped unseen
+            raise VcraftError(f"{len(tensors) - len(renamed)} keys could not be mapped")
+        tensors = renamed
     if module.encoder is None:  # built without it: its weights are skipped, not demanded
         tensors = {k: v for k, v in tensors.items() if not k.startswith(("encoder.", "quant_conv."))}
     return tensors

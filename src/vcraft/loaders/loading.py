@@ -40,7 +40,10 @@ def fit_checkpoint(models: Models, cfg: ModelConfig, state: Tensors, source: str
 
 def _fitted(name: str, module: torch.nn.Module, tensors: Tensors, cfg: ModelConfig, source: str) -> Tensors:
     component = BY_NAME[name]
-    renamed = component.rename(tensors, cfg, module)
+    try:
+        renamed = component.rename(tensors, cfg, module)
+    except VcraftError as exc:
+        raise VcraftError(f"{source} does not fit the {component.label} of this config: {exc}") from None
     check_fits(module, renamed, component.label, source)
     return renamed
 

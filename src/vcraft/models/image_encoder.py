@@ -2,8 +2,8 @@
 (`ImageEncoder`) -> Resampler (the image projector) -> a few context tokens for the UNet's image cross-attention.
 
 Module and parameter names follow the official checkpoint (`embedder.model.visual.*`, `image_proj_model.*`, each
-prefix the component's), so it loads key for key. The vision tower is open_clip's ViT without its pooling: every token after the last block, no
-`ln_post`, no projection. Written here, as the text tower is, so that loading never imports open_clip.
+prefix the component's), so it loads key for key. The vision tower is open_clip's ViT without its pooling: every
+token after the last block, no `ln_post`, no projection. Written here, as the text tower is, so that loading never imports open_clip.
 """
 
 from __future__ import annotations
