@@ -3,7 +3,8 @@
 
 Module and parameter names follow the official checkpoint (`embedder.model.visual.*`, `image_proj_model.*`, each
 prefix the component's), so it loads key for key. The vision tower is open_clip's ViT without its pooling: every
-token after the last block, no `ln_post`, no projection. Written here, as the text tower is, so that loading never imports open_clip.
+token after the last block, no `ln_post`, no projection. Written here, as the text tower is, so that loading never
+imports open_clip.
 """
 
 from __future__ import annotations
