@@ -84,11 +84,12 @@ def model_config(which: str):
     return load_config(reference_dir() / "tiny" / which / "config.yaml").model
 
 
-@pytest.mark.parametrize("which", ["shapes", "vc2_512", "vc1_i2v_512"])
+@pytest.mark.parametrize("which", ["shapes", "vc2_512", "vc1_i2v_512", "vc0_base"])
 @torch.inference_mode()
 def test_every_layer_can_be_wrapped_a_zero_update_changes_nothing_and_any_other_changes_every_block(which):
     """shapes: Linear projections, temporal convolutions, a frame-conditioned UNet; vc2_512: also the 1x1
-    Conv1d projections of `init_attn` and relative positions; vc1_i2v_512: the image encoder and projector."""
+    Conv1d projections of `init_attn` and relative positions; vc1_i2v_512: the image encoder and projector;
+    vc0_base: the first release's 5-D UNet and transformers' CLIP text tower."""
     cfg = model_config(which)
     torch.manual_seed(0)
     models = build_models(cfg, "cpu", encoder=True)
@@ -148,5 +149,5 @@ def test_a_separate_file_attaches_to_its_component_strictly():
 def test_the_text_encoder_family_is_chosen_by_the_config():
     cfg = load_preset("shapes")
     assert cfg.model.text_encoder.family == "open_clip"
-    with pytest.raises(VcraftError, match="model.text_encoder.family must be one of open_clip, not 'bert'"):
+    with pytest.raises(VcraftError, match="model.text_encoder.family must be one of open_clip, clip, not 'bert'"):
         apply_overrides(cfg, ["model.text_encoder.family=bert"])

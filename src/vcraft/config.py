@@ -22,6 +22,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 @dataclass
 class UNetConfig:
+    # "videocrafter": VideoCrafter1/2 and vcraft's own (unet3d.py); "lvdm": the first release's 5-D UNet
+    # (unet_lvdm.py), which reads only the sizes, num_heads, temporal_length and norm_groups below.
+    family: str = "videocrafter"
     in_channels: int = 4
     out_channels: int = 4
     model_channels: int = 320
@@ -29,6 +32,7 @@ class UNetConfig:
     num_res_blocks: int = 2
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])
     num_head_channels: int = 64
+    num_heads: int = 8  # the "lvdm" family: heads in every attention (their width: channels / heads)
     transformer_depth: int = 1
     temporal_transformer_depth: int = 1
     context_dim: int = 1024
@@ -72,7 +76,8 @@ class AutoencoderConfig:
     norm_groups: int = 32  # as UNetConfig.norm_groups
 
 
-TEXT_FAMILIES = ("open_clip",)  # models.text_encoder_class builds each
+TEXT_FAMILIES = ("open_clip", "clip")  # models.text_encoder_class builds each
+UNET_FAMILIES = ("videocrafter", "lvdm")  # models.unet_class builds each
 SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")  # sampling.sampler gives each one's function
 
 
@@ -298,12 +303,16 @@ def _model_problem(m: ModelConfig) -> str | None:
                 f"not {m.unet.in_channels} and {m.unet.out_channels}")
     if (m.image_encoder is not None) != m.unet.image_attention:
         return "model.image_encoder and model.unet.image_attention go together: set both or neither"
+    if m.unet.family not in UNET_FAMILIES:
+        return f"model.unet.family must be one of {', '.join(UNET_FAMILIES)}, not '{m.unet.family}'"
     if m.text_encoder.family not in TEXT_FAMILIES:
         return f"model.text_encoder.family must be one of {', '.join(TEXT_FAMILIES)}, not '{m.text_encoder.family}'"
     if m.text_encoder.layer not in ("penultimate", "last"):
         return f"model.text_encoder.layer must be 'penultimate' or 'last', not '{m.text_encoder.layer}'"
     divides = [
         (m.unet.norm_groups, [m.unet.model_channels * k for k in m.unet.channel_mult], "model.unet.norm_groups"),
+        (m.unet.num_heads, [m.unet.model_channels * k for k in m.unet.channel_mult], "model.unet.num_heads")
+        if m.unet.family == "lvdm" else
         (m.unet.num_head_channels, [m.unet.model_channels * k for k in m.unet.channel_mult],
          "model.unet.num_head_channels"),
         (m.autoencoder.norm_groups, [m.autoencoder.ch * k for k in m.autoencoder.ch_mult],

@@ -1,6 +1,6 @@
 """The reader of original VideoCrafter inference YAMLs (configs/inference_t2v_*.yaml and inference_i2v_512_v1.0.yaml
-of the original repository): their model section becomes a vcraft config, unchanged in meaning, or a one-line
-error."""
+of the original repository, and models/base_t2v/model_config.yaml of its first release): their model section
+becomes a vcraft config, unchanged in meaning, or a one-line error."""
 
 from __future__ import annotations
 
@@ -24,14 +24,27 @@ _RESAMPLER = {"resampler_width": "dim", "resampler_depth": "depth", "resampler_h
 _IGNORED_UNET = {"use_checkpoint", "use_fp16", "num_heads", "num_classes"}
 
 
+# The first release's UNet (lvdm.models.modules.openaimodel3d): switches whose other values it never shipped.
+_RELEASE_UNET = {"kernel_size_t": 1, "padding_t": 0, "use_relative_position": True, "transformer_depth": 1,
+                 "legacy": False, "use_scale_shift_norm": False, "resblock_updown": False}
+_RELEASE_UNET_SIZES = ("in_channels", "out_channels", "model_channels", "attention_resolutions", "num_res_blocks",
+                       "channel_mult", "num_heads", "context_dim", "temporal_length")
+# CLIP ViT-L/14's text tower (transformers' CLIPTextConfig names), which the first release loads by name.
+_VIT_L_14_TEXT = {"hidden_size": 768, "num_attention_heads": 12, "num_hidden_layers": 12,
+                  "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768}
+
+
 def from_videocrafter(data: DictConfig, path: Path) -> dict:
     try:
         params = OmegaConf.to_container(data.model.params, resolve=True)
+        unet_target = params["unet_config"].get("target", "")
         unet_in = dict(params["unet_config"]["params"])
         vae_in = dict(params["first_stage_config"]["params"])
         text_in = dict(params["cond_stage_config"].get("params") or {})
     except (KeyError, TypeError, AttributeError, OmegaConfBaseException) as exc:
         raise VcraftError(f"{path} looks like a VideoCrafter config but lacks {exc}") from None
+    if unet_target.startswith("lvdm.models.modules."):  # the first release (April 2023)
+        return _first_release(params, unet_in, vae_in, path)
 
     for key, expected in _UNSUPPORTED_UNET.items():
         if key in unet_in and unet_in.pop(key) != expected:
@@ -43,13 +56,7 @@ def from_videocrafter(data: DictConfig, path: Path) -> dict:
     if params.get("uncond_type", "empty_seq") != "empty_seq":
         raise VcraftError(f"{path}: only uncond_type empty_seq is supported")
 
-    dd = dict(vae_in.get("ddconfig", {}))
-    if dd.get("attn_resolutions"):
-        raise VcraftError(f"{path}: autoencoder attn_resolutions must be empty, as in VideoCrafter")
-    autoencoder = {k: dd[k] for k in ("in_channels", "out_ch", "z_channels", "ch", "ch_mult", "num_res_blocks")
-                   if k in dd}
-    autoencoder["embed_dim"] = vae_in.get("embed_dim", 4)
-
+    autoencoder = _autoencoder(vae_in, path)
     text = _text_dims(_open_clip_config(text_in.get("arch", "ViT-H-14"), path))
     text["layer"] = text_in.get("layer", "penultimate")
     image = None
@@ -57,17 +64,60 @@ def from_videocrafter(data: DictConfig, path: Path) -> dict:
         image_in = dict((params.get("cond_img_config") or {}).get("params") or {})
         image = _image_dims(_open_clip_config(image_in.get("arch", "ViT-H-14"), path), path, unet)
 
-    schedule = {k: params[k] for k in ("timesteps", "linear_start", "linear_end", "use_scale", "scale_a",
-                                       "scale_b", "mid_step", "fix_scale_bug") if k in params}
-    latent_hw = params.get("image_size", [40, 64])
-    latent_hw = [latent_hw, latent_hw] if isinstance(latent_hw, int) else latent_hw
-    downsample = 2 ** (len(autoencoder.get("ch_mult", [1, 2, 4, 4])) - 1)
     return {
         "name": path.stem,
         "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "image_encoder": image,
-                  "schedule": schedule, "scale_factor": params.get("scale_factor", 0.18215)},
-        "sampling": {"height": latent_hw[0] * downsample, "width": latent_hw[1] * downsample},
+                  "schedule": _schedule(params), "scale_factor": params.get("scale_factor", 0.18215)},
+        "sampling": _size(params, autoencoder, [40, 64]),
     }
+
+
+def _first_release(params: dict, unet_in: dict, vae_in: dict, path: Path) -> dict:
+    """The first release's base model (models/base_t2v/model_config.yaml): its 5-D UNet, transformers' CLIP text
+    tower (sizes from a `clip_text_config.json` beside the YAML, else ViT-L/14's), no fps; sampling defaults of
+    its run script (50 DDIM steps, guidance 15, eta 1, 8 frames a second written)."""
+    for key, expected in _RELEASE_UNET.items():
+        if unet_in.get(key, expected) != expected:
+            raise VcraftError(f"{path}: unet setting {key} other than {expected} is not supported")
+    unet = {"family": "lvdm", **{k: unet_in[k] for k in _RELEASE_UNET_SIZES if k in unet_in}}
+    beside = path.parent / "clip_text_config.json"
+    clip = {**_VIT_L_14_TEXT, **(json.loads(beside.read_text()) if beside.is_file() else {})}
+    if clip.get("intermediate_size", 4 * clip["hidden_size"]) != 4 * clip["hidden_size"]:
+        raise VcraftError(f"{beside}: only an MLP of 4x the width is supported")
+    text = {"family": "clip", "width": clip["hidden_size"], "heads": clip["num_attention_heads"],
+            "layers": clip["num_hidden_layers"], "context_length": clip["max_position_embeddings"],
+            "vocab_size": clip["vocab_size"], "embed_dim": clip["projection_dim"], "layer": "last"}
+    autoencoder = _autoencoder(vae_in, path)
+    return {
+        "name": path.stem,
+        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "schedule": _schedule(params),
+                  "scale_factor": params.get("scale_factor", 0.18215)},
+        "sampling": {**_size(params, autoencoder, [32, 32]), "steps": 50, "guidance": 15.0, "eta": 1.0,
+                     "save_fps": 8},
+    }
+
+
+def _autoencoder(vae_in: dict, path: Path) -> dict:
+    dd = dict(vae_in.get("ddconfig", {}))
+    if dd.get("attn_resolutions"):
+        raise VcraftError(f"{path}: autoencoder attn_resolutions must be empty, as in VideoCrafter")
+    autoencoder = {k: dd[k] for k in ("in_channels", "out_ch", "z_channels", "ch", "ch_mult", "num_res_blocks")
+                   if k in dd}
+    autoencoder["embed_dim"] = vae_in.get("embed_dim", 4)
+    return autoencoder
+
+
+def _schedule(params: dict) -> dict:
+    return {k: params[k] for k in ("timesteps", "linear_start", "linear_end", "use_scale", "scale_a", "scale_b",
+                                   "mid_step", "fix_scale_bug") if k in params}
+
+
+def _size(params: dict, autoencoder: dict, default: list[int]) -> dict:
+    """The video size the config's latent `image_size` means."""
+    latent_hw = params.get("image_size", default)
+    latent_hw = [latent_hw, latent_hw] if isinstance(latent_hw, int) else latent_hw
+    downsample = 2 ** (len(autoencoder.get("ch_mult", [1, 2, 4, 4])) - 1)
+    return {"height": latent_hw[0] * downsample, "width": latent_hw[1] * downsample}
 
 
 def _open_clip_config(arch: str, yaml_path: Path) -> dict:

@@ -45,9 +45,9 @@ class Component:
 
 
 def _unet(cfg: ModelConfig, options: BuildOptions) -> nn.Module:
-    from vcraft.models.unet3d import UNet3D
+    from vcraft.models import unet_class
 
-    return UNet3D(cfg.unet)
+    return unet_class(cfg.unet.family)(cfg.unet)
 
 
 def _autoencoder(cfg: ModelConfig, options: BuildOptions) -> nn.Module:
@@ -76,6 +76,11 @@ def _text_encoder(cfg: ModelConfig, options: BuildOptions) -> nn.Module:
     return text_encoder_class(cfg.text_encoder.family)(cfg.text_encoder)
 
 
+def _text_encoder_keys(tensors: Tensors, cfg: ModelConfig, module: nn.Module) -> Tensors:
+    # A family whose checkpoint names depend on its library's version says how they map.
+    return module.official_keys(tensors) if hasattr(module, "official_keys") else tensors
+
+
 def _image_encoder(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Module]:
     from vcraft.models.image_encoder import ImageEncoder
 
@@ -91,7 +96,7 @@ def _image_projector(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Mod
 COMPONENTS = (
     Component("unet", "UNet", "model.diffusion_model.", _unet),
     Component("autoencoder", "autoencoder", "first_stage_model.", _autoencoder, _autoencoder_keys),
-    Component("text_encoder", "text encoder", "cond_stage_model.", _text_encoder),
+    Component("text_encoder", "text encoder", "cond_stage_model.", _text_encoder, _text_encoder_keys),
     Component("image_encoder", "image encoder", "embedder.", _image_encoder),  # image-to-video: CLIP's vision tower
     Component("image_projector", "image projector", "image_proj_model.", _image_projector),  # ... and its Resampler
 )

@@ -13,4 +13,21 @@ def text_encoder_class(family: str) -> type[nn.Module]:
         from vcraft.models.text_encoder import OpenCLIPTextEncoder
 
         return OpenCLIPTextEncoder
+    if family == "clip":
+        from vcraft.models.clip_text import CLIPTextEncoder
+
+        return CLIPTextEncoder
     raise ValueError(f"unknown text encoder family {family!r}")
+
+
+def unet_class(family: str) -> type[nn.Module]:
+    """The UNet of a family (config.UNET_FAMILIES), built from its UNetConfig."""
+    if family == "videocrafter":
+        from vcraft.models.unet3d import UNet3D
+
+        return UNet3D
+    if family == "lvdm":
+        from vcraft.models.unet_lvdm import UNetLVDM
+
+        return UNetLVDM
+    raise ValueError(f"unknown UNet family {family!r}")

@@ -85,10 +85,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return [i for word in WORDS.findall(clean(text)) for i in self._word_ids(word)]
 
-    def __call__(self, prompts: list[str], context_length: int = 77) -> torch.Tensor:
-        """`[n, context_length]` int64: start token, the prompt's tokens, end token, zeros; a prompt too long
-        is cut and still ends with the end token."""
-        out = torch.zeros(len(prompts), context_length, dtype=torch.long)
+    def __call__(self, prompts: list[str], context_length: int = 77, pad: int = 0) -> torch.Tensor:
+        """`[n, context_length]` int64: start token, the prompt's tokens, end token, then `pad` (open_clip: 0); a
+        prompt too long is cut and still ends with the end token."""
+        out = torch.full((len(prompts), context_length), pad, dtype=torch.long)
         for row, prompt in zip(out, prompts):
             ids = [self.start, *self.encode(prompt), self.end]
             if len(ids) > context_length:

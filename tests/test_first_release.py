@@ -1,0 +1,127 @@
+"""VideoCrafter's first release (April 2023), its base model `vc0-256`: every stage against the original's numbers
+(../shared/reference section 8, `tiny/vc0_base`), the full-size layout, and the command line with the original
+YAML."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reference import assert_close, reference_dir
+from vcraft.config import load_config, load_preset
+from vcraft.loaders.checkpoints import load_state_dict
+from vcraft.loaders.loading import build_models, identify_preset, load_models, place_checkpoint
+from vcraft.sampling.conditioning import Conditioning
+from vcraft.sampling.ddim import sample as ddim_sample
+from vcraft.sampling.denoisers import Denoiser
+from vcraft.sampling.schedule import q_sample
+
+_cache: dict = {}
+
+
+def fixture(container: str = "model.safetensors"):
+    if container not in _cache:
+        root = reference_dir() / "tiny" / "vc0_base"
+        models = load_models(load_config(root / "config.yaml").model, load_state_dict(root / container), container)
+        _cache[container] = (models, load_file(root / "cases.safetensors"),
+                             json.loads((root / "cases.json").read_text()))
+    return _cache[container]
+
+
+def single(ours, ref, what: str) -> None:
+    assert_close(ours, ref, 1e-5, 1e-5, 1e-6, what)  # section 3's limit for one forward pass
+
+
+def test_the_original_yaml_reads_as_the_release_model():
+    cfg = load_config(reference_dir() / "tiny" / "vc0_base" / "config.yaml")
+    assert cfg.model.unet.family == "lvdm" and cfg.model.text_encoder.family == "clip"
+    assert cfg.model.text_encoder.width == 16  # from clip_text_config.json beside the YAML
+    assert (cfg.sampling.steps, cfg.sampling.guidance, cfg.sampling.eta) == (50, 15.0, 1.0)
+    assert (cfg.sampling.height, cfg.sampling.width) == (64, 64)  # latent image_size 8 x 8
+
+
+def test_text_tokens_and_output():
+    models, cases, meta = fixture()
+    tokens = models.text_encoder.tokenize(meta["cases"]["text"]["inputs"]["prompts"])
+    assert torch.equal(tokens, cases["text.tokens"])  # padded with the end id; a long prompt keeps it last
+    with torch.inference_mode():
+        single(models.text_encoder(tokens), cases["text.output"], "text")
+
+
+@pytest.mark.parametrize("case", ["unet", "unet_nonsquare"])
+@pytest.mark.parametrize("container", ["model.ckpt", "model.safetensors"])
+def test_unet(case, container):
+    models, cases, _ = fixture(container)
+    with torch.inference_mode():
+        out = models.unet(cases[f"{case}.x"], cases[f"{case}.t"], cases[f"{case}.context"])
+    single(out, cases[f"{case}.output"], case)
+
+
+def test_vae_decode_and_q_sample():
+    models, cases, _ = fixture()
+    with torch.inference_mode():
+        single(models.autoencoder.decode(cases["vae_decode.z"], chunk=1), cases["vae_decode.output"], "vae_decode")
+    single(q_sample(models.schedule, cases["q_sample.x0"], cases["q_sample.t"], cases["q_sample.noise"]),
+           cases["q_sample.output"], "q_sample")
+
+
+def _ddim(prefix: str) -> torch.Tensor:
+    models, cases, meta = fixture()
+    case = meta["cases"][prefix]
+    draws = iter([cases[k] for k in sorted(cases) if k.startswith(f"{prefix}.noise_step_")])
+    with torch.inference_mode():
+        uncond = models.text_encoder.encode([""]) if case["cfg_scale"] != 1.0 else None
+        cond = Conditioning(cases["ddim.text_emb"], uncond, torch.tensor([8]))
+        if uncond is not None:
+            single(uncond, cases["ddim.uncond_emb"], "the empty prompt's embedding")
+        denoise = Denoiser(models.unet, cond, case["cfg_scale"])
+        return ddim_sample(denoise, cases["ddim.x_T"], models.schedule, case["ddim_steps_argument"], case["eta"],
+                           noise=lambda: next(draws))
+
+
+@pytest.mark.parametrize("prefix", ["ddim_cfg", "ddim_nocfg", "ddim_eta1"])
+def test_ddim(prefix):
+    assert_close(_ddim(prefix), fixture()[1][f"{prefix}.output"], 1e-4, 1e-4, what=prefix)
+
+
+def test_end_to_end_frames():
+    from vcraft.pipeline.frames import frames_to_uint8
+
+    models, cases, _ = fixture()
+    with torch.inference_mode():
+        video = models.autoencoder.decode(_ddim("ddim_cfg"))
+    assert_close(video, cases["end_to_end.video"], 1e-4, 5e-4, what="video")
+    diff = (frames_to_uint8(video)[0].int() - cases["end_to_end.frames_uint8"].int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() <= 0.01
+
+
+def test_the_full_size_preset_fits_the_official_layout_and_is_recognised():
+    manifest = json.loads((reference_dir() / "manifests" / "vc0_base.json").read_text())
+    state = {k: torch.empty(v["shape"], device="meta") for k, v in manifest["keys"].items()}
+    cfg = load_preset("vc0-256").model
+    models = build_models(cfg)
+    place_checkpoint(models, cfg, dict(state), "vc0_base manifest")  # strict: raises on any difference
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in models.items()}
+    assert counts["unet"] == manifest["param_counts"]["unet"], counts
+    assert identify_preset(state) == "vc0-256"
+    # A checkpoint written with transformers 4.25 carries the text tower's position ids: ignored.
+    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.empty(1, 77, device="meta")
+    place_checkpoint(build_models(cfg), cfg, state, "with position_ids")
+
+
+def test_the_command_line_makes_the_reference_video_from_the_original_yaml(tmp_path):
+    import imageio.v3 as iio
+
+    from vcraft.app.cli import run
+
+    root = reference_dir() / "tiny" / "vc0_base"
+    out = tmp_path / "fox.png"
+    assert run(["generate", "a red fox running through snow", "--config", str(root / "config.yaml"), "--ckpt",
+                str(root / "model.ckpt"), "--frames", "8", "--steps", "10", "--eta", "0", "--seed", "1",
+                "-o", str(out), "--format", "png", "-q"]) == 0
+    frames = sorted(out.glob("*.png"))
+    assert len(frames) == 8 and iio.imread(frames[0]).shape == (64, 64, 3)
+    assert json.loads((tmp_path / "fox.json").read_text())["guidance"] == 15.0
