@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from reference import assert_close, reference_dir
+from vcraft.errors import VcraftError
 from vcraft.config import load_config, load_preset
 from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.loading import build_models, identify_preset, load_models, place_checkpoint
@@ -125,3 +126,92 @@ def test_the_command_line_makes_the_reference_video_from_the_original_yaml(tmp_p
     frames = sorted(out.glob("*.png"))
     assert len(frames) == 8 and iio.imread(frames[0]).shape == (64, 64, 3)
     assert json.loads((tmp_path / "fox.json").read_text())["guidance"] == 15.0
+
+
+# VideoLoRA: the release's LoRA files merged into the weights.
+
+def _pipe():
+    from vcraft import TextToVideo
+
+    root = reference_dir() / "tiny" / "vc0_base"
+    return TextToVideo.from_pretrained(str(root / "config.yaml"), root / "model.ckpt", device="cpu")
+
+
+@pytest.mark.parametrize("container", ["ckpt", "safetensors"])
+def test_a_videolora_at_two_scales_then_removed(container):
+    pipe, cases = _pipe(), fixture()[1]
+    lora = reference_dir() / "tiny" / "vc0_base" / f"lora_unet.{container}"
+    with torch.inference_mode():
+        base = pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"])
+        single(base, cases["unet.output"], "unet")
+        for scale, case in ((1.0, "lora_unet_s1"), (0.5, "lora_unet_s05")):
+            pipe.clear_loras().add_lora(lora, scale)
+            out = pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"])
+            single(out, cases[f"{case}.output"], f"LoRA at {scale}")
+        pipe.clear_loras()
+        assert torch.equal(pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"]), base)
+
+
+def test_a_videolora_of_unet_and_text_skips_what_the_release_skips():
+    """The text layers are merged; the Conv3d pair and the `.alpha` key change nothing, as in the release."""
+    pipe, (_, cases, meta) = _pipe(), fixture()
+    pipe.add_lora(reference_dir() / "tiny" / "vc0_base" / "lora_unet_text.ckpt")
+    with torch.inference_mode():
+        tokens = pipe.text_encoder.tokenize(meta["cases"]["text"]["inputs"]["prompts"])
+        single(pipe.text_encoder(tokens), cases["lora_text.output"], "text with the LoRA")
+        single(pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"]), cases["lora_text.unet_output"],
+               "unet with the LoRA")
+
+
+def test_a_videolora_video_with_its_trigger_words():
+    from vcraft.pipeline.frames import frames_to_uint8
+
+    pipe, (_, cases, meta) = _pipe(), fixture()
+    pipe.add_lora(reference_dir() / "tiny" / "vc0_base" / "lora_unet.ckpt")
+    prompt = meta["cases"]["lora"]["prompt_with_trigger"]  # the prompt as written, trigger included
+    with torch.inference_mode():
+        assert torch.equal(pipe.text_encoder.tokenize([prompt]), cases["lora_ddim.tokens"])
+        context = pipe.encode_prompts([prompt])
+        single(context, cases["lora_ddim.text_emb"], "the triggered prompt")
+        denoise = Denoiser(pipe.unet, Conditioning(context, pipe.encode_prompts([""]), torch.tensor([8])), 15.0)
+        out = ddim_sample(denoise, cases["ddim.x_T"], pipe.schedule, 10, 0.0)
+        assert_close(out, cases["lora_ddim_cfg.output"], 1e-4, 1e-4, what="LoRA ddim")
+        frames = frames_to_uint8(pipe.autoencoder.decode(out))[0]
+    diff = (frames.int() - cases["lora_end_to_end.frames_uint8"].int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() <= 0.01
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: torch.save({"model.diffusion_model.nowhere.lora_up.weight": torch.ones(2, 1),
+                             "model.diffusion_model.nowhere.lora_down.weight": torch.ones(1, 2)}, tmp),
+     "names 'model.diffusion_model.nowhere', which the model does not have"),
+    (lambda tmp: torch.save({"model.diffusion_model.out.2.lora_up.weight": torch.ones(2, 1),
+                             "model.diffusion_model.out.2.lora_down.weight": torch.ones(1, 2)}, tmp), None),
+    (lambda tmp: torch.save({"x": torch.ones(1)}, tmp), "is not a VideoLoRA file"),
+    (lambda tmp: tmp.write_bytes(b"PK\x03\x04 truncated"), "LoRA: cannot read"),
+])
+def test_a_bad_lora_is_one_error_and_changes_nothing(tmp_path, make, message):
+    pipe, cases = _pipe(), fixture()[1]
+    path = tmp_path / "bad.ckpt"
+    make(path)
+    with torch.inference_mode():
+        before = pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"])
+        if message is None:  # a Conv3d layer (the UNet's output conv): skipped, as the release skips it
+            pipe.add_lora(path)
+        else:
+            with pytest.raises(VcraftError, match=message):
+                pipe.add_lora(path)
+        assert torch.equal(pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"]), before)
+
+
+def test_a_lora_whose_shapes_do_not_fit_is_refused_before_any_weight_changes(tmp_path):
+    pipe, cases = _pipe(), fixture()[1]
+    good = torch.load(reference_dir() / "tiny" / "vc0_base" / "lora_unet.ckpt", weights_only=True)
+    last = sorted(good)[-1].removesuffix(".lora_up.weight").removesuffix(".lora_down.weight")
+    good[f"{last}.lora_up.weight"] = torch.ones(3, 4)  # made for a model of another width
+    torch.save(good, tmp_path / "other.ckpt")
+    with torch.inference_mode():
+        before = pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"])
+        with pytest.raises(VcraftError, match="does not fit this model: .* in the file, the model's layer is"):
+            pipe.add_lora(tmp_path / "other.ckpt")
+        assert torch.equal(pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"]), before)

@@ -25,6 +25,7 @@ from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.components import Models
 from vcraft.loaders.devices import resolve_device, resolve_dtype
 from vcraft.loaders.loading import identify_preset, load_models
+from vcraft.loaders.lora import LoRA, Merged, read_lora
 from vcraft.loaders.weights import find_checkpoint
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
 from vcraft.pipeline.settings import Settings, make_settings
@@ -53,6 +54,7 @@ class TextToVideo:
         self.image_encoder = models.image_encoder
         self.image_projector = models.image_projector
         self.schedule = models.schedule
+        self.merged = Merged(models, config.model)
         self.device = device
         self.dtype = dtype
         self.offload = offload
@@ -90,6 +92,17 @@ class TextToVideo:
         later step runs faster (docs/benchmarks.md). Off unless asked for: short runs would spend more time
         compiling than they save."""
         self.unet.compile(**options)
+        return self
+
+    def add_lora(self, lora: str | os.PathLike | LoRA, scale: float = 1.0) -> "TextToVideo":
+        """Merge a LoRA file into the weights at `scale` (in place; returns self). Its trigger words, if any, go into
+        the prompt as they are: a prompt is used as written."""
+        self.merged.add(lora if isinstance(lora, LoRA) else read_lora(lora), scale)
+        return self
+
+    def clear_loras(self) -> "TextToVideo":
+        """Remove every merged LoRA: the weights are again exactly those loaded."""
+        self.merged.clear()
         return self
 
     def settings(self, prompt: str, **chosen: Any) -> Settings:
