@@ -215,3 +215,44 @@ def test_a_lora_whose_shapes_do_not_fit_is_refused_before_any_weight_changes(tmp
         with pytest.raises(VcraftError, match="does not fit this model: .* in the file, the model's layer is"):
             pipe.add_lora(tmp_path / "other.ckpt")
         assert torch.equal(pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"]), before)
+
+
+def test_the_command_line_merges_loras_records_them_and_makes_the_video_again(tmp_path):
+    import shutil
+
+    import imageio.v3 as iio
+
+    from vcraft.app.cli import run
+
+    root = reference_dir() / "tiny" / "vc0_base"
+    lora = tmp_path / "style.ckpt"
+    shutil.copy(root / "lora_unet.ckpt", lora)
+    common = ["--config", str(root / "config.yaml"), "--ckpt", str(root / "model.ckpt"), "--frames", "8",
+              "--steps", "4", "--eta", "0", "--seed", "3", "--format", "png", "-q"]
+    prompt = "a red fox running through snow, Loving Vincent style"
+    assert run(["generate", prompt, *common, "-o", str(tmp_path / "plain")]) == 0
+    assert run(["generate", prompt, *common, "--lora", f"{lora}:0.5", "-o", str(tmp_path / "styled")]) == 0
+    recorded = json.loads((tmp_path / "styled.json").read_text())["loras"]
+    assert recorded == [{"path": str(lora.resolve()), "sha256": recorded[0]["sha256"], "scale": 0.5}]
+    assert json.loads((tmp_path / "plain.json").read_text())["loras"] == []
+    frames = {name: [iio.imread(f) for f in sorted((tmp_path / name).glob("*.png"))] for name in ("plain", "styled")}
+    assert any((a != b).any() for a, b in zip(frames["plain"], frames["styled"])), "the LoRA changed nothing"
+    assert run(["generate", "--from", str(tmp_path / "styled.json"), "-o", str(tmp_path / "again"), "-q"]) == 0
+    again = [iio.imread(f) for f in sorted((tmp_path / "again").glob("*.png"))]
+    assert all((a == b).all() for a, b in zip(again, frames["styled"])) and len(again) == 8
+    lora.write_bytes(lora.read_bytes() + b"\0")  # the file is no longer the one the video was made with
+    assert run(["generate", "--from", str(tmp_path / "styled.json"), "-o", str(tmp_path / "changed"), "-q"]) == 2
+    assert not (tmp_path / "changed").exists()
+
+
+def test_a_lora_made_for_another_model_is_one_error_line_and_nothing_is_written(tmp_path, capsys):
+    from vcraft.app.cli import run
+
+    vc2 = reference_dir() / "tiny" / "vc2_512"
+    lora = reference_dir() / "tiny" / "vc0_base" / "lora_unet.ckpt"
+    code = run(["generate", "a fox", "--config", str(vc2 / "config.yaml"), "--ckpt", str(vc2 / "model.safetensors"),
+                "--lora", str(lora), "--frames", "8", "--height", "64", "--width", "64", "--steps", "2",
+                "-o", str(tmp_path / "out.mp4"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not fit this model" in err[0], err
+    assert not any(tmp_path.iterdir())

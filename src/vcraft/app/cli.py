@@ -107,6 +107,8 @@ def generate(
                                           help="vcraft YAML or original VideoCrafter inference YAML."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    lora: list[str] = typer.Option([], "--lora", help="A LoRA file merged into the model: PATH or PATH:SCALE "
+                                                      "(scale 1.0 by default); repeatable."),
     seed: Optional[int] = typer.Option(None, min=0, help="Base seed (default: random, reported)."),
     samples: int = typer.Option(1, help="Videos per prompt."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per finished video on stdout."),
@@ -129,6 +131,7 @@ def generate(
     from vcraft.pipeline.settings import INPUT_FILES, READERS, TYPES
 
     chosen = {k: flags.pop(k) for k in TYPES if k in flags}
+    loras = [_lora(spec) for spec in lora]  # read once, before anything else is done
     for key in INPUT_FILES:  # read once for the whole run
         if chosen[key] is not None:
             chosen[key] = READERS[TYPES[key]](chosen[key])
@@ -140,6 +143,7 @@ def generate(
         model = None if config else recipe["model"]
         ckpt = ckpt or (Path(recipe["ckpt"]) if recipe.get("ckpt") else None)
         overrides = [*recipe.get("overrides", []), *overrides]
+        loras = loras or recipe["loras"]
         chosen = {**{k: recipe.get(k) for k in chosen}, **{k: v for k, v in chosen.items() if v is not None}}
         rows = [PromptRow(recipe["prompt"], {"seed": recipe["seed"] if seed is None else seed}, str(from_json))]
         flags["format"] = flags["format"] or recipe.get("format")
@@ -166,7 +170,7 @@ def generate(
 
     encoder = any(v.settings.continues is not None for v in todo)
     job = Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides),
-              encoder=encoder)
+              encoder=encoder, loras=tuple(loras))
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
     outcomes = _locally(job, todo, quiet) if options.pool is None else _on_ray(job, todo, quiet)
@@ -181,6 +185,20 @@ def generate(
     if failed:
         _log(f"{len(failed)} of {len(todo)} videos failed: " + ", ".join(str(v.index) for v in failed))
         raise typer.Exit(1)
+
+
+def _lora(spec: str):
+    """`PATH` or `PATH:SCALE` as a read LoRA and its scale."""
+    from vcraft.loaders.lora import read_lora
+
+    path, _, scale = spec.rpartition(":")
+    try:
+        value = float(scale)
+    except ValueError:  # no scale given (or a colon inside the path)
+        path, value = spec, 1.0
+    if not path:
+        raise VcraftError(f"--lora {spec}: give PATH or PATH:SCALE")
+    return read_lora(path), value
 
 
 def _pool(address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):

@@ -21,6 +21,7 @@ from vcraft.app.options import STDOUT, RunOptions
 from vcraft.app.video import write_video
 from vcraft.config import Config
 from vcraft.errors import one_line
+from vcraft.loaders.lora import LoRA
 from vcraft.pipeline.api import Progress, TextToVideo
 
 
@@ -32,6 +33,7 @@ class Job:
     ckpt: Path
     options: RunOptions
     config_file: Optional[Path] = None  # the YAML it came from, when not a preset
+    loras: tuple[tuple[LoRA, float], ...] = ()  # merged into the weights once loaded, each at its scale
     overrides: list[str] = field(default_factory=list)
     encoder: bool = False  # load the autoencoder's encoder too (videos that continue others)
 
@@ -59,6 +61,8 @@ def load(job: Job) -> TextToVideo:
     says otherwise."""
     o = job.options
     pipe = TextToVideo.from_config(job.config, job.ckpt, o.device, o.dtype, o.offload == "model", job.encoder)
+    for lora, scale in job.loras:
+        pipe.add_lora(lora, scale)
     if pipe.device.type == "cpu" and unet_work(pipe) < SMALL_WORK and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return pipe.compile() if o.compile else pipe

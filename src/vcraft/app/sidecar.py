@@ -1,5 +1,5 @@
 """The JSON sidecar beside every video: what it records (the model, the run's options that matter, the settings, each
-input file's path and sha256), written with the video by video.write_video, and read back, for `--from` and for
+input file's and LoRA's path and sha256), written with the video by video.write_video, and read back, for `--from` and for
 the web app's list, with the defaults of older sidecars filled in."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from vcraft.pipeline.settings import INPUT_FILES, READERS, TYPES, Settings
 
 if TYPE_CHECKING:
     from vcraft.app.render import Job
+    from vcraft.loaders.lora import LoRA
     from vcraft.pipeline.api import TextToVideo
 
 # What sidecars written before a setting existed mean by its absence (or, for the negative prompt, a null).
@@ -31,6 +32,7 @@ def fields(job: "Job", pipe: "TextToVideo", settings: Settings) -> dict[str, Any
     return {"model": job.config.name, "config": str(job.config_file.resolve()) if job.config_file else None,
             "ckpt": str(Path(job.ckpt).resolve()), "format": job.options.format, "overrides": list(job.overrides),
             "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."), "vcraft_version": __version__,
+            "loras": [{"path": lora.source, "sha256": lora.sha256, "scale": scale} for lora, scale in job.loras],
             **settings.record()}
 
 
@@ -64,7 +66,20 @@ def recipe(path: Path) -> dict[str, Any]:
     for key in INPUT_FILES:
         if recorded.get(key) is not None:
             recorded[key] = _same_input(path, key, recorded[key], recorded.get(f"{key}_sha256"))
+    recorded["loras"] = [(_same_lora(path, entry), entry["scale"]) for entry in recorded.get("loras", [])]
     return recorded
+
+
+def _same_lora(path: Path, entry: dict[str, Any]) -> "LoRA":
+    from vcraft.loaders.lora import read_lora
+
+    try:
+        lora = read_lora(entry["path"])
+    except VcraftError as exc:
+        raise VcraftError(f"--from {path}: {exc}") from None
+    if lora.sha256 != entry["sha256"]:
+        raise VcraftError(f"--from {path}: {entry['path']} has changed since the video was made (another sha256)")
+    return lora
 
 
 def _same_input(path: Path, key: str, source: str, sha256: str | None) -> Any:
