@@ -256,3 +256,9 @@ def test_a_lora_made_for_another_model_is_one_error_line_and_nothing_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "does not fit this model" in err[0], err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_lora_merged_for_good_cannot_be_removed():
+    pipe = _pipe().add_lora(reference_dir() / "tiny" / "vc0_base" / "lora_unet.ckpt", removable=False)
+    with pytest.raises(VcraftError, match="cannot be removed"):
+        pipe.clear_loras()

@@ -62,7 +62,7 @@ def load(job: Job) -> TextToVideo:
     o = job.options
     pipe = TextToVideo.from_config(job.config, job.ckpt, o.device, o.dtype, o.offload == "model", job.encoder)
     for lora, scale in job.loras:
-        pipe.add_lora(lora, scale)
+        pipe.add_lora(lora, scale, removable=False)  # a run keeps its LoRAs to the end
     if pipe.device.type == "cpu" and unet_work(pipe) < SMALL_WORK and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return pipe.compile() if o.compile else pipe

@@ -74,10 +74,12 @@ class Merged:
         self.models, self.cfg = models, cfg
         self.loras: list[tuple[LoRA, float]] = []
         self._original: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+        self._permanent = False  # a LoRA was merged without keeping what it replaced
 
     @torch.no_grad()
-    def add(self, lora: LoRA, scale: float = 1.0) -> None:
-        """Merge `lora` at `scale`; every pair is checked before any weight changes."""
+    def add(self, lora: LoRA, scale: float = 1.0, keep: bool = True) -> None:
+        """Merge `lora` at `scale`; every pair is checked before any weight changes. `keep=False` does not keep the
+        weights it replaces (memory a run that never removes it need not spend), and `clear` then refuses."""
         updates = []
         for path, (up, down) in lora.pairs.items():
             module = _module(self.models, self.cfg, path, lora.source)
@@ -91,14 +93,26 @@ class Merged:
                                   f"{list(shape)}")
             updates.append((module, up2, down2))
         for module, up2, down2 in updates:
-            self._original.setdefault(id(module), (module, module.weight.detach().clone()))
-            weight = module.weight.float() + scale * (up2 @ down2).view(module.weight.shape)
-            module.weight.copy_(weight.to(module.weight.dtype))
+            if keep:
+                self._original.setdefault(id(module), (module, module.weight.detach().clone()))
+            else:
+                self._permanent = True
+            delta = (up2 @ down2).mul_(scale).view(module.weight.shape)
+            if module.weight.dtype == torch.float32:
+                module.weight.add_(delta)
+            else:  # merged in float32, cast once
+                module.weight.copy_((module.weight.float() + delta).to(module.weight.dtype))
         self.loras.append((lora, scale))
+
+    def kept_bytes(self) -> int:
+        """The memory the replaced weights take while LoRAs are merged."""
+        return sum(w.numel() * w.element_size() for _, w in self._original.values())
 
     @torch.no_grad()
     def clear(self) -> None:
         """Remove every merged LoRA: the weights as they were, bit for bit."""
+        if self._permanent:
+            raise VcraftError("a LoRA merged with keep=False cannot be removed; load the model again")
         for module, weight in self._original.values():
             module.weight.copy_(weight)
         self._original.clear()

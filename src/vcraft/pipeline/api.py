@@ -94,10 +94,11 @@ class TextToVideo:
         self.unet.compile(**options)
         return self
 
-    def add_lora(self, lora: str | os.PathLike | LoRA, scale: float = 1.0) -> "TextToVideo":
+    def add_lora(self, lora: str | os.PathLike | LoRA, scale: float = 1.0, removable: bool = True) -> "TextToVideo":
         """Merge a LoRA file into the weights at `scale` (in place; returns self). Its trigger words, if any, go into
-        the prompt as they are: a prompt is used as written."""
-        self.merged.add(lora if isinstance(lora, LoRA) else read_lora(lora), scale)
+        the prompt as they are: a prompt is used as written. `removable=False` saves the memory of the weights it
+        replaces, which `clear_loras` would need."""
+        self.merged.add(lora if isinstance(lora, LoRA) else read_lora(lora), scale, keep=removable)
         return self
 
     def clear_loras(self) -> "TextToVideo":
