@@ -187,7 +187,7 @@ def test_a_videolora_video_with_its_trigger_words():
      "names 'model.diffusion_model.nowhere', which the model does not have"),
     (lambda tmp: torch.save({"model.diffusion_model.out.2.lora_up.weight": torch.ones(2, 1),
                              "model.diffusion_model.out.2.lora_down.weight": torch.ones(1, 2)}, tmp), None),
-    (lambda tmp: torch.save({"x": torch.ones(1)}, tmp), "is not a VideoLoRA file"),
+    (lambda tmp: torch.save({"x": torch.ones(1)}, tmp), "is not a LoRA file"),
     (lambda tmp: tmp.write_bytes(b"PK\x03\x04 truncated"), "LoRA: cannot read"),
 ])
 def test_a_bad_lora_is_one_error_and_changes_nothing(tmp_path, make, message):
@@ -262,3 +262,39 @@ def test_a_lora_merged_for_good_cannot_be_removed():
     pipe = _pipe().add_lora(reference_dir() / "tiny" / "vc0_base" / "lora_unet.ckpt", removable=False)
     with pytest.raises(VcraftError, match="cannot be removed"):
         pipe.clear_loras()
+
+
+def test_the_same_lora_in_the_kohya_and_peft_layouts_gives_the_same_model(tmp_path):
+    """The release's text-and-UNet LoRA without the pairs it skips, written as kohya (alpha 2 at rank 4: a factor of
+    0.5) and as PEFT (lora_alpha 2, r 4 in adapter_config.json), merges as the VideoLoRA file at scale 0.5."""
+    from safetensors.torch import save_file
+
+    _, cases, meta = fixture()
+    root = reference_dir() / "tiny" / "vc0_base"
+    state = torch.load(root / "lora_unet_text.ckpt", weights_only=True)
+    names = {k.removesuffix(".lora_up.weight") for k in state if k.endswith(".lora_up.weight")}
+    names.discard("model.diffusion_model.input_blocks.1.1.proj_in")  # a Conv3d: the release skips it
+    kohya, peft = {}, {}
+    for name in names:
+        up, down = state[f"{name}.lora_up.weight"], state[f"{name}.lora_down.weight"]
+        short = name.removeprefix("model.diffusion_model.").removeprefix("cond_stage_model.transformer.")
+        start = "lora_unet_" if name.startswith("model.") else "lora_te_"
+        kohya.update({f"{start}{short.replace('.', '_')}.lora_up.weight": up,
+                      f"{start}{short.replace('.', '_')}.lora_down.weight": down,
+                      f"{start}{short.replace('.', '_')}.alpha": torch.tensor(2.0)})
+        peft.update({f"base_model.model.{name}.lora_B.weight": up, f"base_model.model.{name}.lora_A.weight": down})
+    (tmp_path / "peft").mkdir()
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    save_file(peft, str(tmp_path / "peft" / "adapter_model.safetensors"))
+    (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 2}))
+    outputs = []
+    for lora, scale in ((root / "lora_unet_text.ckpt", 0.5), (tmp_path / "kohya.safetensors", 1.0),
+                        (tmp_path / "peft" / "adapter_model.safetensors", 1.0)):
+        pipe = _pipe().add_lora(lora, scale)
+        with torch.inference_mode():
+            tokens = pipe.text_encoder.tokenize(meta["cases"]["text"]["inputs"]["prompts"])
+            unet = pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"])
+            outputs.append((pipe.text_encoder(tokens), unet))
+    for text, unet in outputs[1:]:
+        assert torch.equal(text, outputs[0][0]) and torch.equal(unet, outputs[0][1])
+    assert not torch.equal(outputs[0][1], cases["unet.output"])  # the LoRA did change the model

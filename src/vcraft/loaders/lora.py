@@ -1,15 +1,23 @@
-"""LoRA files merged into a loaded model's weights, `W += scale * up @ down`: no cost per step, and undone exactly (the
-touched weights are kept as they were).
+"""LoRA files merged into a loaded model's weights, `W += scale * factor * up @ down`: no cost per step, and undone
+exactly (the touched weights are kept as they were).
 
-The format read here is the first release's VideoLoRA file (`.ckpt`, or its safetensors twin): `<module path from the
-checkpoint's root>.lora_up.weight` / `.lora_down.weight` pairs, merged in float32 without rank or alpha scaling,
-as the release's `net_load_lora` merges them. Like it, a pair for a module that is not exactly a Linear or a 2D
-convolution is skipped, and so is any `.alpha` key; every path must name a module of the model.
+Three formats, told apart by their keys:
+- **VideoLoRA** (VideoCrafter's first release, `.ckpt` or the same as safetensors): `<module path from the checkpoint's
+  root>.lora_up.weight` / `.lora_down.weight`, factor 1 (no rank or alpha scaling), as the release's
+  `net_load_lora` merges them. Like it, a pair for a module that is not exactly a Linear or a 2D convolution is
+  skipped, and so is any `.alpha` key.
+- **kohya** (safetensors): `lora_unet_<UNet module path, dots as underscores>` and `lora_te_<CLIPTextModel module
+  path>` with `.lora_up.weight`, `.lora_down.weight` and `.alpha`; factor alpha / rank (1 without alpha).
+- **PEFT** (diffusers, VideoTuna): `[base_model.model.]<module path from the checkpoint's root, or from the UNet>` with
+  `.lora_A.weight` (down) and `.lora_B.weight` (up); factor `lora_alpha / r` from an `adapter_config.json` beside
+  the file (1 without one).
+kohya and PEFT pairs may touch any Linear or convolution. Every name must name a module of the model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,54 +25,111 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vcraft.config import ModelConfig
 from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import load_state_dict
-from vcraft.config import ModelConfig
-from vcraft.loaders.components import Models, route
+from vcraft.loaders.components import BY_NAME, Models, route
 
-UP, DOWN = ".lora_up.weight", ".lora_down.weight"
-MERGED_KINDS = (nn.Linear, nn.Conv2d)  # exactly these classes, as the release merges
+# The suffixes of a pair's tensors (up, down) in each format.
+SUFFIXES = {"videolora": (".lora_up.weight", ".lora_down.weight"), "kohya": (".lora_up.weight", ".lora_down.weight"),
+            "peft": (".lora_B.weight", ".lora_A.weight")}
+RELEASE_KINDS = (nn.Linear, nn.Conv2d)  # the only classes a VideoLoRA pair is merged into (exactly these)
+ANY_KINDS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+KOHYA = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
+PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
 class LoRA:
-    """A LoRA file read once: where it came from, its sha256, and its pairs by module path (official layout)."""
+    """A LoRA file read once: where it came from, its sha256, its format, and its pairs by the format's layer name:
+    (up, down, factor)."""
 
     source: str
     sha256: str
-    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(repr=False, compare=False)
+    format: str  # videolora, kohya or peft
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(repr=False, compare=False)
+
+
+def _format(keys: list[str]) -> str:
+    if any(k.endswith(".lora_A.weight") for k in keys):
+        return "peft"
+    return "kohya" if any(k.startswith(tuple(KOHYA)) for k in keys) else "videolora"
 
 
 def read_lora(path: str | os.PathLike) -> LoRA:
-    """A VideoLoRA file as a LoRA (read without running code); a VcraftError for anything else."""
+    """A LoRA file of one of the formats above (read without running code); a VcraftError for anything else."""
     path = Path(path)
     try:
         state = load_state_dict(path)
     except VcraftError as exc:
         raise VcraftError(f"LoRA: {exc}") from None
-    ups = {k[:-len(UP)]: v for k, v in state.items() if k.endswith(UP)}
-    downs = {k[:-len(DOWN)]: v for k, v in state.items() if k.endswith(DOWN)}
-    other = [k for k in state if not k.endswith((UP, DOWN)) and ".alpha" not in k]
+    kind = _format(list(state))
+    up_suffix, down_suffix = SUFFIXES[kind]
+    ups = {k[:-len(up_suffix)]: v for k, v in state.items() if k.endswith(up_suffix)}
+    downs = {k[:-len(down_suffix)]: v for k, v in state.items() if k.endswith(down_suffix)}
+    other = [k for k in state if not k.endswith((up_suffix, down_suffix)) and not k.endswith(".alpha")]
     if not ups or other or ups.keys() != downs.keys():
         example = other[0] if other else next(iter(ups.keys() ^ downs.keys()), None)
-        raise VcraftError(f"{path} is not a VideoLoRA file (pairs of .lora_up.weight and .lora_down.weight)"
-                          + (f": '{example}'" if example else ""))
+        raise VcraftError(f"{path} is not a LoRA file (pairs of up and down weights in the VideoLoRA, kohya or PEFT "
+                          "layout)" + (f": '{example}'" if example else ""))
+    factors = {name: 1.0 for name in ups}
+    if kind == "kohya":
+        factors = {name: float(state[f"{name}.alpha"]) / downs[name].shape[0] if f"{name}.alpha" in state else 1.0
+                   for name in ups}
+    elif kind == "peft":
+        beside = path.parent / "adapter_config.json"
+        if beside.is_file():
+            config = json.loads(beside.read_text())
+            factors = dict.fromkeys(ups, config.get("lora_alpha", config["r"]) / config["r"])
+        ups = {name.removeprefix(PEFT_PREFIX): v for name, v in ups.items()}
+        downs = {name.removeprefix(PEFT_PREFIX): v for name, v in downs.items()}
+        factors = {name.removeprefix(PEFT_PREFIX): v for name, v in factors.items()}
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LoRA(str(path.resolve()), digest, {k: (ups[k], downs[k]) for k in sorted(ups)})
+    return LoRA(str(path.resolve()), digest, kind, {k: (ups[k], downs[k], factors[k]) for k in sorted(ups)})
 
 
-def _module(models: Models, cfg: ModelConfig, path: str, source: str) -> nn.Module:
-    """The module a LoRA path names: its component by the table, its name as the component renames it."""
+def _official(models: Models, cfg: ModelConfig, path: str) -> nn.Module | None:
+    """The module an official-layout path names: its component by the table, its name as the component renames it."""
     found = route(path + ".weight")
     module = None if found is None else getattr(models, found[0].name)
-    if module is not None:
-        key = next(iter(found[0].rename({found[1]: torch.empty(0)}, cfg, module)), "").removesuffix(".weight")
-        try:
-            return module.get_submodule(key)
-        except AttributeError:
-            pass
-    raise VcraftError(f"{source} does not fit this model: it names '{path}', which the model does not have "
-                      "(a LoRA for another model?)")
+    if module is None:
+        return None
+    key = next(iter(found[0].rename({found[1]: torch.empty(0)}, cfg, module)), "").removesuffix(".weight")
+    try:
+        return module.get_submodule(key)
+    except AttributeError:
+        return None
+
+
+def _kohya_names(models: Models) -> dict[str, nn.Module]:
+    """Every module by its kohya name: the UNet's official paths, the text tower's as in CLIPTextModel."""
+    names = {}
+    for start, component in KOHYA.items():
+        module = getattr(models, component)
+        for path, layer in (module.named_modules() if module is not None else ()):
+            if component == "text_encoder":
+                path = path.removeprefix("transformer.")
+                path = path if path.startswith("text_model.") else f"text_model.{path}"
+            names[start + path.replace(".", "_")] = layer
+    return names
+
+
+def _modules(models: Models, cfg: ModelConfig, lora: LoRA) -> dict[str, nn.Module]:
+    """The module of every pair of `lora`; a VcraftError naming the first one the model does not have."""
+    kohya = _kohya_names(models) if lora.format == "kohya" else {}
+    found = {}
+    for name in lora.pairs:
+        if lora.format == "kohya":
+            module = kohya.get(name)
+        else:
+            module = _official(models, cfg, name)
+            if module is None and lora.format == "peft":  # PEFT names may start at the UNet
+                module = _official(models, cfg, BY_NAME["unet"].prefix + name)
+        if module is None:
+            raise VcraftError(f"{lora.source} does not fit this model: it names '{name}', which the model does not "
+                              "have (a LoRA for another model?)")
+        found[name] = module
+    return found
 
 
 class Merged:
@@ -81,9 +146,10 @@ class Merged:
         """Merge `lora` at `scale`; every pair is checked before any weight changes. `keep=False` does not keep the
         weights it replaces (memory a run that never removes it need not spend), and `clear` then refuses."""
         updates = []
-        for path, (up, down) in lora.pairs.items():
-            module = _module(self.models, self.cfg, path, lora.source)
-            if type(module) not in MERGED_KINDS:
+        modules = _modules(self.models, self.cfg, lora)
+        for path, (up, down, factor) in lora.pairs.items():
+            module = modules[path]
+            if type(module) not in RELEASE_KINDS if lora.format == "videolora" else not isinstance(module, ANY_KINDS):
                 continue
             up2, down2 = up.flatten(1).float(), down.flatten(1).float()
             shape = tuple(module.weight.shape)
@@ -91,13 +157,13 @@ class Merged:
                 raise VcraftError(f"{lora.source} does not fit this model: '{path}' is {up2.shape[0]}x"
                                   f"{down2.shape[1]} (rank {down2.shape[0]}) in the file, the model's layer is "
                                   f"{list(shape)}")
-            updates.append((module, up2, down2))
-        for module, up2, down2 in updates:
+            updates.append((module, up2, down2, scale * factor))
+        for module, up2, down2, weight_scale in updates:
             if keep:
                 self._original.setdefault(id(module), (module, module.weight.detach().clone()))
             else:
                 self._permanent = True
-            delta = (up2 @ down2).mul_(scale).view(module.weight.shape)
+            delta = (up2 @ down2).mul_(weight_scale).view(module.weight.shape)
             if module.weight.dtype == torch.float32:
                 module.weight.add_(delta)
             else:  # merged in float32, cast once
