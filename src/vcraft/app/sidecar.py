@@ -1,6 +1,6 @@
 """The JSON sidecar beside every video: what it records (the model, the run's options that matter, the settings, each
-input file's and LoRA's path and sha256), written with the video by video.write_video, and read back, for `--from` and for
-the web app's list, with the defaults of older sidecars filled in."""
+input file's and LoRA's path and sha256), written with the video by video.write_video, and read back, for `--from`
+and for the web app's list, with the defaults of older sidecars filled in."""
 
 from __future__ import annotations
 
