@@ -7,6 +7,8 @@ parameters follow the official checkpoints, including their spelling (`temopral_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,6 +101,50 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+@dataclass(frozen=True)
+class Step:
+    """One block of a latent-diffusion UNet after its first convolution: a ResBlock from `cin` to `cout` channels
+    (with attention where `attention`, then a 2x upsampling where `up`), or a downsampling (`down`)."""
+
+    cin: int
+    cout: int
+    attention: bool = False
+    down: bool = False
+    up: bool = False
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """The channels of every block of a latent-diffusion UNet, level by level, as VideoCrafter lays them out (the
+    first release's UNet too): its input blocks, the middle block's width and its output blocks."""
+
+    inputs: list[Step]
+    middle: int
+    outputs: list[Step]
+
+    @classmethod
+    def of(cls, cfg: UNetConfig) -> "BlockPlan":
+        mc, levels = cfg.model_channels, len(cfg.channel_mult)
+        inputs, skips, ch, ds = [], [mc], mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                inputs.append(Step(ch, mult * mc, ds in cfg.attention_resolutions))
+                ch = mult * mc
+                skips.append(ch)
+            if level != levels - 1:
+                inputs.append(Step(ch, ch, down=True))
+                skips.append(ch)
+                ds *= 2
+        middle, outputs = ch, []
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                up = bool(level) and i == cfg.num_res_blocks
+                outputs.append(Step(ch + skips.pop(), mult * mc, ds in cfg.attention_resolutions, up=up))
+                ch = mult * mc
+                ds //= 2 if up else 1
+        return cls(inputs, middle, outputs)
+
+
 class Block(nn.ModuleList):
     """One entry of input_blocks / output_blocks: layers applied in order, each given what it needs."""
 
@@ -155,37 +201,18 @@ class UNet3D(nn.Module):
             self.init_attn = Block([TemporalTransformer(
                 mc, 8, cfg.num_head_channels, cfg.transformer_depth, False, relative, cfg.use_causal_attention,
                 cfg.norm_groups, cfg.frame_positions)])
-        skip_channels = [mc]
-        ch, ds = mc, 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [res(ch, mult * mc)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers += spatial_temporal(ch)
-                self.input_blocks.append(Block(layers))
-                skip_channels.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(Block([Downsample(ch)]))
-                skip_channels.append(ch)
-                ds *= 2
-
+        plan = BlockPlan.of(cfg)
+        for step in plan.inputs:
+            self.input_blocks.append(Block([Downsample(step.cin)]) if step.down else Block(
+                [res(step.cin, step.cout), *(spatial_temporal(step.cout) if step.attention else [])]))
+        ch = plan.middle
         self.middle_block = Block([res(ch, ch), *spatial_temporal(ch), res(ch, ch)])
+        self.output_blocks = nn.ModuleList(Block([
+            res(step.cin, step.cout), *(spatial_temporal(step.cout) if step.attention else []),
+            *([Upsample(step.cout)] if step.up else [])]) for step in plan.outputs)
 
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + skip_channels.pop(), mult * mc)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers += spatial_temporal(ch)
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch))
-                    ds //= 2
-                self.output_blocks.append(Block(layers))
-
-        self.out = nn.Sequential(
-            GroupNorm32(cfg.norm_groups, ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(cfg.norm_groups, plan.outputs[-1].cout), nn.SiLU(),
+                                 nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 fps: torch.Tensor | int = 16) -> torch.Tensor:

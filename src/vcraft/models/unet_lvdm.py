@@ -15,7 +15,7 @@ from torch import nn
 
 from vcraft.config import UNetConfig
 from vcraft.models.attention import Attention, FeedForward, sinusoidal_embedding
-from vcraft.models.unet3d import GroupNorm32
+from vcraft.models.unet3d import BlockPlan, GroupNorm32
 
 
 def frame_conv(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
@@ -146,33 +146,17 @@ class UNetLVDM(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.input_blocks = nn.ModuleList([Block([frame_conv(cfg.in_channels, mc)])])
-        skip_channels = [mc]
-        ch, ds = mc, 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc, groups)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers.append(attention(ch))
-                self.input_blocks.append(Block(layers))
-                skip_channels.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(Block([Downsample(ch)]))
-                skip_channels.append(ch)
-                ds *= 2
+        plan = BlockPlan.of(cfg)
+        for step in plan.inputs:
+            self.input_blocks.append(Block([Downsample(step.cin)]) if step.down else Block(
+                [ResBlock(step.cin, emb_dim, step.cout, groups), *([attention(step.cout)] if step.attention else [])]))
+        ch = plan.middle
         self.middle_block = Block([ResBlock(ch, emb_dim, ch, groups), attention(ch), ResBlock(ch, emb_dim, ch, groups)])
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc, groups)]
-                ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers.append(attention(ch))
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch))
-                    ds //= 2
-                self.output_blocks.append(Block(layers))
-        self.out = nn.Sequential(GroupNorm32(groups, ch), nn.SiLU(), frame_conv(mc, cfg.out_channels))
+        self.output_blocks = nn.ModuleList(Block([
+            ResBlock(step.cin, emb_dim, step.cout, groups), *([attention(step.cout)] if step.attention else []),
+            *([Upsample(step.cout)] if step.up else [])]) for step in plan.outputs)
+        self.out = nn.Sequential(GroupNorm32(groups, plan.outputs[-1].cout), nn.SiLU(),
+                                 frame_conv(mc, cfg.out_channels))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 fps: torch.Tensor | int | None = None) -> torch.Tensor:
