@@ -110,6 +110,7 @@ def test_mp4_output_and_multiple_prompts(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_convert_fp16_then_info_and_generate(tmp_path):
     target = tmp_path / "tiny.safetensors"
     result = vcraft("convert", tiny() / "model.ckpt", target, "--dtype", "fp16")

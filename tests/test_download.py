@@ -65,6 +65,7 @@ GENERATE = ["--model", "tiny-vc2", "--frames", "8", "--height", "64", "--width",
             "--device", "cpu", "--seed", "1"]
 
 
+@pytest.mark.slow
 def test_download_verifies_and_converts_then_generation_finds_the_weights_offline(hub, tmp_path, monkeypatch):
     from huggingface_hub import constants
 

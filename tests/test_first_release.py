@@ -217,6 +217,7 @@ def test_a_lora_whose_shapes_do_not_fit_is_refused_before_any_weight_changes(tmp
         assert torch.equal(pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"]), before)
 
 
+@pytest.mark.slow
 def test_the_command_line_merges_loras_records_them_and_makes_the_video_again(tmp_path):
     import shutil
 
@@ -264,6 +265,7 @@ def test_a_lora_merged_for_good_cannot_be_removed():
         pipe.clear_loras()
 
 
+@pytest.mark.slow
 def test_the_same_lora_in_the_kohya_and_peft_layouts_gives_the_same_model(tmp_path):
     """The release's text-and-UNet LoRA without the pairs it skips, written as kohya (alpha 2 at rank 4: a factor of
     0.5) and as PEFT (lora_alpha 2, r 4 in adapter_config.json), merges as the VideoLoRA file at scale 0.5."""
