@@ -154,3 +154,39 @@ def test_models_without_any_weights_fetched(hub):
     rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
     assert rows["tiny-vc2"][1] == "no" and rows["tiny-vc2"][-3:] == ["vcraft", "download", "tiny-vc2"]
     assert rows["shapes"][1] == "yes" and rows["shapes"][5] == "bundled"
+
+
+def test_an_official_lora_is_fetched_once_by_its_name_and_found_by_it_offline(hub, tmp_path, monkeypatch):
+    """A preset's official LoRA: `vcraft download NAME` puts it in the Hugging Face cache as it is, `vcraft models`
+    shows it with its trigger, and `--lora NAME` finds it there without the network; before the download,
+    `--lora NAME` is one error line naming that command."""
+    from huggingface_hub import constants
+    from omegaconf import OmegaConf
+
+    from vcraft.config import LoRASource, load_config
+
+    data = (tiny("vc0_base") / "lora_unet.ckpt").read_bytes()
+    hub.files[(REPO, "loras/style.ckpt")] = data
+    cfg = load_config(tiny("vc0_base") / "config.yaml")
+    cfg.name, cfg.loras = "tiny-vc0", {"tiny-style": LoRASource(repo=REPO, file="loras/style.ckpt",
+                                                                trigger=", tiny style")}
+    (tmp_path / "presets" / "tiny-vc0.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    generate = ["generate", "a red fox, tiny style", "--config", tiny("vc0_base") / "config.yaml", "--ckpt",
+                tiny("vc0_base") / "model.ckpt", "--frames", "8", "--steps", "2", "--seed", "1"]
+    missing = vcraft(*generate, "--lora", "tiny-style", "-o", tmp_path / "early.mp4")
+    assert missing.returncode == 2 and "fetch it once with: vcraft download tiny-style" in one_error_line(missing)
+    assert not (tmp_path / "early.mp4").exists()
+
+    result = vcraft_process("download", "tiny-style")
+    assert result.returncode == 0, result.stderr
+    cached = Path(result.stdout.strip())
+    assert cached.read_bytes() == data and cached.is_relative_to(tmp_path / "hf")
+    entry = models_json()["tiny-style"]
+    assert entry["present"] and entry["lora_for"] == "tiny-vc0" and entry["trigger"] == ", tiny style"
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    made = vcraft(*generate, "--lora", "tiny-style:0.5", "-o", tmp_path / "fox.mp4")
+    assert made.returncode == 0, made.stderr
+    recorded = json.loads((tmp_path / "fox.json").read_text())["loras"]
+    assert [(entry["path"], entry["scale"]) for entry in recorded] == [(str(cached.resolve()), 0.5)]

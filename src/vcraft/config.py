@@ -248,12 +248,20 @@ class WeightsSource:
 
 
 @dataclass
+class LoRASource(WeightsSource):
+    """An official LoRA of a preset, fetched by `vcraft download NAME` and found by `--lora NAME`."""
+
+    trigger: str = ""  # the words its authors added to every prompt (vcraft adds nothing: a prompt is as written)
+
+
+@dataclass
 class Config:
     name: str = MISSING
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     weights: Optional[WeightsSource] = None  # None: the weights ship with vcraft (the embedded model)
+    loras: dict[str, LoRASource] = field(default_factory=dict)  # the model's official LoRAs, by name
     train: Optional[TrainConfig] = None
 
 

@@ -107,8 +107,8 @@ def generate(
                                           help="vcraft YAML or original VideoCrafter inference YAML."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
-    lora: list[str] = typer.Option([], "--lora", help="A LoRA file merged into the model: PATH or PATH:SCALE "
-                                                      "(scale 1.0 by default); repeatable."),
+    lora: list[str] = typer.Option([], "--lora", help="A LoRA merged into the model: FILE or an official LoRA's "
+                                                      "NAME, then :SCALE (1.0 by default); repeatable."),
     seed: Optional[int] = typer.Option(None, min=0, help="Base seed (default: random, reported)."),
     samples: int = typer.Option(1, help="Videos per prompt."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per finished video on stdout."),
@@ -188,8 +188,9 @@ def generate(
 
 
 def _lora(spec: str):
-    """`PATH` or `PATH:SCALE` as a read LoRA and its scale."""
+    """`FILE`, `NAME` (an official LoRA) or either with `:SCALE`, as a read LoRA and its scale."""
     from vcraft.loaders.lora import read_lora
+    from vcraft.loaders.weights import find_lora
 
     path, _, scale = spec.rpartition(":")
     try:
@@ -197,8 +198,9 @@ def _lora(spec: str):
     except ValueError:  # no scale given (or a colon inside the path)
         path, value = spec, 1.0
     if not path:
-        raise VcraftError(f"--lora {spec}: give PATH or PATH:SCALE")
-    return read_lora(path), value
+        raise VcraftError(f"--lora {spec}: give FILE, NAME, FILE:SCALE or NAME:SCALE")
+    official = None if Path(path).exists() else find_lora(path)
+    return read_lora(official or path), value
 
 
 def _pool(address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
@@ -425,8 +427,9 @@ def train(
 
 @app.command()
 def download(
-    names: Optional[list[str]] = typer.Argument(None, metavar="MODEL...", help="Presets to fetch, e.g. vc2-512."),
-    list_only: bool = typer.Option(False, "--list", help="What each preset fetches, and its size."),
+    names: Optional[list[str]] = typer.Argument(None, metavar="MODEL...", help="Presets to fetch, e.g. vc2-512, or "
+                                                                               "official LoRAs, e.g. loving-vincent."),
+    list_only: bool = typer.Option(False, "--list", help="What each preset and LoRA fetches, and its size."),
     keep_ckpt: bool = typer.Option(False, "--keep-ckpt", help="Keep the original checkpoint in the Hugging Face "
                                                               "cache after converting it."),
     no_convert: bool = typer.Option(False, "--no-convert", help="Only fetch the original checkpoint into the "
@@ -436,16 +439,20 @@ def download(
     """Fetch official weights from the Hugging Face Hub once: verified, then converted to fp16 safetensors.
 
     Files go to the Hugging Face cache (HF_HOME; HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply), the converted
-    weights to vcraft's cache (VCRAFT_HOME). Prints the path of each model's weights."""
+    weights to vcraft's cache (VCRAFT_HOME); a LoRA stays in the Hugging Face cache as it is. Prints the path of each
+    model's weights or LoRA."""
     from vcraft.config import load_preset, preset_names
-    from vcraft.loaders.weights import size_text
+    from vcraft.loaders.weights import official_loras, size_text
 
+    loras = official_loras()
     if list_only:
         from vcraft.loaders.download import hub_size
 
         rows = [(cfg.name, f"{cfg.weights.repo}/{cfg.weights.file}",
                  size_text(hub_size(cfg.weights) or cfg.weights.size), cfg.description)
                 for cfg in map(load_preset, preset_names()) if cfg.weights is not None]
+        rows += [(name, f"{source.repo}/{source.file}", size_text(hub_size(source) or source.size),
+                  f"LoRA for {cfg.name}, trigger {source.trigger!r}") for name, (cfg, source) in loras.items()]
         print(_table([("MODEL", "FETCHES", "SIZE", "WHAT"), *rows]))
         return
     if not names:
@@ -454,24 +461,28 @@ def download(
     from huggingface_hub.utils import disable_progress_bars
 
     from vcraft.loaders.download import download as fetch_weights
-    from vcraft.loaders.download import weights_source
+    from vcraft.loaders.download import download_lora, weights_source
 
-    configs = [load_preset(name) for name in names]
-    for cfg in configs:  # every name checked before anything is fetched
-        weights_source(cfg)
+    configs = {name: None if name in loras else load_preset(name) for name in names}
+    for cfg in configs.values():  # every name checked before anything is fetched
+        if cfg is not None:
+            weights_source(cfg)
     if quiet or not sys.stderr.isatty():
         disable_progress_bars()
-    for cfg in configs:
-        print(fetch_weights(cfg, lambda line: _log(line, quiet), not no_convert, keep_ckpt), flush=True)
+    log = lambda line: _log(line, quiet)  # noqa: E731
+    for name, cfg in configs.items():
+        path = download_lora(loras[name][1], log) if cfg is None else fetch_weights(cfg, log, not no_convert, keep_ckpt)
+        print(path, flush=True)
 
 
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="One JSON object per model instead of a table.")
            ) -> None:
-    """The model presets: whether each one's weights are on this machine, where, their size and dtype."""
+    """The model presets and their official LoRAs: whether each one's weights are on this machine, where, their size
+    and dtype."""
     from vcraft.config import load_preset, preset_names
     from vcraft.loaders.checkpoints import stored_dtypes
-    from vcraft.loaders.weights import locate, size_text
+    from vcraft.loaders.weights import HUB_CACHE, hub_cached, locate, official_loras, size_text
 
     rows = [("MODEL", "PRESENT", "SIZE", "DTYPE", "SOURCE", "WHERE")]
     for cfg in map(load_preset, preset_names()):
@@ -492,6 +503,15 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
         else:
             how = f"vcraft download {cfg.name}" if cfg.weights else "pass --ckpt"
             rows.append((cfg.name, "no", size_text(entry["download_size"]), "-", "-", how))
+    for name, (cfg, source) in official_loras().items():
+        path = hub_cached(source)
+        if as_json:
+            print(json.dumps({"model": name, "lora_for": cfg.name, "trigger": source.trigger, "present": bool(path),
+                              "path": str(path) if path else None, "hub": f"{source.repo}/{source.file}"}), flush=True)
+        else:
+            rows.append((f"{name} (LoRA for {cfg.name}, trigger {source.trigger!r})", "yes" if path else "no",
+                         size_text(path.stat().st_size if path else source.size), "-",
+                         HUB_CACHE if path else "-", str(path) if path else f"vcraft download {name}"))
     if not as_json:
         print(_table(rows))
 

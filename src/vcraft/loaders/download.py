@@ -41,6 +41,13 @@ def download(cfg: Config, log: Log, convert: bool = True, keep_ckpt: bool = Fals
     return target
 
 
+def download_lora(source: WeightsSource, log: Log) -> Path:
+    """An official LoRA in the Hugging Face cache, verified; no conversion (vcraft reads it as it is)."""
+    path = fetch(source, log)
+    verify(path, source, log)
+    return path
+
+
 def weights_source(cfg: Config) -> WeightsSource:
     """Where the preset's weights come from; a VcraftError for a model that ships with vcraft."""
     if cfg.weights is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vcraft.config import Config, WeightsSource, preset_dir
+from vcraft.config import Config, LoRASource, WeightsSource, preset_dir
 from vcraft.errors import VcraftError
 
 CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
@@ -95,3 +95,23 @@ def find_checkpoint(cfg: Config) -> Path:
     size = f" ({size_text(cfg.weights.size)})" if cfg.weights.size else ""
     raise VcraftError(f"no weights for model '{cfg.name}' on this machine ({looked}); fetch them once with: "
                       f"vcraft download {cfg.name}{size}, or pass --ckpt PATH")
+
+
+def official_loras() -> dict[str, tuple[Config, LoRASource]]:
+    """Every preset's official LoRAs by name, with the preset they are for."""
+    from vcraft.config import load_preset, preset_names
+
+    return {name: (cfg, source) for cfg in map(load_preset, preset_names()) for name, source in cfg.loras.items()}
+
+
+def find_lora(name: str) -> Path | None:
+    """The file of the official LoRA `name` in the Hugging Face cache; None for a name no preset has; a VcraftError
+    naming the command that fetches it when it is not on this machine."""
+    known = official_loras().get(name)
+    if known is None:
+        return None
+    path = hub_cached(known[1])
+    if path is None:
+        raise VcraftError(f"the LoRA '{name}' (for {known[0].name}) is not on this machine; fetch it once with: "
+                          f"vcraft download {name}")
+    return path
