@@ -132,6 +132,11 @@ def _modules(models: Models, cfg: ModelConfig, lora: LoRA) -> dict[str, nn.Modul
     return found
 
 
+def _merged_into(module: nn.Module, fmt: str) -> bool:
+    """Whether a pair of this format changes this layer (else it is skipped, as the format's own loader does)."""
+    return type(module) in RELEASE_KINDS if fmt == "videolora" else isinstance(module, ANY_KINDS)
+
+
 class Merged:
     """The LoRAs merged into a model, and the weights they replaced, so that removing them restores every bit."""
 
@@ -149,7 +154,7 @@ class Merged:
         modules = _modules(self.models, self.cfg, lora)
         for path, (up, down, factor) in lora.pairs.items():
             module = modules[path]
-            if type(module) not in RELEASE_KINDS if lora.format == "videolora" else not isinstance(module, ANY_KINDS):
+            if not _merged_into(module, lora.format):
                 continue
             up2, down2 = up.flatten(1).float(), down.flatten(1).float()
             shape = tuple(module.weight.shape)
