@@ -241,3 +241,40 @@ def test_an_image_to_video_model_gets_a_picture_input(tmp_path, monkeypatch):
         (root / "input.png").read_bytes()).hexdigest()
     with pytest.raises(Exception, match="give one with --image"):
         list(app.generate("a red fox", "", 8, 3, 12.0, 0.0, 8, 1, "ddim", None))
+
+
+def test_the_page_switches_loras_between_requests_and_leaves_the_weights_as_they_were(tmp_path, monkeypatch):
+    """The first release's tiny model with its tiny LoRA offered: a request with the LoRA records it, and the next
+    one without it makes, bit for bit, the video of a model that never had it."""
+    import json
+
+    from reference import reference_dir
+
+    from vcraft.app.options import RunOptions
+    from vcraft.app.render import Job
+    from vcraft.app.ui import App, build, import_gradio
+    from vcraft.config import load_config
+    from vcraft.loaders.lora import read_lora
+    from vcraft.pipeline.api import TextToVideo
+
+    root = reference_dir() / "tiny" / "vc0_base"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / ".gradio"))
+    import_gradio(tmp_path)
+    cfg = load_config(root / "config.yaml")
+    load = lambda: TextToVideo.from_config(cfg, root / "model.ckpt", device="cpu")  # noqa: E731
+    app = App(load(), Job(cfg, root / "model.ckpt", RunOptions(output=tmp_path)),
+              {"tiny-style": read_lora(root / "lora_unet.ckpt")})
+    ids = [c.elem_id for c in build(app).blocks.values()]
+    assert "lora" in ids and "lora_scale" in ids
+    request = ("a red fox, tiny style", "", 8, 3, 15.0, 0.0, 8, 1, "ddim")
+    *_, (styled, styled_sidecar, _, _) = app.generate(*request, lora="tiny-style", lora_scale=0.7)
+    *_, (plain, plain_sidecar, _, _) = app.generate(*request)
+    assert [e["scale"] for e in json.loads(Path(styled_sidecar).read_text())["loras"]] == [0.7]
+    assert json.loads(Path(plain_sidecar).read_text())["loras"] == []
+    (tmp_path / "never").mkdir()
+    never = App(load(), Job(cfg, root / "model.ckpt", RunOptions(output=tmp_path / "never")))
+    *_, (made, _, _, _) = never.generate(*request)
+    assert np.array_equal(read_video(plain), read_video(made))
+    assert not np.array_equal(read_video(styled), read_video(plain))
+    with pytest.raises(Exception, match="unknown LoRA 'other'"):
+        list(app.generate(*request, lora="other"))

@@ -203,6 +203,13 @@ def _lora(spec: str):
     return read_lora(official or path), value
 
 
+def _present_loras(cfg) -> list[str]:
+    """The names of the model's official LoRAs that are on this machine."""
+    from vcraft.loaders.weights import hub_cached
+
+    return [name for name, source in cfg.loras.items() if hub_cached(source) is not None]
+
+
 def _pool(address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
     """The Ray pool the flags ask for (None: render here)."""
     from vcraft.app.options import Pool
@@ -330,6 +337,8 @@ def ui(
     output: Path = typer.Option(Path("outputs"), "--output", "-o", help="Folder for the videos (and only there)."),
     share: bool = typer.Option(False, "--share", help="Also a public link through Gradio's share servers."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    lora: list[str] = typer.Option([], "--lora", help="A LoRA the page offers: FILE or an official LoRA's NAME "
+                                                      "(this model's present ones are offered anyway); repeatable."),
     **flags,
 ) -> None:
     """A local web app: prompt, settings, the video in the page (needs vcraft[ui])."""
@@ -343,8 +352,10 @@ def ui(
     from vcraft.loaders.weights import find_checkpoint
 
     options = make_run_options(output=output, **flags)
+    offered = {name: _lora(name)[0] for name in _present_loras(cfg)}
+    offered.update({Path(spec).stem if Path(spec).exists() else spec: _lora(spec)[0] for spec in lora})
     serve(Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides)), host, port,
-          share, _log)
+          share, _log, offered)
 
 
 @app.command()

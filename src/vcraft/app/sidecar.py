@@ -32,7 +32,8 @@ def fields(job: "Job", pipe: "TextToVideo", settings: Settings) -> dict[str, Any
     return {"model": job.config.name, "config": str(job.config_file.resolve()) if job.config_file else None,
             "ckpt": str(Path(job.ckpt).resolve()), "format": job.options.format, "overrides": list(job.overrides),
             "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."), "vcraft_version": __version__,
-            "loras": [{"path": lora.source, "sha256": lora.sha256, "scale": scale} for lora, scale in job.loras],
+            "loras": [{"path": lora.source, "sha256": lora.sha256, "scale": scale}
+                      for lora, scale in pipe.merged.loras],  # those merged now: the web app changes them
             **settings.record()}
 
 

@@ -20,9 +20,11 @@ from vcraft.app.batch import Video, check_writable, slug
 from vcraft.app.render import Job, Outcome, Stopped, load, render
 from vcraft.config import SAMPLERS
 from vcraft.errors import VcraftError
+from vcraft.loaders.lora import LoRA
 from vcraft.pipeline.api import TextToVideo
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
+NO_LORA = "none"
 RECENT = 12  # renders listed
 
 
@@ -50,8 +52,12 @@ class RenderThread(threading.Thread):
 class App:
     """The page's handlers, over one loaded pipeline and one output folder (the job's)."""
 
-    def __init__(self, pipe: TextToVideo, job: Job):
+    def __init__(self, pipe: TextToVideo, job: Job, loras: Optional[dict[str, LoRA]] = None):
+        """`loras`: the LoRAs the page offers, by the name it shows; each request merges its choice (removing the
+        previous one first, which restores the loaded weights exactly)."""
         self.pipe, self.job, self.outputs = pipe, job, job.options.output
+        self.loras = loras or {}
+        self.merged: tuple[str, float] = (NO_LORA, 0.0)
         self.rendering = threading.Event()
         self.waiting: Callable[[], int] = lambda: 0  # requests in Gradio's queue, set by `build`
 
@@ -61,17 +67,20 @@ class App:
         return f"busy: {ahead} ahead of you, your video starts when they are done" if ahead else "starting"
 
     def generate(self, prompt: str, negative: str, frames: int, steps: int, guidance: float, eta: float,
-                 fps: int, seed: int, sampler: str, image: Optional[str] = None) -> Iterator[tuple]:
+                 fps: int, seed: int, sampler: str, image: Optional[str] = None, lora: str = NO_LORA,
+                 lora_scale: float = 1.0) -> Iterator[tuple]:
         """Yields (video, sidecar, status, recent renders) as the render goes; the last is the finished video.
-        `image`: the picture's file, for image-to-video models (their page has an image input)."""
+        `image`: the picture's file, for image-to-video models (their page has an image input); `lora`: one of the
+        offered LoRAs' names, merged at `lora_scale` (the page has a LoRA choice when LoRAs are offered)."""
         import gradio as gr
 
         try:
             s = self.pipe.settings(prompt, negative=negative, frames=frames, steps=steps, guidance=guidance,
                                    eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler, image=image)
+            self._use_lora(lora, lora_scale)
         except VcraftError as exc:
             raise gr.Error(str(exc)) from None
-        path = self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt)}-{s.seed}.mp4"
+        path = _unused(self.outputs / f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(prompt)}-{s.seed}.mp4")
         windows = self.pipe.window_count(s)
         worker = RenderThread(self.pipe, self.job, Video(0, 0, s, path, "web"))
         worker.start()
@@ -91,6 +100,18 @@ class App:
         if event.error is not None:
             raise gr.Error(f"the video failed: {event.error}")
         yield str(path), str(sidecar.path_of(path)), f"{path.name}: {event.seconds:.1f} s", self.recent()
+
+    def _use_lora(self, name: str, scale: float) -> None:
+        """The model with this LoRA merged at this scale (and no other), changing the weights only when needed."""
+        if name != NO_LORA and name not in self.loras:
+            raise VcraftError(f"unknown LoRA '{name}'; choose one of: {', '.join([NO_LORA, *self.loras])}")
+        if (name, scale) == self.merged:
+            return
+        self.pipe.clear_loras()
+        self.merged = (NO_LORA, 0.0)
+        if name != NO_LORA:
+            self.pipe.add_lora(self.loras[name], scale)
+            self.merged = (name, scale)
 
     def recent(self) -> list[list[Any]]:
         """The latest renders in the output folder: file, prompt, seed, sampler and steps (from the sidecars)."""
@@ -120,6 +141,10 @@ def build(app: App):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle moving left", elem_id="prompt")
                 pictures = [] if app.pipe.image_encoder is None else [
                     gr.Image(label="Picture (the video starts from it)", type="filepath", elem_id="image")]
+                loras = [] if not app.loras else [
+                    gr.Dropdown(label="LoRA", choices=[NO_LORA, *app.loras], value=NO_LORA, elem_id="lora",
+                                info="its trigger words, if any, go into the prompt as you write them"),
+                    gr.Number(label="LoRA scale", value=1.0, elem_id="lora_scale")]
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
                     frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1, elem_id="frames")
@@ -145,7 +170,9 @@ def build(app: App):
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
-            app.generate, [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler, *pictures],
+            _by_name(app.generate, ["prompt", "negative", "frames", "steps", "guidance", "eta", "fps", "seed", "sampler",
+                                    *(["image"] if pictures else []), *(["lora", "lora_scale"] if loras else [])]),
+            [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler, *pictures, *loras],
             [video, sidecar, status, recent], api_name="generate", show_progress_on=video)
         stop.click(None, cancels=[event], api_name=False)
         page.load(app.recent, outputs=recent, api_name=False)
@@ -153,13 +180,31 @@ def build(app: App):
     return page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
 
 
-def serve(job: Job, host: str, port: int, share: bool, log) -> None:
+def _unused(path: Path) -> Path:
+    """`path`, or with -2, -3, ... added to its stem when a video of that name exists already (two requests in one
+    second with the same prompt and seed, say, but other settings)."""
+    candidate, n = path, 1
+    while candidate.exists() or sidecar.path_of(candidate).exists():
+        n += 1
+        candidate = path.with_stem(f"{path.stem}-{n}")
+    return candidate
+
+
+def _by_name(generate, names: list[str]):
+    """`generate` taking the page's inputs in order, passed to it by name (the inputs a page has vary by model)."""
+    def handler(*values):
+        yield from generate(**dict(zip(names, values)))
+
+    return handler
+
+
+def serve(job: Job, host: str, port: int, share: bool, log, loras: Optional[dict[str, LoRA]] = None) -> None:
     """Load the model, then serve the page until Ctrl-C (after `import_gradio`), writing into `job.options.output`."""
     outputs = job.options.output
     check_writable(outputs)
     pipe = load(job)
     log(f"loaded {job.config.name} on {pipe.device}; serving http://{host}:{port} (Ctrl-C to stop)")
-    page = build(App(pipe, job))
+    page = build(App(pipe, job, loras))
     page.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(outputs)], quiet=True)
 
 
