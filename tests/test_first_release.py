@@ -79,8 +79,10 @@ def _ddim(prefix: str) -> torch.Tensor:
         if uncond is not None:
             single(uncond, cases["ddim.uncond_emb"], "the empty prompt's embedding")
         denoise = Denoiser(models.unet, cond, case["cfg_scale"])
+        # At eta 0 the release still draws a noise tensor every step, unused, which the fixture does not record.
+        unused = torch.zeros_like(cases["ddim.x_T"])
         return ddim_sample(denoise, cases["ddim.x_T"], models.schedule, case["ddim_steps_argument"], case["eta"],
-                           noise=lambda: next(draws))
+                           noise=lambda: next(draws, unused))
 
 
 @pytest.mark.parametrize("prefix", ["ddim_cfg", "ddim_nocfg", "ddim_eta1"])
@@ -300,3 +302,17 @@ def test_the_same_lora_in_the_kohya_and_peft_layouts_gives_the_same_model(tmp_pa
     for text, unet in outputs[1:]:
         assert torch.equal(text, outputs[0][0]) and torch.equal(unet, outputs[0][1])
     assert not torch.equal(outputs[0][1], cases["unet.output"])  # the LoRA did change the model
+
+
+def test_the_release_s_ddim_draws_noise_at_every_step_even_at_eta_0():
+    """As its sampler's `noise_like` at every step: a long video's later windows then start from the noise that
+    follows those draws in the video's generator."""
+    models = fixture()[0]
+    assert models.schedule.noise_every_step
+    draws = []
+    cond = Conditioning(torch.zeros(1, 77, 16), None, torch.tensor([8]))
+    with torch.inference_mode():
+        ddim_sample(Denoiser(models.unet, cond, 1.0), torch.zeros(1, 4, 2, 8, 8), models.schedule, 5, 0.0,
+                    noise=lambda: draws.append(1) or torch.zeros(1, 4, 2, 8, 8))
+    assert len(draws) == 5
+    assert not load_preset("vc2-512").model.schedule.noise_every_step

@@ -129,6 +129,9 @@ class ScheduleConfig:
     # Part of the noise's variance that is one draw common to all frames of a clip ("mixed" noise of
     # Ge et al. 2023, "Preserve Your Own Correlation"); 0, as in VideoCrafter: every frame's own.
     frame_noise_share: float = 0.0
+    # DDIM draws one noise tensor at every step, eta 0 included (then unused), as the first release's sampler does,
+    # so that a long video's later windows start from the noise the release's random stream would give them.
+    noise_every_step: bool = False
 
 
 @dataclass

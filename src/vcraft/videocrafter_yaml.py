@@ -90,7 +90,8 @@ def _first_release(params: dict, unet_in: dict, vae_in: dict, path: Path) -> dic
     autoencoder = _autoencoder(vae_in, path)
     return {
         "name": path.stem,
-        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text, "schedule": _schedule(params),
+        "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text,
+                  "schedule": {**_schedule(params), "noise_every_step": True},
                   "scale_factor": params.get("scale_factor", 0.18215)},
         "sampling": {**_size(params, autoencoder, [32, 32]), "steps": 50, "guidance": 15.0, "eta": 1.0,
                      "save_fps": 8},

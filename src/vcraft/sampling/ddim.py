@@ -49,6 +49,8 @@ def sample(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int
         x = coefficient(np.sqrt(a_prev[idx]) * s_prev[idx], x) * pred_x0 + direction
         if sigma[idx] > 0:
             x = x + coefficient(sigma[idx], x) * noise().to(x.device, x.dtype)
+        elif schedule.noise_every_step and noise is not None:
+            noise()  # drawn and unused, as the first release's sampler does
         if callback is not None:
             callback(Step(i + 1, len(ts), x, pred_x0))
     return x

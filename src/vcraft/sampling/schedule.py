@@ -21,6 +21,7 @@ class Schedule:
     scale_arr: torch.Tensor  # [timesteps] (ones without use_scale), float32
     betas: torch.Tensor
     frame_noise_share: float = 0.0  # see ScheduleConfig
+    noise_every_step: bool = False  # see ScheduleConfig
 
     @property
     def timesteps(self) -> int:
@@ -36,6 +37,7 @@ def make_schedule(cfg: ScheduleConfig) -> Schedule:
         scale_arr=torch.tensor(scale_array(cfg)[: cfg.timesteps], dtype=torch.float32),
         betas=torch.tensor(betas, dtype=torch.float32),
         frame_noise_share=cfg.frame_noise_share,
+        noise_every_step=cfg.noise_every_step,
     )
 
 
