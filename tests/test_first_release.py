@@ -288,7 +288,7 @@ def test_the_same_lora_in_the_kohya_and_peft_layouts_gives_the_same_model(tmp_pa
                       f"{start}{short.replace('.', '_')}.alpha": torch.tensor(2.0)})
         peft.update({f"base_model.model.{name}.lora_B.weight": up, f"base_model.model.{name}.lora_A.weight": down})
     (tmp_path / "peft").mkdir()
-    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    save_file(kohya, str(tmp_path / "kohya.safetensors"), metadata={"trigger": ", tiny style"})
     save_file(peft, str(tmp_path / "peft" / "adapter_model.safetensors"))
     (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 2}))
     outputs = []
@@ -301,6 +301,10 @@ def test_the_same_lora_in_the_kohya_and_peft_layouts_gives_the_same_model(tmp_pa
             outputs.append((pipe.text_encoder(tokens), unet))
     for text, unet in outputs[1:]:
         assert torch.equal(text, outputs[0][0]) and torch.equal(unet, outputs[0][1])
+    from vcraft.loaders.lora import read_lora
+
+    assert read_lora(tmp_path / "kohya.safetensors").trigger == ", tiny style"  # from the file's metadata
+    assert read_lora(root / "lora_unet.ckpt").trigger == ""
     assert not torch.equal(outputs[0][1], cases["unet.output"])  # the LoRA did change the model
 
 

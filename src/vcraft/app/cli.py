@@ -352,7 +352,8 @@ def ui(
     from vcraft.loaders.weights import find_checkpoint
 
     options = make_run_options(output=output, **flags)
-    offered = {name: _lora(name)[0] for name in _present_loras(cfg)}
+    offered = {name: dataclasses.replace(_lora(name)[0], trigger=cfg.loras[name].trigger)
+               for name in _present_loras(cfg)}
     offered.update({Path(spec).stem if Path(spec).exists() else spec: _lora(spec)[0] for spec in lora})
     serve(Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides)), host, port,
           share, _log, offered)

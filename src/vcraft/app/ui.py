@@ -143,7 +143,8 @@ def build(app: App):
                     gr.Image(label="Picture (the video starts from it)", type="filepath", elem_id="image")]
                 loras = [] if not app.loras else [
                     gr.Dropdown(label="LoRA", choices=[NO_LORA, *app.loras], value=NO_LORA, elem_id="lora",
-                                info="its trigger words, if any, go into the prompt as you write them"),
+                                info="trigger words go into the prompt as you write them: " + "; ".join(
+                                    f"{name}: {lora.trigger!r}" for name, lora in app.loras.items() if lora.trigger)),
                     gr.Number(label="LoRA scale", value=1.0, elem_id="lora_scale")]
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
@@ -169,9 +170,10 @@ def build(app: App):
         dice.click(lambda: secrets.randbelow(2**31), outputs=seed, api_name=False)
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
+        names = ["prompt", "negative", "frames", "steps", "guidance", "eta", "fps", "seed", "sampler",
+                 *(["image"] if pictures else []), *(["lora", "lora_scale"] if loras else [])]
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
-            _by_name(app.generate, ["prompt", "negative", "frames", "steps", "guidance", "eta", "fps", "seed", "sampler",
-                                    *(["image"] if pictures else []), *(["lora", "lora_scale"] if loras else [])]),
+            _by_name(app.generate, names),
             [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler, *pictures, *loras],
             [video, sidecar, status, recent], api_name="generate", show_progress_on=video)
         stop.click(None, cancels=[event], api_name=False)

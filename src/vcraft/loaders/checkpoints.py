@@ -91,6 +91,18 @@ def _safetensors_header(f, file_size: int) -> dict:
     return header
 
 
+def stored_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's `__metadata__` (text keys and values); empty for other files or none."""
+    if path.suffix != ".safetensors":
+        return {}
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 2 <= length <= min(100 * 2**20, path.stat().st_size - 8):
+            return {}
+        metadata = json.loads(f.read(length)).get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
 def stored_dtypes(path: Path) -> list[str]:
     """The dtypes of a checkpoint's weights (schedule buffers aside), read without loading the weights where
     the format allows: a safetensors header, or a `.ckpt` mapped into memory."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from vcraft.config import ModelConfig
 from vcraft.errors import VcraftError
-from vcraft.loaders.checkpoints import load_state_dict
+from vcraft.loaders.checkpoints import load_state_dict, stored_metadata
 from vcraft.loaders.components import BY_NAME, Models, route
 
 # The suffixes of a pair's tensors (up, down) in each format.
@@ -47,6 +47,7 @@ class LoRA:
     source: str
     sha256: str
     format: str  # videolora, kohya or peft
+    trigger: str  # the words its file says to put in the prompt (safetensors metadata `trigger`), or ""
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(repr=False, compare=False)
 
 
@@ -85,7 +86,8 @@ def read_lora(path: str | os.PathLike) -> LoRA:
         downs = {name.removeprefix(PEFT_PREFIX): v for name, v in downs.items()}
         factors = {name.removeprefix(PEFT_PREFIX): v for name, v in factors.items()}
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LoRA(str(path.resolve()), digest, kind, {k: (ups[k], downs[k], factors[k]) for k in sorted(ups)})
+    trigger = stored_metadata(path).get("trigger", "")
+    return LoRA(str(path.resolve()), digest, kind, trigger, {k: (ups[k], downs[k], factors[k]) for k in sorted(ups)})
 
 
 def _official(models: Models, cfg: ModelConfig, path: str) -> nn.Module | None:
