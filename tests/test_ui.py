@@ -278,3 +278,5 @@ def test_the_page_switches_loras_between_requests_and_leaves_the_weights_as_they
     assert not np.array_equal(read_video(styled), read_video(plain))
     with pytest.raises(Exception, match="unknown LoRA 'other'"):
         list(app.generate(*request, lora="other"))
+    with pytest.raises(Exception, match="the LoRA scale must be a number"):
+        list(app.generate(*request, lora="tiny-style", lora_scale=None))

@@ -105,6 +105,8 @@ class App:
         """The model with this LoRA merged at this scale (and no other), changing the weights only when needed."""
         if name != NO_LORA and name not in self.loras:
             raise VcraftError(f"unknown LoRA '{name}'; choose one of: {', '.join([NO_LORA, *self.loras])}")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            raise VcraftError(f"the LoRA scale must be a number, got {scale!r}")
         if (name, scale) == self.merged:
             return
         self.pipe.clear_loras()
