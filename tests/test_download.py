@@ -156,6 +156,7 @@ def test_models_without_any_weights_fetched(hub):
     assert rows["shapes"][1] == "yes" and rows["shapes"][5] == "bundled"
 
 
+@pytest.mark.slow
 def test_an_official_lora_is_fetched_once_by_its_name_and_found_by_it_offline(hub, tmp_path, monkeypatch):
     """A preset's official LoRA: `vcraft download NAME` puts it in the Hugging Face cache as it is, `vcraft models`
     shows it with its trigger, and `--lora NAME` finds it there without the network; before the download,

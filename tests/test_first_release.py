@@ -115,6 +115,7 @@ def test_the_full_size_preset_fits_the_official_layout_and_is_recognised():
     place_checkpoint(build_models(cfg), cfg, state, "with position_ids")
 
 
+@pytest.mark.slow
 def test_the_command_line_makes_the_reference_video_from_the_original_yaml(tmp_path):
     import imageio.v3 as iio
 
@@ -165,6 +166,7 @@ def test_a_videolora_of_unet_and_text_skips_what_the_release_skips():
                "unet with the LoRA")
 
 
+@pytest.mark.slow
 def test_a_videolora_video_with_its_trigger_words():
     from vcraft.pipeline.frames import frames_to_uint8
 

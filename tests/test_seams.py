@@ -84,7 +84,8 @@ def model_config(which: str):
     return load_config(reference_dir() / "tiny" / which / "config.yaml").model
 
 
-@pytest.mark.parametrize("which", ["shapes", "vc2_512", "vc1_i2v_512", "vc0_base"])
+@pytest.mark.parametrize("which", ["shapes", "vc2_512", "vc1_i2v_512",
+                                   pytest.param("vc0_base", marks=pytest.mark.slow)])
 @torch.inference_mode()
 def test_every_layer_can_be_wrapped_a_zero_update_changes_nothing_and_any_other_changes_every_block(which):
     """shapes: Linear projections, temporal convolutions, a frame-conditioned UNet; vc2_512: also the 1x1
