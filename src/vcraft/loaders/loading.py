@@ -93,10 +93,18 @@ def ready_for_inference(models: Models, device: torch.device) -> Models:
 
 
 def identify_preset(state: dict[str, torch.Tensor]) -> str | None:
-    """The preset whose architecture this state dict fits exactly, if any."""
+    """The preset whose architecture this state dict fits exactly, if any. Each preset's UNet is tried first, alone:
+    most presets fail there, before their other components (transformers' CLIP, say) are built at all."""
+    try:
+        unet_tensors = split(state, "")[0].get("unet", {})
+    except VcraftError:
+        return None
     for name in preset_names():
         cfg = load_preset(name).model
         try:
+            with torch.device("meta"):
+                unet = BY_NAME["unet"].build(cfg, BuildOptions())
+            _fitted("unet", unet, dict(unet_tensors), cfg, name)
             fit_checkpoint(build_models(cfg), cfg, state, name)
         except VcraftError:
             continue
