@@ -182,6 +182,7 @@ def test_bad_input_is_one_error_line(tmp_path, monkeypatch, case):
     assert not out.exists() and not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 def test_a_generation_imports_neither_open_clip_nor_ray(tmp_path):
     """open_clip imports torchvision and torch._dynamo, seconds of every command's start-up; Ray is an optional
     extra that only --ray uses."""

@@ -100,6 +100,7 @@ def test_download_verifies_and_converts_then_generation_finds_the_weights_offlin
     assert len(hub.requests) == requests_before  # generation never asks the Hub
 
 
+@pytest.mark.slow
 def test_an_interrupted_transfer_resumes_where_it_broke_off(hub, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
