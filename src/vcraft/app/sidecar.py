@@ -14,7 +14,6 @@ from vcraft.pipeline.settings import INPUT_FILES, READERS, TYPES, Settings
 
 if TYPE_CHECKING:
     from vcraft.app.render import Job
-    from vcraft.loaders.lora import LoRA
     from vcraft.pipeline.api import TextToVideo
 
 # What sidecars written before a setting existed mean by its absence (or, for the negative prompt, a null).
@@ -58,39 +57,30 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def recipe(path: Path) -> dict[str, Any]:
-    """A sidecar's fields for making its video again (`--from`): each input file read again, and refused if it is
-    not the one the video was made from. The settings are checked where all settings are (make_settings)."""
+    """A sidecar's fields for making its video again (`--from`): each input file and LoRA read again, and refused if
+    it is not the one the video was made from. The settings are checked where all settings are (make_settings)."""
+    from vcraft.loaders.lora import read_lora
+
     try:
         recorded = read(path)
     except VcraftError as exc:
         raise VcraftError(f"--from: {exc}") from None
-    for key in INPUT_FILES:
-        if recorded.get(key) is not None:
-            recorded[key] = _same_input(path, key, recorded[key], recorded.get(f"{key}_sha256"))
-    recorded["loras"] = [(_same_lora(path, entry), entry["scale"]) for entry in recorded.get("loras", [])]
+    try:
+        for key in INPUT_FILES:
+            if recorded.get(key) is not None:
+                if recorded[key] == "array":
+                    raise VcraftError(f"its {key!r} was given in Python as pixels, not as a file; it cannot be read "
+                                      "again")
+                recorded[key] = _unchanged(READERS[TYPES[key]](recorded[key]), recorded.get(f"{key}_sha256"))
+        recorded["loras"] = [(_unchanged(read_lora(entry["path"]), entry["sha256"]), entry["scale"])
+                             for entry in recorded.get("loras", [])]
+    except VcraftError as exc:
+        raise VcraftError(f"--from {path}: {exc}") from None
     return recorded
 
 
-def _same_lora(path: Path, entry: dict[str, Any]) -> "LoRA":
-    from vcraft.loaders.lora import read_lora
-
-    try:
-        lora = read_lora(entry["path"])
-    except VcraftError as exc:
-        raise VcraftError(f"--from {path}: {exc}") from None
-    if lora.sha256 != entry["sha256"]:
-        raise VcraftError(f"--from {path}: {entry['path']} has changed since the video was made (another sha256)")
-    return lora
-
-
-def _same_input(path: Path, key: str, source: str, sha256: str | None) -> Any:
-    if source == "array":
-        raise VcraftError(f"--from {path}: its {key!r} was given in Python as pixels, not as a file; it cannot be "
-                          "read again")
-    try:
-        given = READERS[TYPES[key]](source)
-    except VcraftError as exc:
-        raise VcraftError(f"--from {path}: {exc}") from None
+def _unchanged(given: Any, sha256: str | None) -> Any:
+    """An input file read again (anything with `source` and `sha256`), refused if it is not the one recorded."""
     if sha256 is not None and given.sha256 != sha256:
-        raise VcraftError(f"--from {path}: {source} has changed since the video was made (another sha256)")
+        raise VcraftError(f"{given.source} has changed since the video was made (another sha256)")
     return given

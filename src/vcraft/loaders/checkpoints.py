@@ -64,7 +64,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     tensors = {}
     file_size = path.stat().st_size
     with open(path, "rb") as f:
-        header = _safetensors_header(f, file_size)
+        header, _ = _safetensors_header(f, file_size)
         data = f.tell()
         for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             dtype, shape = SAFETENSORS_DTYPES[info["dtype"]], [int(n) for n in info["shape"]]
@@ -81,14 +81,14 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _safetensors_header(f, file_size: int) -> dict:
-    """The tensors' entries of a safetensors header (an 8-byte length, then JSON); leaves `f` at the data."""
+def _safetensors_header(f, file_size: int) -> tuple[dict, dict]:
+    """A safetensors header (an 8-byte length, then JSON): its tensors' entries and its `__metadata__`; leaves `f` at
+    the data."""
     length = int.from_bytes(f.read(8), "little")
     if not 2 <= length <= min(100 * 2**20, file_size - 8):
         raise ValueError(f"header length {length}")
     header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return header
+    return header, header.pop("__metadata__", None) or {}
 
 
 def stored_metadata(path: Path) -> dict[str, str]:
@@ -96,10 +96,7 @@ def stored_metadata(path: Path) -> dict[str, str]:
     if path.suffix != ".safetensors":
         return {}
     with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        if not 2 <= length <= min(100 * 2**20, path.stat().st_size - 8):
-            return {}
-        metadata = json.loads(f.read(length)).get("__metadata__") or {}
+        metadata = _safetensors_header(f, path.stat().st_size)[1]
     return {str(k): str(v) for k, v in metadata.items()}
 
 
@@ -108,7 +105,7 @@ def stored_dtypes(path: Path) -> list[str]:
     the format allows: a safetensors header, or a `.ckpt` mapped into memory."""
     if path.suffix == ".safetensors":
         with open(path, "rb") as f:
-            header = _safetensors_header(f, path.stat().st_size)
+            header, _ = _safetensors_header(f, path.stat().st_size)
         return sorted({str(SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"])).removeprefix("torch.")
                        for key, info in header.items() if key not in SCHEDULE_KEYS})
     state = load_state_dict(path)

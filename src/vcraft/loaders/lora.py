@@ -16,7 +16,6 @@ kohya and PEFT pairs may touch any Linear or convolution. Every name must name a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from vcraft.config import ModelConfig
 from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import load_state_dict, stored_metadata
 from vcraft.loaders.components import BY_NAME, Models, route
+from vcraft.loaders.download import sha256_of
 
 # The suffixes of a pair's tensors (up, down) in each format.
 SUFFIXES = {"videolora": (".lora_up.weight", ".lora_down.weight"), "kohya": (".lora_up.weight", ".lora_down.weight"),
@@ -85,7 +85,7 @@ def read_lora(path: str | os.PathLike) -> LoRA:
         ups = {name.removeprefix(PEFT_PREFIX): v for name, v in ups.items()}
         downs = {name.removeprefix(PEFT_PREFIX): v for name, v in downs.items()}
         factors = {name.removeprefix(PEFT_PREFIX): v for name, v in factors.items()}
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_of(path)
     trigger = stored_metadata(path).get("trigger", "")
     return LoRA(str(path.resolve()), digest, kind, trigger, {k: (ups[k], downs[k], factors[k]) for k in sorted(ups)})
 
