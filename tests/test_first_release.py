@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+from reference import assert_close, reference_dir
 from safetensors.torch import load_file
 
-from reference import assert_close, reference_dir
-from vcraft.errors import VcraftError
 from vcraft.config import load_config, load_preset
+from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.loading import build_models, identify_preset, load_models, place_checkpoint
 from vcraft.sampling.conditioning import Conditioning
@@ -133,11 +133,11 @@ def test_the_command_line_makes_the_reference_video_from_the_original_yaml(tmp_p
 
 # VideoLoRA: the release's LoRA files merged into the weights.
 
-def _pipe():
+def _pipe(**options):
     from vcraft import TextToVideo
 
     root = reference_dir() / "tiny" / "vc0_base"
-    return TextToVideo.from_pretrained(str(root / "config.yaml"), root / "model.ckpt", device="cpu")
+    return TextToVideo.from_pretrained(str(root / "config.yaml"), root / "model.ckpt", device="cpu", **options)
 
 
 @pytest.mark.parametrize("container", ["ckpt", "safetensors"])
@@ -272,7 +272,8 @@ def test_a_lora_merged_for_good_cannot_be_removed():
 @pytest.mark.slow
 def test_the_same_lora_in_the_kohya_and_peft_layouts_gives_the_same_model(tmp_path):
     """The release's text-and-UNet LoRA without the pairs it skips, written as kohya (alpha 2 at rank 4: a factor of
-    0.5) and as PEFT (lora_alpha 2, r 4 in adapter_config.json), merges as the VideoLoRA file at scale 0.5."""
+    0.5) and as PEFT (lora_alpha 2, r 4 in adapter_config.json, or in diffusers' metadata), merges as the VideoLoRA
+    file at scale 0.5; `from_pretrained(lora=...)` merges the same."""
     from safetensors.torch import save_file
 
     _, cases, meta = fixture()
@@ -293,10 +294,12 @@ def test_the_same_lora_in_the_kohya_and_peft_layouts_gives_the_same_model(tmp_pa
     save_file(kohya, str(tmp_path / "kohya.safetensors"), metadata={"trigger": ", tiny style"})
     save_file(peft, str(tmp_path / "peft" / "adapter_model.safetensors"))
     (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 2}))
+    save_file(peft, str(tmp_path / "diffusers.safetensors"),
+              metadata={"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 2})})
     outputs = []
-    for lora, scale in ((root / "lora_unet_text.ckpt", 0.5), (tmp_path / "kohya.safetensors", 1.0),
-                        (tmp_path / "peft" / "adapter_model.safetensors", 1.0)):
-        pipe = _pipe().add_lora(lora, scale)
+    for lora in ((root / "lora_unet_text.ckpt", 0.5), tmp_path / "kohya.safetensors",
+                 (tmp_path / "peft" / "adapter_model.safetensors", 1.0), tmp_path / "diffusers.safetensors"):
+        pipe = _pipe(lora=[lora])
         with torch.inference_mode():
             tokens = pipe.text_encoder.tokenize(meta["cases"]["text"]["inputs"]["prompts"])
             unet = pipe.unet(cases["unet.x"], cases["unet.t"], cases["unet.context"])

@@ -83,11 +83,33 @@ FAILING = {2, 3}  # the second row's two videos
 
 
 @pytest.fixture(scope="module")
-def local_run(rows_file, tmp_path_factory) -> Path:
+def lora_file(tmp_path_factory) -> Path:
+    """A PEFT LoRA of rank 4 on the embedded UNet's query projections, random: the workers must merge it as the
+    local run does."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    with safe_open(str(Path(__file__).parents[1] / "checkpoints" / "shapes" / "model.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()
+                  if k.startswith("model.") and k.endswith("to_q.weight")}
+    pairs = {}
+    for key, (rows, columns) in shapes.items():
+        name = key.removesuffix(".weight")
+        pairs[f"{name}.lora_A.weight"] = torch.randn(4, columns, generator=generator) * 0.2
+        pairs[f"{name}.lora_B.weight"] = torch.randn(rows, 4, generator=generator) * 0.2
+    path = tmp_path_factory.mktemp("lora") / "style.safetensors"
+    save_file(pairs, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_run(rows_file, lora_file, tmp_path_factory) -> Path:
     """The batch made in this process (one thread, as each Ray worker of one CPU has)."""
     out = tmp_path_factory.mktemp("local")
     with one_cpu_thread():
-        assert run(["generate", "-f", str(rows_file), *BATCH, "-o", str(out), "-q"]) == 1
+        assert run(["generate", "-f", str(rows_file), *BATCH, "--lora", f"{lora_file}:0.7", "-o", str(out), "-q"]) == 1
     return out
 
 
@@ -127,13 +149,14 @@ def assert_same_videos(made: Path, expected: Path) -> None:
         assert not mismatch and not errors, (folder.name, mismatch, errors)
 
 
-def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit_even_when_one_is_killed(cluster, rows_file,
+def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit_even_when_one_is_killed(cluster, rows_file, lora_file,
                                                                                          local_run, tmp_path):
-    """8 videos on 2 workers; after two have finished, one worker's process is killed (SIGKILL, as a crash or
-    the out-of-memory killer would): Ray restarts it and renders its video again, every video comes out once.
-    The two videos that fail by themselves are reported once each, and the run exits 1."""
+    """8 videos on 2 workers with a LoRA; after two have finished, one worker's process is killed (SIGKILL, as a
+    crash or the out-of-memory killer would): Ray restarts it and renders its video again, every video comes out
+    once. The two videos that fail by themselves are reported once each, and the run exits 1."""
     out = tmp_path / "out"
-    process = vcraft("-f", str(rows_file), *BATCH, "-o", str(out), "--ray", cluster, "--workers", "2", "--json")
+    process = vcraft("-f", str(rows_file), *BATCH, "--lora", f"{lora_file}:0.7", "-o", str(out), "--ray", cluster,
+                     "--workers", "2", "--json")
     lines: list[str] = []
     pids = worker_pids(process, lines)
     assert "ray: 2 workers of 1 CPU(s) and 0 GPU(s)" in lines[-1]
@@ -149,6 +172,7 @@ def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit_even_when_one_i
     assert_same_videos(out, local_run)
     for sidecar in out.glob("*.json"):
         assert json.loads(sidecar.read_text()) == json.loads((local_run / sidecar.name).read_text())
+        assert json.loads(sidecar.read_text())["loras"][0]["scale"] == 0.7
 
 
 def test_ctrl_c_cancels_the_batch_and_leaves_no_partial_file(cluster, prompts_file, tmp_path):

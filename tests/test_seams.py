@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import reference_dir
 from torch import nn
 
-from reference import reference_dir
 from vcraft.config import apply_overrides, load_config, load_preset
 from vcraft.errors import VcraftError
 from vcraft.loaders.components import COMPONENTS, route

@@ -189,8 +189,7 @@ def generate(
 
 def _lora(spec: str):
     """`FILE`, `NAME` (an official LoRA) or either with `:SCALE`, as a read LoRA and its scale."""
-    from vcraft.loaders.lora import read_lora
-    from vcraft.loaders.weights import find_lora
+    from vcraft.loaders.lora import open_lora
 
     path, _, scale = spec.rpartition(":")
     try:
@@ -199,8 +198,7 @@ def _lora(spec: str):
         path, value = spec, 1.0
     if not path:
         raise VcraftError(f"--lora {spec}: give FILE, NAME, FILE:SCALE or NAME:SCALE")
-    official = None if Path(path).exists() else find_lora(path)
-    return read_lora(official or path), value
+    return open_lora(path), value
 
 
 def _present_loras(cfg) -> list[str]:

@@ -10,7 +10,7 @@ Three formats, told apart by their keys:
   path>` with `.lora_up.weight`, `.lora_down.weight` and `.alpha`; factor alpha / rank (1 without alpha).
 - **PEFT** (diffusers, VideoTuna): `[base_model.model.]<module path from the checkpoint's root, or from the UNet>` with
   `.lora_A.weight` (down) and `.lora_B.weight` (up); factor `lora_alpha / r` from an `adapter_config.json` beside
-  the file (1 without one).
+  the file, else from the safetensors metadata `lora_adapter_metadata` that diffusers writes (1 without either).
 kohya and PEFT pairs may touch any Linear or convolution. Every name must name a module of the model.
 """
 
@@ -29,6 +29,7 @@ from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import load_state_dict, stored_metadata
 from vcraft.loaders.components import BY_NAME, Models, route
 from vcraft.loaders.download import sha256_of
+from vcraft.loaders.weights import find_lora
 
 # The suffixes of a pair's tensors (up, down) in each format.
 SUFFIXES = {"videolora": (".lora_up.weight", ".lora_down.weight"), "kohya": (".lora_up.weight", ".lora_down.weight"),
@@ -57,6 +58,23 @@ def _format(keys: list[str]) -> str:
     return "kohya" if any(k.startswith(tuple(KOHYA)) for k in keys) else "videolora"
 
 
+def _peft_config(path: Path) -> dict:
+    """`r` and `lora_alpha` of a PEFT file: its adapter_config.json, else diffusers' metadata (whose keys may carry a
+    component's prefix, `unet.r`), else {}."""
+    beside = path.parent / "adapter_config.json"
+    if beside.is_file():
+        return json.loads(beside.read_text())
+    stored = json.loads(stored_metadata(path).get("lora_adapter_metadata", "{}"))
+    config = {key.rpartition(".")[2]: value for key, value in stored.items()}
+    return config if "r" in config else {}
+
+
+def open_lora(spec: str | os.PathLike) -> LoRA:
+    """A LoRA file by its path, or an official LoRA by its name (`loving-vincent`) from the Hugging Face cache."""
+    official = None if Path(spec).exists() else find_lora(str(spec))
+    return read_lora(official or spec)
+
+
 def read_lora(path: str | os.PathLike) -> LoRA:
     """A LoRA file of one of the formats above (read without running code); a VcraftError for anything else."""
     path = Path(path)
@@ -78,9 +96,8 @@ def read_lora(path: str | os.PathLike) -> LoRA:
         factors = {name: float(state[f"{name}.alpha"]) / downs[name].shape[0] if f"{name}.alpha" in state else 1.0
                    for name in ups}
     elif kind == "peft":
-        beside = path.parent / "adapter_config.json"
-        if beside.is_file():
-            config = json.loads(beside.read_text())
+        config = _peft_config(path)
+        if config:
             factors = dict.fromkeys(ups, config.get("lora_alpha", config["r"]) / config["r"])
         ups = {name.removeprefix(PEFT_PREFIX): v for name, v in ups.items()}
         downs = {name.removeprefix(PEFT_PREFIX): v for name, v in downs.items()}

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.components import Models
 from vcraft.loaders.devices import resolve_device, resolve_dtype
 from vcraft.loaders.loading import identify_preset, load_models
-from vcraft.loaders.lora import LoRA, Merged, read_lora
+from vcraft.loaders.lora import LoRA, Merged, open_lora
 from vcraft.loaders.weights import find_checkpoint
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
 from vcraft.pipeline.settings import Settings, make_settings
@@ -62,13 +62,18 @@ class TextToVideo:
     @classmethod
     def from_pretrained(cls, model: str = "shapes", ckpt: str | os.PathLike | None = None,
                         device: str = "auto", dtype: str = "auto", overrides: list[str] = (),
-                        offload: bool = False, encoder: bool = False) -> "TextToVideo":
+                        offload: bool = False, encoder: bool = False,
+                        lora: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = ()) -> "TextToVideo":
         """`model` is a preset name or the path of a config (vcraft or original VideoCrafter YAML);
         `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location); `encoder` also
-        loads the autoencoder's encoder (for `autoencoder.encode`; generating never needs it)."""
+        loads the autoencoder's encoder (for `autoencoder.encode`; generating never needs it); `lora` LoRA files or
+        official LoRA names, each alone (scale 1) or as (file or name, scale), merged removably (see `add_lora`)."""
         cfg = load_config(model, overrides) if Path(model).suffix in (".yaml", ".yml") else \
             apply_overrides(load_preset(model), list(overrides))
-        return cls.from_config(cfg, ckpt, device, dtype, offload, encoder)
+        pipe = cls.from_config(cfg, ckpt, device, dtype, offload, encoder)
+        for entry in lora:
+            pipe.add_lora(*(entry if isinstance(entry, tuple) else (entry,)))
+        return pipe
 
     @classmethod
     def from_config(cls, cfg: Config, ckpt: str | os.PathLike | None = None, device: str = "auto",
@@ -95,10 +100,10 @@ class TextToVideo:
         return self
 
     def add_lora(self, lora: str | os.PathLike | LoRA, scale: float = 1.0, removable: bool = True) -> "TextToVideo":
-        """Merge a LoRA file into the weights at `scale` (in place; returns self). Its trigger words, if any, go into
-        the prompt as they are: a prompt is used as written. `removable=False` saves the memory of the weights it
-        replaces, which `clear_loras` would need."""
-        self.merged.add(lora if isinstance(lora, LoRA) else read_lora(lora), scale, keep=removable)
+        """Merge a LoRA (a file, an official LoRA's name, or a read `LoRA`) into the weights at `scale` (in place;
+        returns self). Its trigger words, if any, go into the prompt as they are: a prompt is used as written.
+        `removable=False` saves the memory of the weights it replaces, which `clear_loras` would need."""
+        self.merged.add(lora if isinstance(lora, LoRA) else open_lora(lora), scale, keep=removable)
         return self
 
     def clear_loras(self) -> "TextToVideo":
