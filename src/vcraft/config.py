@@ -116,6 +116,33 @@ class ImageEncoderConfig:
     resampler_ff_mult: int = 4
 
 
+CONTROL_SIGNALS = ("depth", "brightness")  # what a control adapter reads from a control video
+
+
+@dataclass
+class AdapterConfig:
+    """A control adapter (models/adapter.py; defaults: VideoControl's depth adapter): one feature per UNet level."""
+
+    signal: str = "depth"  # one of CONTROL_SIGNALS: MiDaS depth (model.depth) or each frame's brightness
+    channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])  # the UNet's widths, level by level
+    blocks: int = 2  # per level
+    kernel: int = 1  # of the blocks' second convolution
+
+
+@dataclass
+class DepthConfig:
+    """MiDaS DPT-hybrid's sizes (models/depth.py); the defaults are the official model's."""
+
+    resnet_layers: list[int] = field(default_factory=lambda: [3, 4, 9])
+    resnet_channels: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    stem_chs: int = 64
+    vit_embed_dim: int = 768
+    vit_depth: int = 12
+    vit_heads: int = 12
+    reassemble: list[int] = field(default_factory=lambda: [256, 512, 768, 768])
+    features: int = 256
+
+
 @dataclass
 class ScheduleConfig:
     timesteps: int = 1000
@@ -140,6 +167,8 @@ class ModelConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_encoder: Optional[ImageEncoderConfig] = None  # set for models conditioned on an image
+    adapter: Optional[AdapterConfig] = None  # set for models that follow a control video
+    depth: Optional[DepthConfig] = None  # the depth estimator of a depth adapter
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     scale_factor: float = 0.18215
     parameterization: str = "eps"  # what the UNet predicts: "eps" (noise) or "v" (velocity)
@@ -258,12 +287,25 @@ class LoRASource(WeightsSource):
 
 
 @dataclass
+class PartSource(WeightsSource):
+    """A component's own weight file (a control adapter, a depth estimator): on the Hub (`repo`, `file`), or at
+    `path` on this machine (an original YAML's `model_path`, made absolute when the config is read)."""
+
+    repo: str = ""
+    path: Optional[str] = None
+
+
+@dataclass
 class Config:
     name: str = MISSING
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     weights: Optional[WeightsSource] = None  # None: the weights ship with vcraft (the embedded model)
+    weights_of: Optional[str] = None  # the preset whose weights these are (found and converted under its name)
+    # Components whose weights come in files of their own, by component name (loaders/components.py); a bundled
+    # part (the embedded model's adapter) is `checkpoints/<preset>/<component>.safetensors` and needs no entry.
+    parts: dict[str, PartSource] = field(default_factory=dict)
     loras: dict[str, LoRASource] = field(default_factory=dict)  # the model's official LoRAs, by name
     train: Optional[TrainConfig] = None
 
@@ -314,6 +356,17 @@ def _model_problem(m: ModelConfig) -> str | None:
                 f"not {m.unet.in_channels} and {m.unet.out_channels}")
     if (m.image_encoder is not None) != m.unet.image_attention:
         return "model.image_encoder and model.unet.image_attention go together: set both or neither"
+    if m.adapter is not None:
+        levels = [m.unet.model_channels * k for k in m.unet.channel_mult]
+        if m.adapter.signal not in CONTROL_SIGNALS:
+            return f"model.adapter.signal must be one of {', '.join(CONTROL_SIGNALS)}, not '{m.adapter.signal}'"
+        if m.adapter.channels != levels:
+            return (f"model.adapter.channels must be the UNet's widths level by level, {levels}, "
+                    f"not {m.adapter.channels}")
+        if m.unet.num_res_blocks < 1 or m.adapter.blocks < 1:
+            return "a control adapter needs at least one block per level, in the UNet and in the adapter"
+    if (m.depth is not None) != (m.adapter is not None and m.adapter.signal == "depth"):
+        return "model.depth (the depth estimator's sizes) goes with a depth adapter (model.adapter.signal: depth)"
     if m.unet.family not in UNET_FAMILIES:
         return f"model.unet.family must be one of {', '.join(UNET_FAMILIES)}, not '{m.unet.family}'"
     if m.text_encoder.family not in TEXT_FAMILIES:

@@ -88,14 +88,40 @@ def _first_release(params: dict, unet_in: dict, vae_in: dict, path: Path) -> dic
             "layers": clip["num_hidden_layers"], "context_length": clip["max_position_embeddings"],
             "vocab_size": clip["vocab_size"], "embed_dim": clip["projection_dim"], "layer": "last"}
     autoencoder = _autoencoder(vae_in, path)
+    control = _depth_control(params, autoencoder, path) if "adapter_config" in params else {}
     return {
         "name": path.stem,
         "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text,
                   "schedule": {**_schedule(params), "noise_every_step": True},
-                  "scale_factor": params.get("scale_factor", 0.18215)},
+                  "scale_factor": params.get("scale_factor", 0.18215), **control.get("model", {})},
         "sampling": {**_size(params, autoencoder, [32, 32]), "steps": 50, "guidance": 15.0, "eta": 1.0,
                      "save_fps": 8},
+        "parts": control.get("parts", {}),
     }
+
+
+def _depth_control(params: dict, autoencoder: dict, path: Path) -> dict:
+    """VideoControl's YAML (models/adapter_t2v_depth/model_config.yaml): its adapter, and MiDaS DPT-hybrid at the
+    YAML's `model_path` (relative to the YAML), its sizes from a `midas_tiny.json` beside it, else the official ones."""
+    adapter_in = params["adapter_config"]
+    adapter = dict(adapter_in.get("params") or {})
+    downscale = 2 ** (len(autoencoder.get("ch_mult", [1, 2, 4, 4])) - 1)
+    release = {"sk": True, "use_conv": False, "cin": downscale * downscale}
+    for key, expected in release.items():
+        if adapter.get(key, expected) != expected:
+            raise VcraftError(f"{path}: adapter setting {key} other than {expected} is not supported")
+    depth_in = dict((params.get("depth_stage_config") or {}).get("params") or {})
+    if adapter_in.get("cond_name", "depth") != "depth" or depth_in.get("model_type", "dpt_hybrid") != "dpt_hybrid":
+        raise VcraftError(f"{path}: only the depth adapter with MiDaS dpt_hybrid is supported")
+    beside = path.parent / "midas_tiny.json"
+    sizes = {k: v for k, v in json.loads(beside.read_text()).items() if k not in ("official", "kept")} \
+        if beside.is_file() else {}
+    model = {"adapter": {"signal": "depth", **{ours: adapter[theirs] for ours, theirs in
+                                               (("channels", "channels"), ("blocks", "nums_rb"), ("kernel", "ksize"))
+                                               if theirs in adapter}},
+             "depth": sizes}
+    parts = {"depth_estimator": {"path": str(path.parent / depth_in["model_path"])}} if "model_path" in depth_in else {}
+    return {"model": model, "parts": parts}
 
 
 def _autoencoder(vae_in: dict, path: Path) -> dict:

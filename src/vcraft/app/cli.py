@@ -106,6 +106,8 @@ def generate(
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="vcraft YAML or original VideoCrafter inference YAML."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A control adapter's file, for a config that "
+                                                                   "gives none (an original VideoControl YAML)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     lora: list[str] = typer.Option([], "--lora", help="A LoRA merged into the model: FILE or an official LoRA's "
                                                       "NAME, then :SCALE (1.0 by default); repeatable."),
@@ -142,6 +144,7 @@ def generate(
         config = Path(recipe["config"]) if recipe.get("config") else None
         model = None if config else recipe["model"]
         ckpt = ckpt or (Path(recipe["ckpt"]) if recipe.get("ckpt") else None)
+        adapter = adapter or (Path(recipe["parts"]["adapter"]) if "adapter" in recipe.get("parts", {}) else None)
         overrides = [*recipe.get("overrides", []), *overrides]
         loras = loras or recipe["loras"]
         chosen = {**{k: recipe.get(k) for k in chosen}, **{k: v for k, v in chosen.items() if v is not None}}
@@ -159,6 +162,9 @@ def generate(
     videos = plan(rows, cfg, chosen, base_seed, samples, options)
     if ckpt is not None and not ckpt.is_file():
         raise VcraftError(f"checkpoint not found: {ckpt}")
+    from vcraft.loaders.weights import find_parts
+
+    find_parts(cfg, {} if adapter is None else {"adapter": adapter})  # a missing adapter said before any work
     todo = [v for v in videos if not (options.skip_existing and v.path != STDOUT and v.path.exists())]
     if len(todo) < len(videos):
         _log(f"skipping {len(videos) - len(todo)} video(s) whose output exists", quiet)
@@ -170,7 +176,7 @@ def generate(
 
     encoder = any(v.settings.continues is not None for v in todo)
     job = Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides),
-              encoder=encoder, loras=tuple(loras))
+              encoder=encoder, loras=tuple(loras), parts={} if adapter is None else {"adapter": adapter})
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
     outcomes = _locally(job, todo, quiet) if options.pool is None else _on_ray(job, todo, quiet)
@@ -471,7 +477,7 @@ def download(
     from huggingface_hub.utils import disable_progress_bars
 
     from vcraft.loaders.download import download as fetch_weights
-    from vcraft.loaders.download import download_lora, weights_source
+    from vcraft.loaders.download import download_file, weights_source
 
     configs = {name: None if name in loras else load_preset(name) for name in names}
     for cfg in configs.values():  # every name checked before anything is fetched
@@ -481,7 +487,7 @@ def download(
         disable_progress_bars()
     log = lambda line: _log(line, quiet)  # noqa: E731
     for name, cfg in configs.items():
-        path = download_lora(loras[name][1], log) if cfg is None else fetch_weights(cfg, log, not no_convert, keep_ckpt)
+        path = download_file(loras[name][1], log) if cfg is None else fetch_weights(cfg, log, not no_convert, keep_ckpt)
         print(path, flush=True)
 
 

@@ -34,6 +34,7 @@ class Job:
     options: RunOptions
     config_file: Optional[Path] = None  # the YAML it came from, when not a preset
     loras: tuple[tuple[LoRA, float], ...] = ()  # merged into the weights once loaded, each at its scale
+    parts: dict[str, Path] = field(default_factory=dict)  # components' own files given by the user (--adapter)
     overrides: list[str] = field(default_factory=list)
     encoder: bool = False  # load the autoencoder's encoder too (videos that continue others)
 
@@ -60,7 +61,8 @@ def load(job: Job) -> TextToVideo:
     """The job's model, loaded once for its videos; on a CPU, a small one on one thread unless OMP_NUM_THREADS
     says otherwise."""
     o = job.options
-    pipe = TextToVideo.from_config(job.config, job.ckpt, o.device, o.dtype, o.offload == "model", job.encoder)
+    pipe = TextToVideo.from_config(job.config, job.ckpt, o.device, o.dtype, o.offload == "model", job.encoder,
+                                   job.parts)
     for lora, scale in job.loras:
         pipe.add_lora(lora, scale, removable=False)  # a run keeps its LoRAs to the end
     if pipe.device.type == "cpu" and unet_work(pipe) < SMALL_WORK and "OMP_NUM_THREADS" not in os.environ:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from vcraft.pipeline.api import TextToVideo
 
 # What sidecars written before a setting existed mean by its absence (or, for the negative prompt, a null).
-OLDER = {"guidance_min_t": 0, "sampler": "ddim", "negative": ""}
+OLDER = {"guidance_min_t": 0, "sampler": "ddim", "negative": "", "control_stride": -1}
 NEEDED = ("model", *(k for k in TYPES if k not in INPUT_FILES))
 
 
@@ -33,6 +33,7 @@ def fields(job: "Job", pipe: "TextToVideo", settings: Settings) -> dict[str, Any
             "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."), "vcraft_version": __version__,
             "loras": [{"path": lora.source, "sha256": lora.sha256, "scale": scale}
                       for lora, scale in pipe.merged.loras],  # those merged now: the web app changes them
+            "parts": {name: str(path.resolve()) for name, path in job.parts.items()},
             **settings.record()}
 
 

@@ -76,8 +76,8 @@ def _text_encoder(cfg: ModelConfig, options: BuildOptions) -> nn.Module:
     return text_encoder_class(cfg.text_encoder.family)(cfg.text_encoder)
 
 
-def _text_encoder_keys(tensors: Tensors, cfg: ModelConfig, module: nn.Module) -> Tensors:
-    # A family whose checkpoint names depend on its library's version says how they map.
+def _library_keys(tensors: Tensors, cfg: ModelConfig, module: nn.Module) -> Tensors:
+    # A module built from a library (transformers) whose names differ from the official ones says how they map.
     return module.official_keys(tensors) if hasattr(module, "official_keys") else tensors
 
 
@@ -93,12 +93,26 @@ def _image_projector(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Mod
     return None if cfg.image_encoder is None else Resampler(cfg.image_encoder, cfg.unet.context_dim)
 
 
+def _adapter(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Module]:
+    from vcraft.models.adapter import ControlAdapter
+
+    return None if cfg.adapter is None else ControlAdapter(cfg.adapter, 2 ** (len(cfg.autoencoder.ch_mult) - 1))
+
+
+def _depth_estimator(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Module]:
+    from vcraft.models.depth import DepthEstimator
+
+    return None if cfg.depth is None else DepthEstimator(cfg.depth)
+
+
 COMPONENTS = (
     Component("unet", "UNet", "model.diffusion_model.", _unet),
     Component("autoencoder", "autoencoder", "first_stage_model.", _autoencoder, _autoencoder_keys),
-    Component("text_encoder", "text encoder", "cond_stage_model.", _text_encoder, _text_encoder_keys),
+    Component("text_encoder", "text encoder", "cond_stage_model.", _text_encoder, _library_keys),
     Component("image_encoder", "image encoder", "embedder.", _image_encoder),  # image-to-video: CLIP's vision tower
     Component("image_projector", "image projector", "image_proj_model.", _image_projector),  # ... and its Resampler
+    Component("adapter", "control adapter", "adapter.", _adapter),  # VideoControl; a file of its own officially
+    Component("depth_estimator", "depth estimator", "depth_stage_model.model.", _depth_estimator, _library_keys),
 )
 BY_NAME = {c.name: c for c in COMPONENTS}
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from vcraft.config import Config, WeightsSource
 from vcraft.errors import RunFailure, VcraftError
-from vcraft.loaders.weights import converted_path, hub_cached, size_text
+from vcraft.loaders.weights import converted_path, hub_cached, size_text, weights_name
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 Log = Callable[[str], None]
@@ -25,7 +25,10 @@ def download(cfg: Config, log: Log, convert: bool = True, keep_ckpt: bool = Fals
     checkpoint in the Hugging Face cache). Returns its path. The original checkpoint is removed from the
     Hugging Face cache after the conversion unless `keep_ckpt` or it was there before this call."""
     source = weights_source(cfg)
-    target = converted_path(cfg.name)
+    target = converted_path(weights_name(cfg))
+    for part in cfg.parts.values():  # kept as they are, in the Hugging Face cache
+        if part.repo:
+            download_file(part, log)
     if convert and target.is_file():
         log(f"{cfg.name}: already converted in {target}")
         return target
@@ -41,8 +44,9 @@ def download(cfg: Config, log: Log, convert: bool = True, keep_ckpt: bool = Fals
     return target
 
 
-def download_lora(source: WeightsSource, log: Log) -> Path:
-    """An official LoRA in the Hugging Face cache, verified; no conversion (vcraft reads it as it is)."""
+def download_file(source: WeightsSource, log: Log) -> Path:
+    """An official LoRA, adapter or depth estimator in the Hugging Face cache, verified; no conversion (vcraft reads
+    it as it is)."""
     path = fetch(source, log)
     verify(path, source, log)
     return path

@@ -6,6 +6,8 @@ assigned in place, so a model costs one copy of its weights, in the target dtype
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import torch
 
 from vcraft.config import ModelConfig, load_preset, preset_names
@@ -23,16 +25,18 @@ def build_models(cfg: ModelConfig, device: str | torch.device = "meta", encoder:
     return Models(modules, make_schedule(cfg.schedule))
 
 
-def fit_checkpoint(models: Models, cfg: ModelConfig, state: Tensors, source: str
+def fit_checkpoint(models: Models, cfg: ModelConfig, state: Tensors, source: str, separate: Iterable[str] = ()
                    ) -> list[tuple[torch.nn.Module, Tensors]]:
     """Check that an official-layout state dict fits the built components exactly (see checkpoints.check_fits),
-    before anything is placed; returns each module with its tensors, keyed as the module names them."""
+    before anything is placed; returns each module with its tensors, keyed as the module names them. The
+    components named in `separate` come from files of their own: the checkpoint need not hold them."""
     parts, schedule = split(state, source)
     for name in parts:
         if getattr(models, name) is None:
             raise VcraftError(f"{source} holds weights of the {BY_NAME[name].label} ('{BY_NAME[name].prefix}...'), "
                               "a part this config lacks; give the config of the model it belongs to")
-    fitted = [(module, _fitted(name, module, parts.get(name, {}), cfg, source)) for name, module in models.items()]
+    fitted = [(module, _fitted(name, module, parts.get(name, {}), cfg, source)) for name, module in models.items()
+              if name in parts or name not in separate]
     scale_full = torch.tensor(scale_array(cfg.schedule), dtype=torch.float32)
     check_schedule(schedule, models.schedule.alphas_cumprod, scale_full, source)
     return fitted
@@ -52,12 +56,18 @@ def attach(models: Models, cfg: ModelConfig, name: str, state: Tensors, source: 
     """Place a separate weight file into the built component `name`: its keys with or without the component's
     official prefix, renamed and checked strictly as a checkpoint's part is; its weights replace the module's (in
     the module's dtype, on its device)."""
+    module, tensors = _part(models, cfg, name, state, source)
+    module.load_state_dict(tensors, strict=True)
+
+
+def _part(models: Models, cfg: ModelConfig, name: str, state: Tensors, source: str
+          ) -> tuple[torch.nn.Module, Tensors]:
+    """The component `name` and a separate file's tensors fitted to it (keys with or without its prefix)."""
     module = getattr(models, name)
     if module is None:
         raise VcraftError(f"{source} is for the {BY_NAME[name].label}, which this model lacks")
     prefix = BY_NAME[name].prefix
-    tensors = {k.removeprefix(prefix): v for k, v in state.items()}
-    module.load_state_dict(_fitted(name, module, tensors, cfg, source), strict=True)
+    return module, _fitted(name, module, {k.removeprefix(prefix): v for k, v in state.items()}, cfg, source)
 
 
 def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
@@ -69,12 +79,15 @@ def place_checkpoint(models: Models, cfg: ModelConfig, state: dict[str, torch.Te
 
 def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
                 device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32,
-                encoder: bool = False) -> Models:
+                encoder: bool = False, parts: Mapping[str, tuple[Tensors, str]] = {}) -> Models:
     """A ready-to-run model stack on `device` in `dtype`, in inference mode (the autoencoder's encoder only
-    with `encoder`). Consumes `state` (it is left empty), so each tensor read in another dtype is freed as
-    soon as it is converted."""
+    with `encoder`); `parts`: components' own files (tensors and where they came from) by component name, which
+    replace what the checkpoint holds for them. Consumes `state` (it is left empty), so each tensor read in another
+    dtype is freed as soon as it is converted."""
     models = build_models(cfg, encoder=encoder)
-    fitted = fit_checkpoint(models, cfg, state, source)
+    fitted = [entry for entry in fit_checkpoint(models, cfg, state, source, parts)
+              if all(entry[0] is not getattr(models, name) for name in parts)]
+    fitted += [_part(models, cfg, name, tensors, part_source) for name, (tensors, part_source) in parts.items()]
     state.clear()
     for module, tensors in fitted:
         assign(module, tensors, dtype)

@@ -52,19 +52,25 @@ def hub_cached(source: WeightsSource) -> Path | None:
     return Path(path) if isinstance(path, str) else None
 
 
+def weights_name(cfg: Config) -> str:
+    """The name a preset's weights are found and converted under: its own, or that of the preset it shares them with."""
+    return cfg.weights_of or cfg.name
+
+
 def _places(cfg: Config) -> list[tuple[str, str, Callable[[], Path | None]]]:
     """Where the weights of the preset `cfg.name` may be, in the order they are looked in: (source, the place in
     words, a lookup that returns the file or None)."""
     places = []
+    name = weights_name(cfg)
     if os.environ.get("VCRAFT_CHECKPOINTS"):
-        own = Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name
+        own = Path(os.environ["VCRAFT_CHECKPOINTS"]) / name
         places.append(("VCRAFT_CHECKPOINTS", str(own), lambda: _in_folder(own)))
-    converted = converted_path(cfg.name)
+    converted = converted_path(name)
     places.append(("vcraft cache", str(converted.parent), lambda: converted if converted.is_file() else None))
     if cfg.weights is not None:
         source = cfg.weights
         places.append((HUB_CACHE, f"the {HUB_CACHE} ({source.repo})", lambda: hub_cached(source)))
-    beside = preset_dir().parent / "checkpoints" / cfg.name
+    beside = preset_dir().parent / "checkpoints" / name
     places.append(("checkout" if cfg.weights else "bundled", str(beside), lambda: _in_folder(beside)))
     return places
 
@@ -95,6 +101,39 @@ def find_checkpoint(cfg: Config) -> Path:
     size = f" ({size_text(cfg.weights.size)})" if cfg.weights.size else ""
     raise VcraftError(f"no weights for model '{cfg.name}' on this machine ({looked}); fetch them once with: "
                       f"vcraft download {cfg.name}{size}, or pass --ckpt PATH")
+
+
+# Components that may come in files of their own, and the model config's section that makes them exist.
+PART_COMPONENTS = {"adapter": "adapter", "depth_estimator": "depth"}
+
+
+def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
+    """The own files of the model's separate components, by component name: `given` ones (--adapter), else the
+    config's `parts` entry where it names a path, else `<name>.safetensors` in `$VCRAFT_CHECKPOINTS/<preset>/` or
+    beside the presets, else the Hugging Face cache. A part the config lists and no place holds is a VcraftError
+    naming the command that fetches it; an unlisted one (a checkpoint may hold it) is simply absent."""
+    wanted = [name for name, section in PART_COMPONENTS.items() if getattr(cfg.model, section) is not None]
+    found = {}
+    for name in wanted:
+        source = cfg.parts.get(name)
+        folders = [Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name] if os.environ.get("VCRAFT_CHECKPOINTS") else []
+        folders.append(preset_dir().parent / "checkpoints" / cfg.name)
+        if name in given:
+            path = given[name]
+        elif source is not None and source.path:
+            path = Path(source.path)
+        else:
+            path = next((f / f"{name}.safetensors" for f in folders if (f / f"{name}.safetensors").is_file()), None)
+            if path is None and source is not None and source.repo:
+                path = hub_cached(source)
+            if path is None and source is not None:
+                raise VcraftError(f"the {name.replace('_', ' ')} of model '{cfg.name}' is not on this machine; fetch "
+                                  f"it once with: vcraft download {cfg.name}")
+        if path is not None:
+            if not Path(path).is_file():
+                raise VcraftError(f"{name.replace('_', ' ')} file not found: {path}")
+            found[name] = Path(path)
+    return found
 
 
 def official_loras() -> dict[str, tuple[Config, LoRASource]]:

@@ -8,6 +8,7 @@ parameters follow the official checkpoints, including their spelling (`temopral_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,13 @@ class BlockPlan:
     middle: int
     outputs: list[Step]
 
+    @property
+    def level_ends(self) -> list[int]:
+        """The index in `input_blocks` (whose first entry is the input convolution) of each level's last block
+        before its downsampling: where a control adapter's feature of that level is added."""
+        ends = [i + 1 for i, step in enumerate(self.inputs[:-1]) if self.inputs[i + 1].down]
+        return ends + [len(self.inputs)]
+
     @classmethod
     def of(cls, cfg: UNetConfig) -> "BlockPlan":
         mc, levels = cfg.model_channels, len(cfg.channel_mult)
@@ -202,6 +210,7 @@ class UNet3D(nn.Module):
                 mc, 8, cfg.num_head_channels, cfg.transformer_depth, False, relative, cfg.use_causal_attention,
                 cfg.norm_groups, cfg.frame_positions)])
         plan = BlockPlan.of(cfg)
+        self.level_ends = plan.level_ends
         for step in plan.inputs:
             self.input_blocks.append(Block([Downsample(step.cin)]) if step.down else Block(
                 [res(step.cin, step.cout), *(spatial_temporal(step.cout) if step.attention else [])]))
@@ -215,7 +224,9 @@ class UNet3D(nn.Module):
                                  nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                fps: torch.Tensor | int = 16) -> torch.Tensor:
+                fps: torch.Tensor | int = 16, control: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+        """`control`: a control adapter's features `[b, c, t, h, w]`, one per level (added after the level's last
+        input block; the skip connection keeps the sum)."""
         b, _, frames, height, width = x.shape
         mc = self.cfg.model_channels
         t = t.expand(b) if t.ndim == 0 else t
@@ -232,17 +243,28 @@ class UNet3D(nn.Module):
         context = context.repeat_interleave(frames, dim=0)
 
         h = x.transpose(1, 2).reshape(b * frames, -1, height, width)
-        skips = []
+        skips, added = [], control_by_block(self.level_ends, control)
         for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context, b)
             if i == 0 and self.cfg.addition_attention:
                 h = self.init_attn(h, emb, context, b)
+            if i in added:
+                h = h + added[i].transpose(1, 2).flatten(0, 1)
             skips.append(h)
         h = self.middle_block(h, emb, context, b)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
         out = self.out(h)
         return out.view(b, frames, -1, height, width).transpose(1, 2)
+
+
+def control_by_block(level_ends: list[int], control: Optional[list[torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """An adapter's features by the input block after which each is added; {} without control."""
+    if control is None:
+        return {}
+    if len(control) != len(level_ends):
+        raise ValueError(f"{len(control)} control features for a UNet of {len(level_ends)} levels")
+    return dict(zip(level_ends, control))
 
 
 def with_given_frames(x: torch.Tensor, given: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

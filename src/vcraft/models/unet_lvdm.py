@@ -9,13 +9,15 @@ fps conditioning; 8 heads everywhere. Module and parameter names follow the offi
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vcraft.config import UNetConfig
 from vcraft.models.attention import Attention, FeedForward, sinusoidal_embedding
-from vcraft.models.unet3d import BlockPlan, GroupNorm32
+from vcraft.models.unet3d import BlockPlan, GroupNorm32, control_by_block
 
 
 def frame_conv(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
@@ -147,6 +149,7 @@ class UNetLVDM(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.input_blocks = nn.ModuleList([Block([frame_conv(cfg.in_channels, mc)])])
         plan = BlockPlan.of(cfg)
+        self.level_ends = plan.level_ends
         for step in plan.inputs:
             self.input_blocks.append(Block([Downsample(step.cin)]) if step.down else Block(
                 [ResBlock(step.cin, emb_dim, step.cout, groups), *([attention(step.cout)] if step.attention else [])]))
@@ -159,13 +162,16 @@ class UNetLVDM(nn.Module):
                                  frame_conv(mc, cfg.out_channels))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                fps: torch.Tensor | int | None = None) -> torch.Tensor:
-        """`fps` is accepted and not used: the release has no motion-rate conditioning."""
+                fps: torch.Tensor | int | None = None, control: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+        """`fps` is accepted and not used: the release has no motion-rate conditioning. `control`: a control
+        adapter's features, one per level, added after the level's last input block (before its downsampling)."""
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.time_embed(sinusoidal_embedding(t, self.cfg.model_channels).to(x.dtype))
-        h, skips = x, []
-        for block in self.input_blocks:
+        h, skips, added = x, [], control_by_block(self.level_ends, control)
+        for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
+            if i in added:
+                h = h + added[i]
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +22,13 @@ import torch
 from vcraft.config import Config, apply_overrides, load_config, load_preset
 from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import load_state_dict
-from vcraft.loaders.components import Models
+from vcraft.loaders.components import BY_NAME, Models
 from vcraft.loaders.devices import resolve_device, resolve_dtype
 from vcraft.loaders.loading import identify_preset, load_models
 from vcraft.loaders.lora import LoRA, Merged, open_lora
-from vcraft.loaders.weights import find_checkpoint
+from vcraft.loaders.weights import PART_COMPONENTS, find_checkpoint, find_parts
+from vcraft.models.depth import depth_maps
+from vcraft.pipeline.control import brightness, control_indices, grey, normalise_frames, scaled_frames, video_tensor
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
 from vcraft.pipeline.settings import Settings, make_settings
 from vcraft.sampling import Callback, sampler, step_count
@@ -53,6 +55,8 @@ class TextToVideo:
         self.autoencoder = models.autoencoder
         self.image_encoder = models.image_encoder
         self.image_projector = models.image_projector
+        self.adapter = models.adapter
+        self.depth_estimator = models.depth_estimator
         self.schedule = models.schedule
         self.merged = Merged(models, config.model)
         self.device = device
@@ -63,27 +67,36 @@ class TextToVideo:
     def from_pretrained(cls, model: str = "shapes", ckpt: str | os.PathLike | None = None,
                         device: str = "auto", dtype: str = "auto", overrides: list[str] = (),
                         offload: bool = False, encoder: bool = False,
-                        lora: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = ()) -> "TextToVideo":
+                        lora: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = (),
+                        adapter: str | os.PathLike | None = None) -> "TextToVideo":
         """`model` is a preset name or the path of a config (vcraft or original VideoCrafter YAML);
         `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location); `encoder` also
         loads the autoencoder's encoder (for `autoencoder.encode`; generating never needs it); `lora` LoRA files or
-        official LoRA names, each alone (scale 1) or as (file or name, scale), merged removably (see `add_lora`)."""
+        official LoRA names, each alone (scale 1) or as (file or name, scale), merged removably (see `add_lora`);
+        `adapter` a control adapter's file, for a config whose preset gives none (an original VideoControl YAML)."""
         cfg = load_config(model, overrides) if Path(model).suffix in (".yaml", ".yml") else \
             apply_overrides(load_preset(model), list(overrides))
-        pipe = cls.from_config(cfg, ckpt, device, dtype, offload, encoder)
+        parts = {} if adapter is None else {"adapter": adapter}
+        pipe = cls.from_config(cfg, ckpt, device, dtype, offload, encoder, parts)
         for entry in lora:
             pipe.add_lora(*(entry if isinstance(entry, tuple) else (entry,)))
         return pipe
 
     @classmethod
     def from_config(cls, cfg: Config, ckpt: str | os.PathLike | None = None, device: str = "auto",
-                    dtype: str = "auto", offload: bool = False, encoder: bool = False) -> "TextToVideo":
+                    dtype: str = "auto", offload: bool = False, encoder: bool = False,
+                    parts: Mapping[str, str | os.PathLike] = {}) -> "TextToVideo":
+        """`parts`: components' own files by component name (`adapter`), over the config's."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         path = Path(ckpt) if ckpt is not None else find_checkpoint(cfg)
+        files = find_parts(cfg, {name: Path(file) for name, file in parts.items()})
         state = load_state_dict(path)
+        _check_parts(cfg, state, files)
+        own = {name: (load_state_dict(file), str(file)) for name, file in files.items()}
         try:
-            models = load_models(cfg.model, state, str(path), torch.device("cpu") if offload else dev, dt, encoder)
+            models = load_models(cfg.model, state, str(path), torch.device("cpu") if offload else dev, dt, encoder,
+                                 own)
         except VcraftError as exc:
             match = identify_preset(state)
             if match is None or match == cfg.name:
@@ -164,10 +177,16 @@ class TextToVideo:
         steps = step_count(s.sampler, s.steps, self.schedule)
         made = 0
         given = None if s.continues is None else self.encode_frames(s.continues.frames[-s.overlap:])
+        maps = self.control_maps(s)
         for window in range(windows):
             x = noise()
+            # The window's frames in the video: those it is given from the last window, then its new ones (frames
+            # past the video's end, which are dropped, take the last control frame).
+            start = 0 if window == 0 else made - s.overlap
+            positions = [min(start + i, s.frames - 1) for i in range(shape[2])]
             cond = Conditioning(context, uncond, fps, given=given, extend=s.extend,
-                                uncond_sees_given=uncond_sees_given, image=image, uncond_image=uncond_image)
+                                uncond_sees_given=uncond_sees_given, image=image, uncond_image=uncond_image,
+                                control=None if maps is None else self.control_features(maps[:, :, positions]))
             denoiser = self.denoiser(cond, s.guidance, s.guidance_min_t)
             # Given frames noised with the window's own starting noise there: DDIM's deterministic path from it
             # ends at them, and it shares the window's frame-common draw (frame_noise_share).
@@ -216,6 +235,30 @@ class TextToVideo:
             return self.autoencoder.encode(frames_tensor(frames).to(self.device, self.dtype))
 
     @torch.inference_mode()
+    def control_maps(self, s: Settings) -> Optional[torch.Tensor]:
+        """The control maps `[1, 1, frames, H, W]` in [-1, 1] that `s` gives (None without a control video): the
+        frames its stride picks, scaled to the video's size, each frame's depth (estimated, or given as grey frames)
+        or, for a brightness adapter, its brightness, normalised on its own."""
+        footage = s.control_depth or s.control_video
+        if footage is None:
+            return None
+        frames = scaled_frames(footage, s.height, s.width)
+        video = video_tensor(frames[control_indices(len(frames), s.frames, s.control_stride)])
+        if s.control_depth is not None:
+            return grey(video).to(self.device, self.dtype)
+        if self.config.model.adapter.signal == "brightness":
+            return brightness(video).to(self.device, self.dtype)
+        with self._on_device(self.depth_estimator):
+            depth = depth_maps(self.depth_estimator, video.to(self.device, self.dtype), (s.height, s.width))
+        return normalise_frames(depth)
+
+    @torch.inference_mode()
+    def control_features(self, maps: torch.Tensor) -> list[torch.Tensor]:
+        """The control adapter's features of a window's maps `[1, 1, t, H, W]`, one per UNet level."""
+        with self._on_device(self.adapter):
+            return self.adapter(maps)
+
+    @torch.inference_mode()
     def encode_picture(self, s: Settings) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The image tokens of `s.image` at the video's size, and (with guidance) those of the unconditional pass."""
         picture = picture_tensor(s.image, s.height, s.width).to(self.device, self.dtype)
@@ -246,6 +289,17 @@ class TextToVideo:
                 module.to("cpu")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # give the freed weights back before the next stage arrives
+
+
+def _check_parts(cfg: Config, state: dict[str, torch.Tensor], files: Mapping[str, Path]) -> None:
+    """A component that comes in a file of its own and that neither a file nor the checkpoint holds: say which."""
+    for name, section in PART_COMPONENTS.items():
+        prefix = BY_NAME[name].prefix
+        if getattr(cfg.model, section) is not None and name not in files and not any(k.startswith(prefix)
+                                                                                        for k in state):
+            flag = "; give it with --adapter PATH" if name == "adapter" else ""
+            raise VcraftError(f"model '{cfg.name}' needs the weights of its {BY_NAME[name].label}, which its "
+                              f"checkpoint does not hold{flag}")
 
 
 def _offset(callback: Optional[Progress], done: int, total: int) -> Optional[Callback]:

@@ -24,7 +24,7 @@ MAX_SEED = 2**63 - 1
 
 
 # Settings that are input files (a path, or pixels given in Python), recorded as their path and sha256.
-INPUT_FILES = ("image", "continues")
+INPUT_FILES = ("image", "continues", "control_video", "control_depth")
 
 
 def _about(help: str, *names: str) -> dict[str, Any]:
@@ -62,6 +62,15 @@ class Settings:
     continues: Optional[Footage] = field(default=None, metadata=_about(
         "Continue this video (MP4, GIF or a PNG folder) by --frames new frames; the output holds both.",
         "--continue"))
+    control_video: Optional[Footage] = field(default=None, metadata=_about(
+        "Models with a control adapter: the new video follows this one's structure (its depth, or for the "
+        "embedded model its brightness); MP4, GIF or a PNG folder."))
+    control_depth: Optional[Footage] = field(default=None, metadata=_about(
+        "Depth-controlled models: depth maps you already have (grey frames, near = bright), used instead of "
+        "estimating them from --control-video."))
+    control_stride: int = field(default=-1, metadata=_about(
+        "Take every Nth frame of the control video (-1: as many as fit, the length divided by --frames; a stride "
+        "that runs past the end falls back to that, as VideoCrafter does)."))
 
     def record(self) -> dict[str, Any]:
         """The settings as plain data, for sidecars and JSON output (input files as their path and sha256)."""
@@ -102,7 +111,8 @@ def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
     """A checked `Settings` for `config`'s model: `chosen` values (None: not chosen) over the config's
     defaults; the seed defaults to 0 and the negative prompt to "". Raises VcraftError saying what to change."""
     given = {k: check_type(k, v) for k, v in {"prompt": prompt, **chosen}.items() if v is not None}
-    values = {"seed": 0, "negative": "", **dict.fromkeys(INPUT_FILES), **asdict(config.sampling), **given}
+    values = {"seed": 0, "negative": "", "control_stride": -1, **dict.fromkeys(INPUT_FILES), **asdict(config.sampling),
+              **given}
     if values["continues"] is not None:  # a continuation keeps its video's size and, unless told, its pace
         video = values["continues"]
         values = {**values, "height": video.frames.shape[1], "width": video.frames.shape[2],
@@ -150,6 +160,21 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
         (s.image is None or model.image_encoder is not None,
          "--image needs an image-to-video model (such as vc1-i2v-512); this one makes videos from text alone"),
     ]
+    control = s.control_video or s.control_depth
+    if control is not None:
+        flag = "--control-video" if s.control_video is not None else "--control-depth"
+        checks = [
+            (model.adapter is not None, f"{flag} needs a model with a control adapter (vc0-256-depth, or shapes); "
+                                        "this one has none"),
+            (s.control_video is None or s.control_depth is None, "give --control-video or --control-depth, not both"),
+            (s.control_depth is None or model.depth is not None,
+             "--control-depth needs a depth-controlled model (vc0-256-depth); give this one --control-video"),
+            (s.continues is None, f"{flag} cannot be combined with --continue"),
+            (s.control_stride == -1 or s.control_stride >= 1, f"--control-stride must be -1 or at least 1, got "
+                                                              f"{s.control_stride}"),
+            (len(control.frames) >= s.frames, f"{flag}: the video has {len(control.frames)} frames and the request "
+                                              f"needs {s.frames}; give a longer video or fewer --frames"),
+        ] + checks
     if s.continues is not None:
         shape = s.continues.frames.shape
         checks = [

@@ -30,6 +30,8 @@ class Conditioning:
     # image's), which follow the text tokens in the UNet's context.
     image: Optional[torch.Tensor] = None
     uncond_image: Optional[torch.Tensor] = None
+    # A control adapter's features of the window, one [b, c, t, h, w] per UNet level; both guidance passes see them.
+    control: Optional[list[torch.Tensor]] = None
 
     @property
     def tokens(self) -> torch.Tensor:

@@ -53,15 +53,17 @@ def frame_inputs(x: torch.Tensor, cond: Conditioning, guided: bool) -> torch.Ten
 
 
 def unet_inputs(x: torch.Tensor, t: int | torch.Tensor, cond: Conditioning, frame_conditioning: bool,
-                guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The UNet's arguments (latents, timesteps, context, fps) for latents `x` at timestep `t` (one for all, or
-    one per clip) under `cond`; with `guided`, both guidance passes in one batch. Sampling (`Denoiser`) and
-    training both build them here."""
+                guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                       Optional[list[torch.Tensor]]]:
+    """The UNet's arguments (latents, timesteps, context, fps, control features) for latents `x` at timestep `t`
+    (one for all, or one per clip) under `cond`; with `guided`, both guidance passes in one batch. Sampling
+    (`Denoiser`) and training both build them here."""
     xs, context = guidance_batch(x, cond.tokens, cond.uncond_tokens) if guided else (x, cond.tokens)
     copies = 2 if guided else 1
     inputs = frame_inputs(xs, cond, guided) if frame_conditioning else xs
     timesteps = t if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    return inputs, timesteps.repeat(copies), context, cond.fps.repeat(copies)
+    control = None if cond.control is None else [f.repeat(copies, 1, 1, 1, 1) for f in cond.control]
+    return inputs, timesteps.repeat(copies), context, cond.fps.repeat(copies), control
 
 
 @dataclass
