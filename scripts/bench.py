@@ -4,6 +4,7 @@
     python scripts/bench.py --device cuda --dtype bf16 --json bench-h100.json
     python scripts/bench.py --device cuda --dtype bf16 --compile --skip vae load   # torch.compile of the UNet
     python scripts/bench.py --device cuda --dtype bf16 --offload                    # --offload model
+    python scripts/bench.py --model vc0-256-depth --video 16x256x256 --steps 1 --skip step vae load   # control
 
 Reports, in one table: the matrix-multiply peak of this device and dtype (measured in the same run), one
 guided UNet step (both guidance passes in one batch) with its GFLOP and the share of that peak, a whole
@@ -25,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vcraft.config import load_preset
@@ -128,7 +130,14 @@ def guided_step(args: argparse.Namespace, device: torch.device, dtype: torch.dty
 def generate(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     pipe = random_pipe(args.model, device, dtype, args.offload, args.compile)
     vf, vh, vw = shape(args.video)
-    settings = pipe.settings(PROMPT, frames=vf, height=vh, width=vw, steps=args.steps, eta=0.0)
+    # A model with a control adapter follows a control video (its depth estimated, for vc0-256-depth): a bright
+    # square crossing a dark frame.
+    control = np.zeros((vf, vh, vw, 3), dtype=np.uint8)
+    for i in range(vf):
+        left = i * (vw - vw // 4) // max(vf - 1, 1)
+        control[i, vh // 3:vh // 3 + vh // 4, left:left + vw // 4] = 230
+    given = {"control_video": control} if pipe.adapter is not None else {}
+    settings = pipe.settings(PROMPT, frames=vf, height=vh, width=vw, steps=args.steps, eta=0.0, **given)
 
     def run() -> float:
         sync(device)

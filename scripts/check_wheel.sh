@@ -25,7 +25,8 @@ echo "build: $(secs "$t1" "$t2") s ($(basename "$wheel"), $(du -h "$wheel" | cut
 "$tmp/venv/bin/python" - "$wheel" <<'PY'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = ["vcraft/configs/shapes.yaml", "vcraft/checkpoints/shapes/model.safetensors", "vcraft/app/cli.py"]
+need = ["vcraft/configs/shapes.yaml", "vcraft/checkpoints/shapes/model.safetensors",
+        "vcraft/checkpoints/shapes/adapter.safetensors", "vcraft/app/cli.py"]
 missing = [n for n in need if n not in names]
 assert not missing, f"missing from the wheel: {missing}"
 PY

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from vcraft.config import DepthConfig
 from vcraft.errors import VcraftError
+from vcraft.models.adapter import normalise_frames
 from vcraft.models.depth import DepthEstimator, depth_maps
-from vcraft.pipeline.control import normalise_frames
 
 MIDAS_PREFIX = "depth_stage_model.model."
 _cache: dict = {}
@@ -87,3 +87,12 @@ def test_a_foreign_key_is_refused_by_name(key):
     tensors[key] = torch.zeros(32)
     with pytest.raises(VcraftError, match=key.replace(".", r"\.")):
         estimator.official_keys(tensors)
+
+
+def test_a_file_in_transformers_own_layout_loads_too():
+    """The same weights as transformers names them (how `Intel/dpt-hybrid-midas` publishes MiDaS): taken as they are."""
+    estimator = tiny_estimator()
+    own = {name.removeprefix("model."): value for name, value in estimator.state_dict().items()}
+    mapped = estimator.official_keys(own)
+    assert mapped.keys() == estimator.state_dict().keys()
+    assert all(torch.equal(value, mapped[name]) for name, value in estimator.state_dict().items())

@@ -192,3 +192,40 @@ def test_an_official_lora_is_fetched_once_by_its_name_and_found_by_it_offline(hu
     assert made.returncode == 0, made.stderr
     recorded = json.loads((tmp_path / "fox.json").read_text())["loras"]
     assert [(entry["path"], entry["scale"]) for entry in recorded] == [(str(cached.resolve()), 0.5)]
+
+
+@pytest.mark.slow
+def test_a_preset_with_parts_fetches_them_all_and_generation_finds_them_offline(hub, tmp_path, monkeypatch):
+    """A preset whose adapter and depth estimator come in files of their own (as vc0-256-depth): before the download
+    a control video is one error line naming the command; `vcraft download` fetches the checkpoint and both parts, and
+    generation then finds them without the network and without --adapter."""
+    from huggingface_hub import constants
+    from omegaconf import OmegaConf
+
+    from vcraft.config import PartSource, WeightsSource, load_config
+
+    depth = tiny("vc0_depth")
+    files = {"vc0/model.ckpt": tiny("vc0_base") / "model.ckpt", "vc0/adapter.pth": depth / "adapter.pth",
+             "vc0/midas.safetensors": depth / "dpt_hybrid_tiny.safetensors"}
+    hub.files.update({(REPO, name): path.read_bytes() for name, path in files.items()})
+    cfg = load_config(depth / "config.yaml")
+    cfg.name, cfg.weights = "tiny-vc0-depth", WeightsSource(repo=REPO, file="vc0/model.ckpt")
+    cfg.parts = {"adapter": PartSource(repo=REPO, file="vc0/adapter.pth"),
+                 "depth_estimator": PartSource(repo=REPO, file="vc0/midas.safetensors")}
+    (tmp_path / "presets" / "tiny-vc0-depth.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    generate = ["generate", "a red fox", "--model", "tiny-vc0-depth", "--control-video", depth / "control.mp4",
+                "--frames", "8", "--steps", "2", "--seed", "1"]
+    missing = vcraft(*generate, "-o", tmp_path / "early.mp4")
+    assert missing.returncode == 2 and "vcraft download tiny-vc0-depth" in one_error_line(missing)
+    assert not (tmp_path / "early.mp4").exists()
+
+    result = vcraft_process("download", "tiny-vc0-depth")
+    assert result.returncode == 0, result.stderr
+    fetched = {path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
+    assert all(any(path.endswith(name) for path in fetched) for name in files), fetched
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    made = vcraft(*generate, "-o", tmp_path / "fox.mp4")
+    assert made.returncode == 0, made.stderr
+    assert json.loads((tmp_path / "fox.json").read_text())["control_video"] == str((depth / "control.mp4").resolve())

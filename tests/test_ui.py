@@ -280,3 +280,34 @@ def test_the_page_switches_loras_between_requests_and_leaves_the_weights_as_they
         list(app.generate(*request, lora="other"))
     with pytest.raises(Exception, match="the LoRA scale must be a number"):
         list(app.generate(*request, lora="tiny-style", lora_scale=None))
+
+
+def test_a_model_with_a_control_adapter_gets_a_control_video_input(tmp_path, monkeypatch):
+    """VideoControl's tiny model: its page has the control-video input; a render with a control video records it,
+    one without is plain text-to-video, and the two differ."""
+    import json
+
+    from reference import reference_dir
+
+    from vcraft.app.options import RunOptions
+    from vcraft.app.render import Job
+    from vcraft.app.ui import App, build, import_gradio
+    from vcraft.config import load_config
+    from vcraft.pipeline.api import TextToVideo
+
+    root = reference_dir() / "tiny" / "vc0_depth"
+    base = reference_dir() / "tiny" / "vc0_base" / "model.ckpt"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / ".gradio"))
+    import_gradio(tmp_path)
+    cfg = load_config(root / "config.yaml")
+    parts = {"adapter": root / "adapter.pth"}
+    app = App(TextToVideo.from_config(cfg, base, device="cpu", parts=parts),
+              Job(cfg, base, RunOptions(output=tmp_path), parts=parts))
+    assert [c.elem_id for c in build(app).blocks.values() if type(c).__name__ == "Video"] == ["control_video",
+                                                                                               "video"]
+    request = ("a red fox", "", 8, 3, 15.0, 0.0, 8, 1, "ddim")
+    *_, (followed, sidecar, _, _) = app.generate(*request, control_video=str(root / "control.mp4"))
+    *_, (plain, plain_sidecar, _, _) = app.generate(*request)
+    assert json.loads(Path(sidecar).read_text())["control_video"] == str((root / "control.mp4").resolve())
+    assert "control_video" not in json.loads(Path(plain_sidecar).read_text())
+    assert not np.array_equal(read_video(followed), read_video(plain))

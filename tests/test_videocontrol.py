@@ -12,7 +12,7 @@ import torch
 from reference import assert_close, reference_dir
 from safetensors.torch import load_file
 
-from vcraft.config import load_preset
+from vcraft.config import load_config, load_preset
 from vcraft.pipeline.control import control_indices, scaled_frames, video_tensor
 from vcraft.pipeline.inputs import read_footage
 from vcraft.sampling.conditioning import Conditioning
@@ -190,3 +190,58 @@ def test_a_bad_control_input_is_one_error_line_and_nothing_is_written(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists() and not (tmp_path / "out.json").exists()
+
+
+def test_each_window_of_a_long_video_follows_its_own_stretch_of_the_control_video():
+    """20 frames in windows of 16 with an overlap of 4: the second window's frames are the video's 12-27, whose
+    control maps are frames 12-19, then the last one again for the frames made past the end. Depth maps given as
+    grey frames (`control_depth`) are normalised per frame as estimated ones are."""
+    pipe = fixture()[0]
+    levels = (np.arange(24, dtype=np.uint8) * 10)[:, None, None, None]
+    ramp = np.linspace(0, 1, 64, dtype=np.float32)[None, None, :, None]
+    grey_frames = np.broadcast_to(np.round(levels * ramp), (24, 64, 64, 3)).astype(np.uint8)
+    s = pipe.settings("a fox", control_depth=grey_frames, frames=20, steps=1, overlap=4)
+    seen = []
+    real = pipe.control_features
+    pipe.control_features = lambda maps: seen.append(maps) or real(maps)
+    try:
+        assert len(pipe(s)) == 20
+    finally:
+        del pipe.control_features
+    full = pipe.control_maps(s)
+    assert full.shape == (1, 1, 20, 64, 64) and torch.equal(full[0, 0, 3].amin(), torch.tensor(-1.0))
+    assert [m.shape[2] for m in seen] == [16, 16]
+    assert torch.equal(seen[0], full[:, :, :16])
+    assert torch.equal(seen[1], full[:, :, [*range(12, 20), *[19] * 8]])
+
+
+def test_a_prompt_file_row_gives_its_own_control_video(tmp_path):
+    import shutil
+
+    from vcraft.app.batch import plan
+    from vcraft.app.options import make_run_options
+    from vcraft.app.prompts import gather_prompts
+
+    shutil.copy(ROOT / "control.mp4", tmp_path / "a.mp4")
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text(json.dumps({"prompt": "a fox", "control_video": "a.mp4"}) + "\n"
+                         + json.dumps({"prompt": "a fox"}) + "\n")
+    rows = gather_prompts([], rows_file, None)
+    videos = plan(rows, load_config(ROOT / "config.yaml"), {"frames": 8}, 0, 1, make_run_options(output=tmp_path))
+    assert videos[0].settings.control_video.source == str((tmp_path / "a.mp4").resolve())
+    assert videos[1].settings.control_video is None
+    rows_file.write_text(json.dumps({"prompt": "a fox", "control_video": "missing.mp4"}) + "\n")
+    with pytest.raises(Exception, match="rows.jsonl:1"):
+        plan(gather_prompts([], rows_file, None), load_config(ROOT / "config.yaml"), {"frames": 8}, 0, 1,
+             make_run_options(output=tmp_path))
+
+
+def test_the_original_yaml_without_adapter_is_one_error_line_naming_the_option(tmp_path, capsys):
+    from vcraft.app.cli import run
+
+    code = run(["generate", "a fox", "--config", str(ROOT / "config.yaml"), "--ckpt", str(BASE), "--control-video",
+                str(ROOT / "control.mp4"), "--frames", "8", "-o", str(tmp_path / "out.mp4"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: the control adapter of model 'config' is not on this machine; give it "
+                                 "with --adapter PATH"], err
+    assert not any(tmp_path.iterdir())

@@ -124,8 +124,7 @@ class AdapterConfig:
     """A control adapter (models/adapter.py; defaults: VideoControl's depth adapter): one feature per UNet level."""
 
     signal: str = "depth"  # one of CONTROL_SIGNALS: MiDaS depth (model.depth) or each frame's brightness
-    channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])  # the UNet's widths, level by level
-    blocks: int = 2  # per level
+    blocks: int = 2  # per level; its widths are the UNet's, level by level
     kernel: int = 1  # of the blocks' second convolution
 
 
@@ -259,6 +258,18 @@ def _phase_settings(base: DictConfig, phase: dict[str, Any]) -> DiffusionTrainin
 
 
 @dataclass
+class ControlTraining:
+    """The control adapter's stage (`vcraft train --control`), on a trained model that stays frozen."""
+
+    pairs: int = 3000  # (control video, clip) pairs of data/paths.py, drawn once
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 50
+    caption_dropout: float = 0.1
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     videos: int = 12000  # synthetic clips, drawn once and reused every epoch
@@ -266,6 +277,7 @@ class TrainConfig:
     autoencoder: AutoencoderTraining = field(default_factory=AutoencoderTraining)
     text: TextTraining = field(default_factory=TextTraining)
     diffusion: DiffusionTraining = field(default_factory=DiffusionTraining)
+    control: ControlTraining = field(default_factory=ControlTraining)
 
 
 @dataclass
@@ -357,12 +369,8 @@ def _model_problem(m: ModelConfig) -> str | None:
     if (m.image_encoder is not None) != m.unet.image_attention:
         return "model.image_encoder and model.unet.image_attention go together: set both or neither"
     if m.adapter is not None:
-        levels = [m.unet.model_channels * k for k in m.unet.channel_mult]
         if m.adapter.signal not in CONTROL_SIGNALS:
             return f"model.adapter.signal must be one of {', '.join(CONTROL_SIGNALS)}, not '{m.adapter.signal}'"
-        if m.adapter.channels != levels:
-            return (f"model.adapter.channels must be the UNet's widths level by level, {levels}, "
-                    f"not {m.adapter.channels}")
         if m.unet.num_res_blocks < 1 or m.adapter.blocks < 1:
             return "a control adapter needs at least one block per level, in the UNet and in the adapter"
     if (m.depth is not None) != (m.adapter is not None and m.adapter.signal == "depth"):

@@ -88,7 +88,7 @@ def _first_release(params: dict, unet_in: dict, vae_in: dict, path: Path) -> dic
             "layers": clip["num_hidden_layers"], "context_length": clip["max_position_embeddings"],
             "vocab_size": clip["vocab_size"], "embed_dim": clip["projection_dim"], "layer": "last"}
     autoencoder = _autoencoder(vae_in, path)
-    control = _depth_control(params, autoencoder, path) if "adapter_config" in params else {}
+    control = _depth_control(params, unet, autoencoder, path) if "adapter_config" in params else {}
     return {
         "name": path.stem,
         "model": {"unet": unet, "autoencoder": autoencoder, "text_encoder": text,
@@ -100,7 +100,7 @@ def _first_release(params: dict, unet_in: dict, vae_in: dict, path: Path) -> dic
     }
 
 
-def _depth_control(params: dict, autoencoder: dict, path: Path) -> dict:
+def _depth_control(params: dict, unet: dict, autoencoder: dict, path: Path) -> dict:
     """VideoControl's YAML (models/adapter_t2v_depth/model_config.yaml): its adapter, and MiDaS DPT-hybrid at the
     YAML's `model_path` (relative to the YAML), its sizes from a `midas_tiny.json` beside it, else the official ones."""
     adapter_in = params["adapter_config"]
@@ -116,11 +116,15 @@ def _depth_control(params: dict, autoencoder: dict, path: Path) -> dict:
     beside = path.parent / "midas_tiny.json"
     sizes = {k: v for k, v in json.loads(beside.read_text()).items() if k not in ("official", "kept")} \
         if beside.is_file() else {}
+    widths = [unet["model_channels"] * k for k in unet["channel_mult"]]
+    if adapter.get("channels", widths) != widths:
+        raise VcraftError(f"{path}: the adapter's channels must be the UNet's widths level by level, {widths}")
     model = {"adapter": {"signal": "depth", **{ours: adapter[theirs] for ours, theirs in
-                                               (("channels", "channels"), ("blocks", "nums_rb"), ("kernel", "ksize"))
-                                               if theirs in adapter}},
+                                               (("blocks", "nums_rb"), ("kernel", "ksize")) if theirs in adapter}},
              "depth": sizes}
-    parts = {"depth_estimator": {"path": str(path.parent / depth_in["model_path"])}} if "model_path" in depth_in else {}
+    parts = {"adapter": {}}  # a file the YAML does not name: --adapter gives it
+    if "model_path" in depth_in:
+        parts["depth_estimator"] = {"path": str(path.parent / depth_in["model_path"])}
     return {"model": model, "parts": parts}
 
 

@@ -423,19 +423,32 @@ def train(
                                 help="Run folder: checkpoints, log, and the trained model."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps (auto: the best there is)."),
+    control: bool = typer.Option(False, "--control", help="Train only the config's control adapter, on the trained "
+                                                          "model (--ckpt, default: the preset's weights), frozen."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="--control: the trained model."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages on stderr."),
 ) -> None:
-    """Train a model from scratch on the synthetic shapes data (autoencoder, then diffusion).
+    """Train a model from scratch on the synthetic shapes data (autoencoder, then diffusion), or with --control its
+    control adapter.
 
     Resumable: run the same command again to continue from the last checkpoint in the run folder."""
     from vcraft.config import load_config
     from vcraft.loaders.devices import resolve_device
+    from vcraft.loaders.weights import find_checkpoint
     from vcraft.train import train as run_training
+    from vcraft.train.control import train_control
 
     cfg = load_config(config, overrides)
     dev = resolve_device(device)
     started = time.perf_counter()
-    model_path = run_training(cfg, output, lambda line: _log(line, quiet), device=dev)
+    log = lambda line: _log(line, quiet)  # noqa: E731
+    if control:
+        path = train_control(cfg, ckpt or find_checkpoint(cfg), output, log, device=dev)
+        _log(f"trained in {(time.perf_counter() - started) / 60:.1f} min; use it with: vcraft generate PROMPT "
+             f"--model {cfg.name} --adapter {path} --control-video VIDEO", quiet)
+        print(path, flush=True)
+        return
+    model_path = run_training(cfg, output, log, device=dev)
     _log(f"trained in {(time.perf_counter() - started) / 60:.1f} min; generate with: vcraft generate PROMPT "
          f"--config {output / 'config.yaml'} --ckpt {model_path}", quiet)
     print(model_path, flush=True)
@@ -502,7 +515,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
 
     rows = [("MODEL", "PRESENT", "SIZE", "DTYPE", "SOURCE", "WHERE")]
     for cfg in map(load_preset, preset_names()):
-        found = locate(cfg)
+        found = locate(cfg) if _parts_present(cfg) else None  # present: everything the model loads
         try:
             dtype = ",".join(stored_dtypes(found.path)) if found else None
         except (VcraftError, OSError, ValueError):  # a damaged file is listed, not fatal
@@ -530,6 +543,17 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
                          HUB_CACHE if path else "-", str(path) if path else f"vcraft download {name}"))
     if not as_json:
         print(_table(rows))
+
+
+def _parts_present(cfg) -> bool:
+    """Whether the files of the preset's separate components (an adapter, a depth estimator) are on this machine."""
+    from vcraft.loaders.weights import find_parts
+
+    try:
+        find_parts(cfg, {})
+    except VcraftError:
+        return False
+    return True
 
 
 def _table(rows: list[tuple]) -> str:

@@ -2,9 +2,10 @@
 
 Files are read whole and checked before anything is rendered; a bad row is reported with its file and line.
 `.jsonl` and `.csv` rows may carry their own settings (any of settings.Settings, such as seed, frames, fps,
-steps, guidance, negative, image, continues) and an output `name`; their values are checked with the rest of
-each video's settings when the run is planned (batch.plan), with the row's file and line in any error. A row's
-`image` (picture) and `continues` (video) are paths, relative to the file's folder, read when the run is planned.
+steps, guidance, negative, image, continues, control_video) and an output `name`; their values are checked with the
+rest of each video's settings when the run is planned (batch.plan), with the row's file and line in any error. A
+row's `image` (picture), `continues`, `control_video` and `control_depth` (videos) are paths, relative to the file's
+folder, read when the run is planned.
 """
 
 from __future__ import annotations

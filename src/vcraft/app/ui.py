@@ -68,15 +68,18 @@ class App:
 
     def generate(self, prompt: str, negative: str, frames: int, steps: int, guidance: float, eta: float,
                  fps: int, seed: int, sampler: str, image: Optional[str] = None, lora: str = NO_LORA,
-                 lora_scale: float = 1.0) -> Iterator[tuple]:
+                 lora_scale: float = 1.0, control_video: Optional[str] = None) -> Iterator[tuple]:
         """Yields (video, sidecar, status, recent renders) as the render goes; the last is the finished video.
         `image`: the picture's file, for image-to-video models (their page has an image input); `lora`: one of the
-        offered LoRAs' names, merged at `lora_scale` (the page has a LoRA choice when LoRAs are offered)."""
+        offered LoRAs' names, merged at `lora_scale` (the page has a LoRA choice when LoRAs are offered);
+        `control_video`: a video whose structure the new one follows, for models with a control adapter (their page
+        has a video input; none: text alone)."""
         import gradio as gr
 
         try:
             s = self.pipe.settings(prompt, negative=negative, frames=frames, steps=steps, guidance=guidance,
-                                   eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler, image=image)
+                                   eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler, image=image,
+                                   control_video=control_video)
             self._use_lora(lora, lora_scale)
         except VcraftError as exc:
             raise gr.Error(str(exc)) from None
@@ -143,6 +146,9 @@ def build(app: App):
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle moving left", elem_id="prompt")
                 pictures = [] if app.pipe.image_encoder is None else [
                     gr.Image(label="Picture (the video starts from it)", type="filepath", elem_id="image")]
+                controls = [] if app.pipe.adapter is None else [
+                    gr.Video(label="Control video (the new video follows its structure; optional)", sources=["upload"],
+                             elem_id="control_video")]
                 loras = [] if not app.loras else [
                     gr.Dropdown(label="LoRA", choices=[NO_LORA, *app.loras], value=NO_LORA, elem_id="lora",
                                 info="trigger words go into the prompt as you write them: " + "; ".join(
@@ -173,10 +179,11 @@ def build(app: App):
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
         names = ["prompt", "negative", "frames", "steps", "guidance", "eta", "fps", "seed", "sampler",
-                 *(["image"] if pictures else []), *(["lora", "lora_scale"] if loras else [])]
+                 *(["image"] if pictures else []), *(["lora", "lora_scale"] if loras else []),
+                 *(["control_video"] if controls else [])]
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
             _by_name(app.generate, names),
-            [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler, *pictures, *loras],
+            [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler, *pictures, *loras, *controls],
             [video, sidecar, status, recent], api_name="generate", show_progress_on=video)
         stop.click(None, cancels=[event], api_name=False)
         page.load(app.recent, outputs=recent, api_name=False)

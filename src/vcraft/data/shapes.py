@@ -99,13 +99,18 @@ def render(scene: Scene, frames: int, size: int, rng: np.random.Generator) -> np
         mid = rng.uniform(0.46, 0.54, size=2) * size
         along = (t - (frames - 1) / 2) * speed
         cx, cy = mid[0] + dx * along, mid[1] + dy * along
-    background = rng.uniform(0.0, 0.1)
+    return draw(scene.shape, np.array(COLOURS[scene.colour]), cx, cy, radius, rng.uniform(0.0, 0.1), size)
+
+
+def draw(shape: str, colour: np.ndarray, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, background: float,
+         size: int) -> np.ndarray:
+    """Float video `[T, size, size, 3]`: one shape of `colour` centred at (cx, cy) with `radius`, each `[T, 1, 1]`
+    in pixels, on a flat background."""
     ys, xs = np.mgrid[0:size, 0:size] + 0.5
     # Wrap-around: the nearest copy of the centre, one frame width away at most.
     px = (xs[None] - cx + size / 2) % size - size / 2
     py = (ys[None] - cy + size / 2) % size - size / 2
-    alpha = np.clip(0.5 - _sdf(scene.shape, px, -py, radius), 0.0, 1.0)[..., None]
-    colour = np.array(COLOURS[scene.colour])
+    alpha = np.clip(0.5 - _sdf(shape, px, -py, radius), 0.0, 1.0)[..., None]
     return (background * (1 - alpha) + colour * alpha).astype(np.float32)
 
 

@@ -96,7 +96,10 @@ def _image_projector(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Mod
 def _adapter(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Module]:
     from vcraft.models.adapter import ControlAdapter
 
-    return None if cfg.adapter is None else ControlAdapter(cfg.adapter, 2 ** (len(cfg.autoencoder.ch_mult) - 1))
+    if cfg.adapter is None:
+        return None
+    widths = [cfg.unet.model_channels * k for k in cfg.unet.channel_mult]
+    return ControlAdapter(cfg.adapter, widths, 2 ** (len(cfg.autoencoder.ch_mult) - 1))
 
 
 def _depth_estimator(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Module]:

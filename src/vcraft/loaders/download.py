@@ -14,7 +14,7 @@ from typing import Callable
 
 from vcraft.config import Config, WeightsSource
 from vcraft.errors import RunFailure, VcraftError
-from vcraft.loaders.weights import converted_path, hub_cached, size_text, weights_name
+from vcraft.loaders.weights import PART_COMPONENTS, converted_path, hub_cached, size_text, weights_name
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 Log = Callable[[str], None]
@@ -113,11 +113,11 @@ def convert_checkpoint(cfg: Config, ckpt: Path, target: Path, log: Log) -> None:
 
     log(f"{cfg.name}: converting to fp16 safetensors in {target}")
     state = load_state_dict(ckpt)
-    fit_checkpoint(build_models(cfg.model), cfg.model, state, str(ckpt))
+    fit_checkpoint(build_models(cfg.model), cfg.model, state, str(ckpt), separate=PART_COMPONENTS)
     target.parent.mkdir(parents=True, exist_ok=True)
     parts = ckpt.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else "unknown"
-    save_state_dict(state, target, "fp16", {"format": "vcraft", "preset": cfg.name,
+    save_state_dict(state, target, "fp16", {"format": "vcraft", "preset": weights_name(cfg),
                                             "source": f"{cfg.weights.repo}@{commit}/{cfg.weights.file}"})
 
 

@@ -14,6 +14,7 @@ from vcraft.config import ModelConfig, load_preset, preset_names
 from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import assign, check_fits, check_schedule
 from vcraft.loaders.components import BY_NAME, BuildOptions, Models, Tensors, build, split
+from vcraft.loaders.weights import PART_COMPONENTS
 from vcraft.sampling.schedule import make_schedule, scale_array
 
 
@@ -118,7 +119,7 @@ def identify_preset(state: dict[str, torch.Tensor]) -> str | None:
             with torch.device("meta"):
                 unet = BY_NAME["unet"].build(cfg, BuildOptions())
             _fitted("unet", unet, dict(unet_tensors), cfg, name)
-            fit_checkpoint(build_models(cfg), cfg, state, name)
+            fit_checkpoint(build_models(cfg), cfg, state, name, separate=PART_COMPONENTS)
         except VcraftError:
             continue
         return name

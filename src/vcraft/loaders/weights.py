@@ -111,7 +111,10 @@ def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
     """The own files of the model's separate components, by component name: `given` ones (--adapter), else the
     config's `parts` entry where it names a path, else `<name>.safetensors` in `$VCRAFT_CHECKPOINTS/<preset>/` or
     beside the presets, else the Hugging Face cache. A part the config lists and no place holds is a VcraftError
-    naming the command that fetches it; an unlisted one (a checkpoint may hold it) is simply absent."""
+    naming the command that fetches it (or the option that gives it, for a listed part with no source: an original
+    YAML's adapter); an unlisted one (a checkpoint may hold it) is simply absent."""
+    from vcraft.loaders.components import BY_NAME
+
     wanted = [name for name, section in PART_COMPONENTS.items() if getattr(cfg.model, section) is not None]
     found = {}
     for name in wanted:
@@ -127,11 +130,12 @@ def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
             if path is None and source is not None and source.repo:
                 path = hub_cached(source)
             if path is None and source is not None:
-                raise VcraftError(f"the {name.replace('_', ' ')} of model '{cfg.name}' is not on this machine; fetch "
-                                  f"it once with: vcraft download {cfg.name}")
+                how = f"fetch it once with: vcraft download {cfg.name}" if source.repo else \
+                    f"give it with --{name.replace('_', '-')} PATH"
+                raise VcraftError(f"the {BY_NAME[name].label} of model '{cfg.name}' is not on this machine; {how}")
         if path is not None:
             if not Path(path).is_file():
-                raise VcraftError(f"{name.replace('_', ' ')} file not found: {path}")
+                raise VcraftError(f"{BY_NAME[name].label} file not found: {path}")
             found[name] = Path(path)
     return found
 

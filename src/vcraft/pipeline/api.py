@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -27,8 +28,9 @@ from vcraft.loaders.devices import resolve_device, resolve_dtype
 from vcraft.loaders.loading import identify_preset, load_models
 from vcraft.loaders.lora import LoRA, Merged, open_lora
 from vcraft.loaders.weights import PART_COMPONENTS, find_checkpoint, find_parts
+from vcraft.models.adapter import brightness, grey, normalise_frames
 from vcraft.models.depth import depth_maps
-from vcraft.pipeline.control import brightness, control_indices, grey, normalise_frames, scaled_frames, video_tensor
+from vcraft.pipeline.control import control_indices, scaled_frames, video_tensor
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
 from vcraft.pipeline.settings import Settings, make_settings
 from vcraft.sampling import Callback, sampler, step_count
@@ -92,7 +94,7 @@ class TextToVideo:
         path = Path(ckpt) if ckpt is not None else find_checkpoint(cfg)
         files = find_parts(cfg, {name: Path(file) for name, file in parts.items()})
         state = load_state_dict(path)
-        _check_parts(cfg, state, files)
+        cfg = _with_parts_found(cfg, state, files)
         own = {name: (load_state_dict(file), str(file)) for name, file in files.items()}
         try:
             models = load_models(cfg.model, state, str(path), torch.device("cpu") if offload else dev, dt, encoder,
@@ -242,6 +244,8 @@ class TextToVideo:
         footage = s.control_depth or s.control_video
         if footage is None:
             return None
+        if self.adapter is None:
+            raise VcraftError(f"the control adapter of model '{self.config.name}' is not on this machine")
         frames = scaled_frames(footage, s.height, s.width)
         video = video_tensor(frames[control_indices(len(frames), s.frames, s.control_stride)])
         if s.control_depth is not None:
@@ -291,15 +295,21 @@ class TextToVideo:
                 torch.cuda.empty_cache()  # give the freed weights back before the next stage arrives
 
 
-def _check_parts(cfg: Config, state: dict[str, torch.Tensor], files: Mapping[str, Path]) -> None:
-    """A component that comes in a file of its own and that neither a file nor the checkpoint holds: say which."""
+def _with_parts_found(cfg: Config, state: dict[str, torch.Tensor], files: Mapping[str, Path]) -> Config:
+    """`cfg` without the separate components whose weights neither a file nor the checkpoint holds, when they are
+    optional (bundled ones, such as the embedded model's adapter: the model then makes videos without control); a
+    VcraftError for a missing one that the config lists in `parts` (the download fetches it)."""
+    model = cfg.model
     for name, section in PART_COMPONENTS.items():
         prefix = BY_NAME[name].prefix
-        if getattr(cfg.model, section) is not None and name not in files and not any(k.startswith(prefix)
-                                                                                        for k in state):
+        if getattr(model, section) is None or name in files or any(k.startswith(prefix) for k in state):
+            continue
+        if name in cfg.parts:
             flag = "; give it with --adapter PATH" if name == "adapter" else ""
             raise VcraftError(f"model '{cfg.name}' needs the weights of its {BY_NAME[name].label}, which its "
                               f"checkpoint does not hold{flag}")
+        model = replace(model, **{section: None})
+    return replace(cfg, model=model)
 
 
 def _offset(callback: Optional[Progress], done: int, total: int) -> Optional[Callback]:

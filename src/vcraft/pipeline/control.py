@@ -1,5 +1,5 @@
-"""Control videos as the control adapter reads them: the frames VideoControl takes, scaled as it decodes them, and
-each frame's control map (depth, or brightness for the embedded model) normalised to [-1, 1] on its own.
+"""Control videos as VideoControl reads them: the frames its stride takes, scaled as it decodes them (the control maps
+made from them: models/adapter.py and models/depth.py).
 
 The original decodes with decord at the video's size, which scales the decoded YUV frames with FFmpeg's bilinear
 filter before the RGB conversion; vcraft runs the same filter through imageio-ffmpeg's binary, so the bytes agree.
@@ -49,26 +49,6 @@ def scaled_frames(video: Footage, height: int, width: int) -> np.ndarray:
                    height, width)
 
 
-def normalise_frames(maps: torch.Tensor) -> torch.Tensor:
-    """Each frame of `[b, 1, t, h, w]` maps stretched to [-1, 1] on its own, as the original normalises depth."""
-    low = maps.amin(dim=(1, 3, 4), keepdim=True)
-    high = maps.amax(dim=(1, 3, 4), keepdim=True)
-    return 2 * (maps - low) / (high - low + 1e-7) - 1
-
-
 def video_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 frames `[T, H, W, 3]` as the original's `load_video` returns them: `[1, 3, T, H, W]` in [-1, 1], in the
-    channels-last layout its permute leaves (the depth model's arithmetic follows the layout at the 1e-5 level)."""
+    """uint8 frames `[T, H, W, 3]` as the original's `load_video` returns them: `[1, 3, T, H, W]` in [-1, 1]."""
     return ((torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 255 - 0.5) * 2)[None]
-
-
-def brightness(video: torch.Tensor) -> torch.Tensor:
-    """Each frame's brightness (Rec. 601 luma) `[b, 1, t, h, w]`, normalised per frame: the embedded model's control
-    signal, which any video has without an estimator."""
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=video.dtype, device=video.device)
-    return normalise_frames(torch.einsum("bcthw,c->bthw", video, weights)[:, None])
-
-
-def grey(video: torch.Tensor) -> torch.Tensor:
-    """Depth maps given as grey frames `[b, 3, t, h, w]` -> `[b, 1, t, h, w]`, normalised per frame."""
-    return normalise_frames(video.mean(dim=1, keepdim=True))

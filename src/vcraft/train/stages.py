@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -107,11 +108,12 @@ def draw_timesteps(total: int, n: int, exponent: float = 1.0) -> torch.Tensor:
 
 
 def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, captions: list[str],
-                   settings: DiffusionTraining | None = None) -> torch.Tensor:
+                   settings: DiffusionTraining | None = None,
+                   control: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
     """One batch's loss: caption dropout, random timesteps, given first frames for some clips,
     optional min-SNR weighting, error counted on the frames the model has to make. The UNet's inputs are built
     from a `Conditioning` as sampling builds them (denoisers.unet_inputs). `settings`: those of the current phase
-    (default: the config's train.diffusion)."""
+    (default: the config's train.diffusion); `control`: a control adapter's features of the clips."""
     dc = settings if settings is not None else train_config(cfg).diffusion
     b, _, frames = latents.shape[:3]
     dev = latents.device
@@ -131,7 +133,8 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, captions:
         if dc.shift_given:
             shifts = torch.randint(latents.shape[-1], (b, 2)) * (given > 0)[:, None]
             latents, noise, x_t = (_roll(v, shifts) for v in (latents, noise, x_t))
-    cond = Conditioning(models.text_encoder.encode(captions), None, fps, given=latents, given_count=given)
+    cond = Conditioning(models.text_encoder.encode(captions), None, fps, given=latents, given_count=given,
+                        control=control)
     out = models.unet(*unet_inputs(x_t, t.to(dev), cond, cfg.model.frame_conditioning, guided=False))
     a = schedule.alphas_cumprod[t]
     snr = (a / (1 - a)).to(dev)

@@ -1,0 +1,70 @@
+"""The embedded model's control adapter, out of the box: a bright thing moving along a path that no motion word says
+(a zigzag) makes the prompt's object follow it, read back from the decoded pixels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vcraft.data.measure import measure_colour, object_masks
+from vcraft.data.shapes import draw
+
+
+def zigzag() -> tuple[np.ndarray, np.ndarray]:
+    """A white disc going right while it zigzags up and down (period 8 frames), uint8 `[16, 64, 64, 3]`, and its
+    centres `[16, 2]`."""
+    t = np.arange(16)
+    x = 18 + 28 * t / 15
+    y = 32 + 10 * (2 * np.abs((t / 8 + 0.25) % 1 - 0.5) * 2 - 1)
+    video = draw("circle", np.full(3, 0.9), x[:, None, None], y[:, None, None], np.full((16, 1, 1), 8.0), 0.05, 64)
+    return np.round(video * 255).astype(np.uint8), np.stack([x, y], axis=1)
+
+
+def centres(video: np.ndarray) -> np.ndarray:
+    out = np.full((len(video), 2), np.nan)
+    for i, mask in enumerate(object_masks(video / 255.0)):
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            out[i] = xs.mean() + 0.5, ys.mean() + 0.5
+    return out
+
+
+@pytest.fixture(scope="module")
+def controlled(render):
+    control, path = zigzag()
+    return render("a red square", control_video=control, seed=3), path
+
+
+def test_a_zigzag_control_video_gives_a_zigzag_path(controlled):
+    video, path = controlled
+    found = centres(video)
+    error = np.hypot(*(found - path).T)
+    assert np.nanmean(error) <= 3.0, error  # pixels of the 64x64 frame, frame by frame
+    turns = np.flatnonzero(np.diff(np.sign(np.diff(found[:, 1]))))  # where the vertical motion turns round
+    assert len(turns) >= 3, found[:, 1]
+    assert measure_colour(video / 255.0, object_masks(video / 255.0)) == "red"
+
+
+def test_without_the_control_video_the_object_does_not_follow_the_path(render, controlled):
+    video, path = controlled
+    plain = render("a red square", seed=3)
+    assert np.nanmean(np.hypot(*(centres(plain) - path).T)) > 2 * np.nanmean(np.hypot(*(centres(video) - path).T))
+
+
+@pytest.mark.slow
+def test_the_command_line_follows_a_control_video_with_no_download(tmp_path):
+    import imageio.v3 as iio
+
+    from vcraft.app.cli import run
+
+    control, path = zigzag()
+    iio.imwrite(tmp_path / "zigzag.mp4", control, fps=8, codec="libx264", macro_block_size=1)
+    out = tmp_path / "square.mp4"
+    assert run(["generate", "a red square", "--control-video", str(tmp_path / "zigzag.mp4"), "--seed", "3",
+                "-o", str(out), "-q"]) == 0
+    recorded = json.loads((tmp_path / "square.json").read_text())
+    assert recorded["control_video"] == str((tmp_path / "zigzag.mp4").resolve()) and recorded["model"] == "shapes"
+    found = centres(iio.imread(out))
+    assert np.nanmean(np.hypot(*(found - path).T)) <= 3.5
