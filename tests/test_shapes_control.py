@@ -47,6 +47,7 @@ def test_a_zigzag_control_video_gives_a_zigzag_path(controlled):
     assert measure_colour(video / 255.0, object_masks(video / 255.0)) == "red"
 
 
+@pytest.mark.slow
 def test_without_the_control_video_the_object_does_not_follow_the_path(render, controlled):
     video, path = controlled
     plain = render("a red square", seed=3)

@@ -81,7 +81,8 @@ def _ddim(prefix: str) -> torch.Tensor:
                            noise=lambda: next(draws, unused))
 
 
-@pytest.mark.parametrize("prefix", ["ddim_cfg", "ddim_nocfg", "ddim_eta1"])
+@pytest.mark.parametrize("prefix", ["ddim_cfg", pytest.param("ddim_nocfg", marks=pytest.mark.slow),
+                                    pytest.param("ddim_eta1", marks=pytest.mark.slow)])
 def test_ddim_with_the_adapter(prefix):
     assert_close(_ddim(prefix), fixture()[1][f"{prefix}.output"], 1e-4, 1e-4, what=prefix)
 
@@ -174,7 +175,7 @@ def _wrong_adapter(tmp_path):
     (lambda tmp: ["--control-video", str(tmp / "broken.mp4")], "cannot read video"),
     (lambda tmp: ["--control-video", str(ROOT / "control.mp4"), "--frames", "16"],
      "the video has 12 frames and the request needs 16"),
-    (_wrong_adapter, "does not fit the control adapter"),
+    pytest.param(_wrong_adapter, "does not fit the control adapter", marks=pytest.mark.slow),
     (lambda tmp: ["--control-video", str(ROOT / "control.mp4"), "--config",
                   str(reference_dir() / "tiny" / "vc0_base" / "config.yaml")],
      "--control-video needs a model with a control adapter"),
