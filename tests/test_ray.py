@@ -105,11 +105,30 @@ def lora_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_run(rows_file, lora_file, tmp_path_factory) -> Path:
+def control_file(tmp_path_factory) -> Path:
+    """A control video for the embedded model's adapter: a bright disc crossing the frame diagonally, as PNG frames
+    (workers read the same path)."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from vcraft.data.shapes import draw
+
+    t = np.arange(8)[:, None, None]
+    frames = draw("circle", np.full(3, 0.9), 16 + 4 * t, 16 + 4 * t, np.full((8, 1, 1), 7.0), 0.05, 64)
+    folder = tmp_path_factory.mktemp("control") / "diagonal"
+    folder.mkdir()
+    for i, frame in enumerate(np.round(frames * 255).astype(np.uint8)):
+        iio.imwrite(folder / f"{i:02d}.png", frame)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_run(rows_file, lora_file, control_file, tmp_path_factory) -> Path:
     """The batch made in this process (one thread, as each Ray worker of one CPU has)."""
     out = tmp_path_factory.mktemp("local")
     with one_cpu_thread():
-        assert run(["generate", "-f", str(rows_file), *BATCH, "--lora", f"{lora_file}:0.7", "-o", str(out), "-q"]) == 1
+        assert run(["generate", "-f", str(rows_file), *BATCH, "--lora", f"{lora_file}:0.7", "--control-video",
+                    str(control_file), "-o", str(out), "-q"]) == 1
     return out
 
 
@@ -150,13 +169,15 @@ def assert_same_videos(made: Path, expected: Path) -> None:
 
 
 def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit_even_when_one_is_killed(cluster, rows_file, lora_file,
-                                                                                         local_run, tmp_path):
-    """8 videos on 2 workers with a LoRA; after two have finished, one worker's process is killed (SIGKILL, as a
-    crash or the out-of-memory killer would): Ray restarts it and renders its video again, every video comes out
-    once. The two videos that fail by themselves are reported once each, and the run exits 1."""
+                                                                                         control_file, local_run,
+                                                                                         tmp_path):
+    """8 videos on 2 workers with a LoRA and a control video; after two have finished, one worker's process is
+    killed (SIGKILL, as a crash or the out-of-memory killer would): Ray restarts it and renders its video again,
+    every video comes out once. The two videos that fail by themselves are reported once each, and the run
+    exits 1."""
     out = tmp_path / "out"
-    process = vcraft("-f", str(rows_file), *BATCH, "--lora", f"{lora_file}:0.7", "-o", str(out), "--ray", cluster,
-                     "--workers", "2", "--json")
+    process = vcraft("-f", str(rows_file), *BATCH, "--lora", f"{lora_file}:0.7", "--control-video", str(control_file),
+                     "-o", str(out), "--ray", cluster, "--workers", "2", "--json")
     lines: list[str] = []
     pids = worker_pids(process, lines)
     assert "ray: 2 workers of 1 CPU(s) and 0 GPU(s)" in lines[-1]
@@ -173,6 +194,7 @@ def test_a_batch_on_two_workers_is_the_local_run_to_the_last_bit_even_when_one_i
     for sidecar in out.glob("*.json"):
         assert json.loads(sidecar.read_text()) == json.loads((local_run / sidecar.name).read_text())
         assert json.loads(sidecar.read_text())["loras"][0]["scale"] == 0.7
+        assert json.loads(sidecar.read_text())["control_video"] == str(control_file.resolve())
 
 
 def test_ctrl_c_cancels_the_batch_and_leaves_no_partial_file(cluster, prompts_file, tmp_path):

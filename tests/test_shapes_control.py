@@ -69,3 +69,24 @@ def test_the_command_line_follows_a_control_video_with_no_download(tmp_path):
     assert recorded["control_video"] == str((tmp_path / "zigzag.mp4").resolve()) and recorded["model"] == "shapes"
     found = centres(iio.imread(out))
     assert np.nanmean(np.hypot(*(found - path).T)) <= 3.5
+
+
+@pytest.mark.slow
+def test_the_recipe_trains_an_adapter_resumes_it_bit_for_bit_and_the_file_loads(tmp_path):
+    from safetensors.torch import load_file
+
+    from vcraft import TextToVideo
+    from vcraft.config import apply_overrides, load_preset
+    from vcraft.loaders.weights import find_checkpoint
+    from vcraft.train.control import train_control
+
+    cfg = apply_overrides(load_preset("shapes"), ["train.control.pairs=12", "train.control.steps=4",
+                                                  "train.control.batch_size=2", "train.checkpoint_every=2"])
+    ckpt, quiet = find_checkpoint(cfg), lambda _: None
+    assert train_control(cfg, ckpt, tmp_path / "stopped", quiet, stop_after=2) is None
+    resumed = train_control(cfg, ckpt, tmp_path / "stopped", quiet)
+    straight = train_control(cfg, ckpt, tmp_path / "straight", quiet)
+    a, b = load_file(resumed), load_file(straight)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    pipe = TextToVideo.from_pretrained("shapes", device="cpu", adapter=resumed)
+    assert pipe(pipe.settings("a red square", control_video=zigzag()[0], steps=2)).shape == (16, 64, 64, 3)

@@ -105,9 +105,11 @@ def test_the_pipeline_estimates_the_reference_depth_from_the_control_video():
     pipe, cases, _ = fixture()
     s = pipe.settings("a red fox running through snow", control_video=ROOT / "control.mp4", frames=8)
     assert (s.height, s.width, s.control_stride) == (64, 64, -1)
+    other = pipe.settings("a red fox running through snow", control_video=ROOT / "control_other.mp4", frames=8)
     with torch.inference_mode():
-        maps = pipe.control_maps(s)
+        maps, other_maps = pipe.control_maps(s), pipe.control_maps(other)
     assert (maps - cases["depth.output"]).abs().max() <= 1e-4  # section 8: the per-frame normalisation divides
+    assert (other_maps - cases["depth_other.output"]).abs().max() <= 1e-4
 
 
 def test_the_full_size_preset_fits_the_official_layout():

@@ -7,6 +7,7 @@ its own, so that the page sees each denoising step and Stop ends the render betw
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
 import secrets
@@ -26,6 +27,7 @@ from vcraft.pipeline.api import TextToVideo
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
 NO_LORA = "none"
 RECENT = 12  # renders listed
+OPTIONAL = ("control_video",)  # inputs an API client may leave out (the page's other inputs have values)
 
 
 class RenderThread(threading.Thread):
@@ -202,10 +204,15 @@ def _unused(path: Path) -> Path:
 
 
 def _by_name(generate, names: list[str]):
-    """`generate` taking the page's inputs in order, passed to it by name (the inputs a page has vary by model)."""
+    """`generate` taking the page's inputs in order, passed to it by name (the inputs a page has vary by model). Its
+    signature names them, so the API's parameters have those names, and an optional input (`OPTIONAL`) may be left
+    out by an API client."""
     def handler(*values):
         yield from generate(**dict(zip(names, values)))
 
+    handler.__signature__ = inspect.Signature([inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None if name in OPTIONAL else inspect.Parameter.empty)
+        for name in names])
     return handler
 
 
