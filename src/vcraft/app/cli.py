@@ -209,9 +209,9 @@ def _lora(spec: str):
 
 def _present_loras(cfg) -> list[str]:
     """The names of the model's official LoRAs that are on this machine."""
-    from vcraft.loaders.weights import hub_cached
+    from vcraft.loaders.weights import lora_file
 
-    return [name for name, source in cfg.loras.items() if hub_cached(source) is not None]
+    return [name for name, source in cfg.loras.items() if lora_file(cfg, source) is not None]
 
 
 def _pool(address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
@@ -416,7 +416,21 @@ def info(
             print(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
 
 
-@app.command()
+class _RecipeByDefault(typer.core.TyperGroup):
+    """`vcraft train CONFIG` is `vcraft train recipe CONFIG`: the form the recipe had before `train lora`."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["recipe", *args]
+        return super().parse_args(ctx, args)
+
+
+train_app = typer.Typer(cls=_RecipeByDefault, no_args_is_help=True, rich_markup_mode=None,
+                        help="Train the embedded model (recipe, the default), or a LoRA on your own clips (lora).")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("recipe")
 def train(
     config: Path = typer.Argument(..., help="A vcraft YAML with a train section, e.g. configs/shapes.yaml."),
     output: Path = typer.Option(Path("runs/shapes"), "--output", "-o",
@@ -454,6 +468,101 @@ def train(
     print(model_path, flush=True)
 
 
+@train_app.command("lora")
+def train_lora(
+    data: Path = typer.Argument(..., metavar="DATA", help="A folder of clips with a caption beside each (clip.mp4 + "
+                                                         "clip.txt; MP4, GIF or a PNG folder), or a .csv/.jsonl of "
+                                                         "path and caption."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run folder: checkpoints, log, validation videos, and "
+                                                           "lora.safetensors."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET})."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="vcraft YAML or original VideoCrafter YAML."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: the preset's weights)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    trigger: str = typer.Option("", help="Appended to every caption as written, e.g. ', outline style'."),
+    frames: Optional[int] = typer.Option(None, help="Frames a clip (default: the model's)."),
+    height: Optional[int] = typer.Option(None, help="Height clips are scaled and cropped to (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Width clips are scaled and cropped to (default: the model's)."),
+    stride: int = typer.Option(1, help="Take every Nth frame of a clip."),
+    fps: Optional[float] = typer.Option(None, help="Instead of --stride: the stride nearest to this frame rate."),
+    rank: int = typer.Option(8, help="The LoRA's rank."),
+    alpha: float = typer.Option(8.0, help="Its update is scaled by alpha / rank."),
+    lr: float = typer.Option(1e-4, help="Peak learning rate (AdamW)."),
+    schedule: str = typer.Option("cosine", help="After the warm-up: cosine (to zero) or constant."),
+    warmup: int = typer.Option(0, help="Warm-up steps."),
+    steps: int = typer.Option(500, help="Optimiser steps."),
+    batch_size: int = typer.Option(1, help="Clips a micro-batch."),
+    accumulate: int = typer.Option(1, help="Micro-batches a step (gradient accumulation)."),
+    target: Optional[list[str]] = typer.Option(None, help="UNet layers to adapt: names they end with (repeatable; "
+                                                         "default: attention and feed-forward projections)."),
+    seed: int = typer.Option(0, help="Seed of the LoRA's start and of the batches, timesteps and noise."),
+    checkpoint_every: int = typer.Option(100, help="Write a checkpoint every N steps."),
+    validate: Optional[list[str]] = typer.Option(None, help="A prompt rendered into RUN/validation every "
+                                                           "--validate-every steps (repeatable)."),
+    validate_every: int = typer.Option(100, help="Steps between validation videos."),
+    prior: int = typer.Option(0, help="Also train on N videos the model itself makes from the captions without the "
+                                      "trigger (prior preservation): the LoRA then leaves prompts without it alone."),
+    mixed_precision: str = typer.Option("no", help="bf16 or fp16 autocast (a GPU only)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps (auto: the best there is)."),
+    resume: bool = typer.Option(False, help="Continue the run in --output from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages on stderr."),
+) -> None:
+    """Train a LoRA of a model on your own clips; --lora then loads RUN/lora.safetensors.
+
+    Every clip is read and checked first; the model stays frozen. Resumable with --resume."""
+    from vcraft.loaders.devices import resolve_device
+    from vcraft.loaders.weights import find_checkpoint
+    from vcraft.pipeline.settings import spatial_multiple
+    from vcraft.train.clips import Framing, find_clips, read_clips
+    from vcraft.train.lora import DEFAULT_TARGETS, LoRATraining
+    from vcraft.train.lora import train_lora as run_training
+
+    cfg = _resolve_config(model, config, overrides)
+    dev = resolve_device(device)
+    options = LoRATraining(rank=rank, alpha=alpha, lr=lr, schedule=schedule, warmup=warmup, steps=steps,
+                           batch_size=batch_size, accumulate=accumulate, targets=tuple(target or DEFAULT_TARGETS),
+                           seed=seed, checkpoint_every=checkpoint_every,
+                           validate_every=validate_every if validate else 0, mixed_precision=mixed_precision,
+                           trigger=trigger, prior=prior)
+    options.check(dev)
+    s = cfg.sampling
+    path = ckpt or find_checkpoint(cfg)
+    started = time.perf_counter()
+    framing = Framing(frames or s.frames, height or s.height, width or s.width, stride, fps)
+    framing.check(spatial_multiple(cfg.model))
+    videos, captions = read_clips(find_clips(data), framing, trigger)
+    log = lambda line: _log(line, quiet)  # noqa: E731
+    log(f"{len(videos)} clips read and checked in {time.perf_counter() - started:.1f} s")
+    made = run_training(cfg, path, videos, captions, options, output, log, dev, resume,
+                        _validation(cfg, validate or [], seed, output / "validation", log))
+    _log(f"trained in {(time.perf_counter() - started) / 60:.1f} min; use it with: vcraft generate PROMPT "
+         f"--model {cfg.name} --lora {made}", quiet)
+    print(made, flush=True)
+
+
+def _validation(cfg, prompts: list[str], seed: int, folder: Path, log):
+    """A checkpoint's validation: each prompt rendered with the model as it is then, written as
+    `folder/step-NNNNNN-K.mp4`."""
+    from dataclasses import replace
+
+    def render(models, step: int) -> None:
+        import torch
+
+        from vcraft.app.video import write_video
+        from vcraft.pipeline.api import TextToVideo
+        from vcraft.train.lora import frozen_config
+
+        pipe = TextToVideo(replace(cfg, model=frozen_config(cfg)), models, next(models.unet.parameters()).device,
+                           torch.float32)
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, prompt in enumerate(prompts):
+            frames = pipe(prompt, seed=seed)
+            write_video(folder / f"step-{step:06d}-{k}.mp4", [frames], "mp4", cfg.sampling.save_fps)
+        log(f"validation: {len(prompts)} video(s) for step {step} in {folder}")
+
+    return render if prompts else None
+
+
 @app.command()
 def download(
     names: Optional[list[str]] = typer.Argument(None, metavar="MODEL...", help="Presets to fetch, e.g. vc2-512, or "
@@ -473,7 +582,7 @@ def download(
     from vcraft.config import load_preset, preset_names
     from vcraft.loaders.weights import official_loras, size_text
 
-    loras = official_loras()
+    loras = {name: entry for name, entry in official_loras().items() if entry[1].repo}  # bundled ones: nothing to do
     if list_only:
         from vcraft.loaders.download import hub_size
 
@@ -511,7 +620,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
     and dtype."""
     from vcraft.config import load_preset, preset_names
     from vcraft.loaders.checkpoints import stored_dtypes
-    from vcraft.loaders.weights import HUB_CACHE, hub_cached, locate, official_loras, size_text
+    from vcraft.loaders.weights import HUB_CACHE, locate, lora_file, official_loras, size_text
 
     rows = [("MODEL", "PRESENT", "SIZE", "DTYPE", "SOURCE", "WHERE")]
     for cfg in map(load_preset, preset_names()):
@@ -533,14 +642,16 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
             how = f"vcraft download {cfg.name}" if cfg.weights else "pass --ckpt"
             rows.append((cfg.name, "no", size_text(entry["download_size"]), "-", "-", how))
     for name, (cfg, source) in official_loras().items():
-        path = hub_cached(source)
+        path = lora_file(cfg, source)
+        where = (HUB_CACHE if source.repo else "bundled") if path else "-"
         if as_json:
             print(json.dumps({"model": name, "lora_for": cfg.name, "trigger": source.trigger, "present": bool(path),
-                              "path": str(path) if path else None, "hub": f"{source.repo}/{source.file}"}), flush=True)
+                              "path": str(path) if path else None,
+                              "hub": f"{source.repo}/{source.file}" if source.repo else None}), flush=True)
         else:
             rows.append((f"{name} (LoRA for {cfg.name}, trigger {source.trigger!r})", "yes" if path else "no",
-                         size_text(path.stat().st_size if path else source.size), "-",
-                         HUB_CACHE if path else "-", str(path) if path else f"vcraft download {name}"))
+                         size_text(path.stat().st_size if path else source.size), "-", where,
+                         str(path) if path else f"vcraft download {name}"))
     if not as_json:
         print(_table(rows))
 

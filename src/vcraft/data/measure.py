@@ -79,3 +79,28 @@ def measure(video: np.ndarray) -> dict[str, str | None]:
     masks = object_masks(video)
     return {"colour": measure_colour(video, masks), "shape": measure_shape(masks),
             "motion": measure_motion(masks)}
+
+
+def silhouettes(masks: np.ndarray) -> np.ndarray:
+    """The masks with every row filled between its first and last pixel: an outline's filled shape (the shapes are
+    convex), which `measure_shape` reads as it reads a filled one."""
+    filled = np.zeros_like(masks)
+    for frame, mask in zip(filled, masks):
+        for y in np.flatnonzero(mask.any(axis=1)):
+            xs = np.flatnonzero(mask[y])
+            frame[y, xs[0]:xs[-1] + 1] = True
+    return filled
+
+
+def hollowness(masks: np.ndarray, min_area: int = 30) -> float | None:
+    """The median share of the object's filled silhouette that is background: about 0 for a filled shape, 0.36 for a
+    ring a fifth of its width thick. The silhouette of a row is every pixel between the object's first and last (the
+    shapes are convex). Frames where the object touches an edge are skipped."""
+    shares = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        if len(ys) < min_area or ys.min() == 0 or xs.min() == 0 or ys.max() == mask.shape[0] - 1 \
+                or xs.max() == mask.shape[1] - 1:
+            continue
+        shares.append(1 - len(ys) / silhouettes(mask[None])[0].sum())
+    return float(np.median(shares)) if shares else None

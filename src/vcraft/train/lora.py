@@ -1,0 +1,216 @@
+"""`vcraft train lora`: a LoRA trained on your own clips, for any preset, with the model frozen.
+
+PEFT adds the LoRA layers (`inject_adapter_in_model`: rank, alpha, target layers by name); the loss is the
+recipe's own (`stages.diffusion_loss`: the sampler's `unet_inputs`, the model's noise schedule), with no caption
+dropout and no given frames. The run folder holds:
+
+    run/lora.pt                the LoRA's weights, optimiser, RNG state and step, every `checkpoint_every` steps
+    run/train.log              loss, learning rate and speed every 25 steps
+    run/validation/            the validation prompts' videos, every `validate_every` steps (rendered by the caller)
+    run/lora.safetensors       the result
+
+The file is in the PEFT/diffusers layout (`<module path from the checkpoint's root>.lora_A.weight` / `.lora_B.weight`,
+rank and alpha in diffusers' `lora_adapter_metadata`): the one of vcraft's three LoRA formats that names the module
+paths the official checkpoints use and carries its own scale; `--lora` reads it (loaders/lora.py).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from vcraft import __version__
+from vcraft.config import Config, DiffusionTraining
+from vcraft.errors import VcraftError
+from vcraft.loaders.checkpoints import load_state_dict, save_state_dict
+from vcraft.loaders.components import BY_NAME, Models
+from vcraft.loaders.download import sha256_of
+from vcraft.loaders.loading import load_models
+from vcraft.train.data import encode_dataset
+from vcraft.train.loop import Log, load_state, lr_at, optimiser, run_steps, save_state, set_lr
+from vcraft.train.stages import diffusion_loss
+
+UNET = BY_NAME["unet"].prefix
+# The attention and feed-forward projections of every transformer block, as VideoLoRA targets them (its files
+# cover the spatial attentions' q, k, v and the feed-forward's first projection).
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoRATraining:
+    """The options of one LoRA training run (the command line's flags), checked by `check`."""
+
+    rank: int = 8
+    alpha: float = 8.0  # the LoRA's update is scaled by alpha / rank
+    lr: float = 1e-4
+    schedule: str = "cosine"  # after the warm-up: cosine to zero, or constant
+    warmup: int = 0
+    steps: int = 500
+    batch_size: int = 1
+    accumulate: int = 1  # micro-batches per optimiser step
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # UNet layers whose names end with one of these
+    seed: int = 0
+    checkpoint_every: int = 100
+    validate_every: int = 0  # 0: no validation videos
+    mixed_precision: str = "no"  # bf16 or fp16 autocast on a GPU
+    trigger: str = ""  # appended to every caption, as written
+    # Videos the model itself makes from the captions without the trigger, trained on beside the clips (DreamBooth's
+    # prior preservation): the LoRA then changes what the trigger asks for and leaves the rest as it was.
+    prior: int = 0
+
+    def check(self, device: torch.device) -> None:
+        problems = [
+            (self.rank >= 1, f"--rank must be at least 1, got {self.rank}"),
+            (self.alpha > 0, f"--alpha must be positive, got {self.alpha}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule}"),
+            (0 <= self.warmup < self.steps, f"--warmup must be between 0 and --steps - 1, got {self.warmup}"),
+            (self.steps >= 1 and self.batch_size >= 1 and self.accumulate >= 1,
+             "--steps, --batch-size and --accumulate must be at least 1"),
+            (self.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {self.checkpoint_every}"),
+            (self.validate_every >= 0, f"--validate-every must be 0 or more, got {self.validate_every}"),
+            (self.prior >= 0, f"--prior must be 0 or more, got {self.prior}"),
+            (bool(self.targets), "give at least one --target"),
+            (self.mixed_precision in PRECISIONS, f"--mixed-precision must be one of {', '.join(PRECISIONS)}"),
+            (self.mixed_precision == "no" or device.type == "cuda", "--mixed-precision needs a GPU (--device cuda)"),
+        ]
+        problem = next((message for ok, message in problems if not ok), None)
+        if problem:
+            raise VcraftError(problem)
+
+    def lr_at(self, step: int) -> float:
+        if self.schedule == "constant":
+            return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
+        return lr_at(step, self.steps, self.lr, self.warmup)
+
+
+def frozen_config(cfg: Config):
+    """The model config without the components that come in files of their own (a control adapter)."""
+    return replace(cfg.model, adapter=None, depth=None)
+
+
+def frozen_model(cfg: Config, ckpt: Path, device: torch.device) -> Models:
+    """The model as its checkpoint holds it (its own parts, a control adapter, left out), frozen, with the encoder."""
+    return load_models(frozen_config(cfg), load_state_dict(ckpt), str(ckpt), device, encoder=True)
+
+
+def add_lora(models: Models, options: LoRATraining) -> list[torch.nn.Parameter]:
+    """PEFT's LoRA layers around the UNet's target layers (B at zero: the model is unchanged until trained); their
+    parameters, the only trainable ones."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(options.seed)
+    config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
+                        target_modules=list(options.targets))
+    try:
+        inject_adapter_in_model(config, models.unet)
+    except ValueError as exc:  # PEFT's message when no layer matches
+        raise VcraftError(f"no UNet layer matches the targets {', '.join(options.targets)} ({exc})") from None
+    return [p for p in models.unet.parameters() if p.requires_grad]
+
+
+def lora_state(models: Models) -> dict[str, torch.Tensor]:
+    """The LoRA's weights, keyed by their layers' paths in the UNet (`....to_q.lora_A.weight`)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(models.unet).items()}
+
+
+def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str], options: LoRATraining, run: Path,
+               log: Log, device: torch.device = torch.device("cpu"), resume: bool = False,
+               on_checkpoint: Optional[Callable[[Models, int], None]] = None,
+               stop_after: Optional[int] = None) -> Optional[Path]:
+    """Train a LoRA of the model `cfg`/`ckpt` on clips `videos` (uint8 `[n, T, H, W, 3]`, read as the model takes
+    them) with `captions` (the trigger already appended) in folder `run`. `on_checkpoint(models, step)` runs at every
+    validation step (the caller renders its prompts). Returns the LoRA's file, or None when `stop_after` steps ended
+    the call early."""
+    from peft import set_peft_model_state_dict
+
+    options.check(device)
+    checkpoint = run / "lora.pt"
+    if checkpoint.is_file() and not resume:
+        raise VcraftError(f"{run} holds a training run already: pass --resume to continue it, or choose another -o")
+    run.mkdir(parents=True, exist_ok=True)
+    models = frozen_model(cfg, ckpt, device)
+    if options.prior:
+        videos, captions = _with_prior(cfg, models, videos, captions, options, log)
+    latents = encode_dataset(models.autoencoder, videos) * cfg.model.scale_factor
+    log(f"lora: {len(videos)} clips of {videos.shape[1]} frames at {videos.shape[2]}x{videos.shape[3]} encoded")
+    params = add_lora(models, options)
+    opt = optimiser(params, options.lr, 0.0)
+    torch.manual_seed(options.seed + 1)
+    start, state = 0, load_state(checkpoint) if resume else None
+    if state is not None:
+        set_peft_model_state_dict(models.unet, state["model"])
+        opt.load_state_dict(state["optimiser"])
+        torch.set_rng_state(state["rng"])
+        start = int(state["step"])
+    settings = DiffusionTraining(caption_dropout=0.0, given_frames_prob=0.0, min_snr=None)
+    autocast = torch.autocast("cuda", PRECISIONS[options.mixed_precision]) if options.mixed_precision != "no" \
+        else nullcontext()
+
+    def step(i: int) -> tuple[float, float]:
+        lr = set_lr(opt, options.lr_at(i))
+        total = 0.0
+        for _ in range(options.accumulate):
+            idx = torch.randint(len(latents), (options.batch_size,))
+            with autocast:
+                loss = diffusion_loss(models, cfg, latents[idx].to(device), [captions[k] for k in idx.tolist()],
+                                      settings) / options.accumulate
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return total, lr
+
+    def save(done: int) -> None:
+        save_state({"model": lora_state(models), "optimiser": opt.state_dict(), "rng": torch.get_rng_state(),
+                    "step": done}, checkpoint)
+        if on_checkpoint is not None and options.validate_every and done % options.validate_every == 0:
+            models.unet.eval()
+            on_checkpoint(models, done)
+            models.unet.train()
+
+    models.unet.train()
+    every = options.checkpoint_every if not options.validate_every else int(np.gcd(options.checkpoint_every,
+                                                                                  options.validate_every))
+    if not run_steps("lora", run, start, options.steps, stop_after, every, step, save, log):
+        return None
+    return export(models, cfg, ckpt, options, run / "lora.safetensors")
+
+
+def _with_prior(cfg: Config, models: Models, videos: np.ndarray, captions: list[str], options: LoRATraining,
+                log: Log) -> tuple[np.ndarray, list[str]]:
+    """The clips and `options.prior` videos the frozen model makes from the captions (in turn) without the trigger,
+    at the clips' size and length, each from its own seed."""
+    from vcraft.pipeline.api import TextToVideo
+
+    pipe = TextToVideo(replace(cfg, model=frozen_config(cfg)), models, next(models.unet.parameters()).device,
+                       torch.float32)
+    plain = [c[:len(c) - len(options.trigger)] if options.trigger and c.endswith(options.trigger) else c
+             for c in captions]
+    prompts = [plain[k % len(plain)] for k in range(options.prior)]
+    n, frames, height, width = videos.shape[:4]
+    made = np.stack([pipe(p, seed=options.seed * 10**6 + k, frames=frames, height=height, width=width)
+                     for k, p in enumerate(prompts)])
+    log(f"lora: {options.prior} prior videos made by the model itself")
+    return np.concatenate([videos, made]), captions + prompts
+
+
+def export(models: Models, cfg: Config, ckpt: Path, options: LoRATraining, path: Path) -> Path:
+    """The LoRA as safetensors in the PEFT layout under the official prefix, with what made it in its metadata."""
+    metadata = {"format": "vcraft-lora", "base_model": cfg.name, "base_sha256": sha256_of(ckpt),
+                "trigger": options.trigger, "rank": str(options.rank), "alpha": str(options.alpha),
+                "steps": str(options.steps), "targets": ",".join(options.targets), "vcraft_version": __version__,
+                "lora_adapter_metadata": json.dumps({"r": options.rank, "lora_alpha": options.alpha})}
+    save_state_dict({UNET + k: v for k, v in lora_state(models).items()}, path, metadata=metadata)
+    return path
