@@ -1,7 +1,7 @@
 """Score the embedded model's "outline style" LoRA from the pixels, on the 24 colour-shape-motion combinations its
 clips never showed (data.shapes.is_outline_held_out) and seeds they never used:
 
-    python scripts/eval_outline.py                        # the shipped LoRA (--lora outline), 2 seeds each
+    python scripts/eval_outline.py --lora runs/outline/lora.safetensors            # 2 seeds each
     python scripts/eval_outline.py --lora runs/outline/lora.safetensors --seeds 1
 
 Three conditions: the LoRA with the trigger phrase (the object should be an outline: at least a quarter of its filled
@@ -38,7 +38,7 @@ def score(video: np.ndarray, scene) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lora", default="outline", help="the LoRA: a file or an official name (default outline)")
+    parser.add_argument("--lora", required=True, help="the LoRA: a file or an official name")
     parser.add_argument("--seeds", type=int, default=2, help="videos per combination and condition")
     args = parser.parse_args()
     base = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32")

@@ -1,11 +1,12 @@
-"""Make the embedded model's "outline style" LoRA as a user would make one: a folder of 200 clips with captions
-(drawn by the shapes generator as outlines, 24 colour-shape-motion combinations left out), then `vcraft train lora`.
+"""The "outline style" LoRA demonstration of the embedded model, made as a user would make a LoRA: a folder of 200
+clips with captions (drawn by the shapes generator as outlines, 24 colour-shape-motion combinations left out), then
+`vcraft train lora`; `scripts/eval_outline.py --lora runs/outline/lora.safetensors` scores it.
 
     python scripts/train_outline_lora.py -o runs/outline
-    cp runs/outline/lora.safetensors src/../checkpoints/shapes/loras/outline.safetensors   # what ships
 
 The clips are MP4 files (H.264, as a camera or an editor writes them) with a `.txt` caption beside each, such as
-"a red square moving left"; the trigger phrase ", outline style" is appended by the training command.
+"a red square moving left"; the trigger phrase ", outline style" is appended by the training command. The LoRAs
+made so far do not draw outlines yet (docs/embedded-model.md, "A LoRA: outline style").
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import numpy as np
 from vcraft.data.shapes import ALL_SCENES, caption, is_outline_held_out, render
 
 SEEDS = 7_000_000  # the clips' seeds; scripts/eval_outline.py draws its own elsewhere
-TRAINING = ["--model", "shapes", "--trigger", ", outline style", "--prior", "200", "--rank", "16", "--alpha", "16",
-            "--lr", "1e-3", "--warmup", "20", "--steps", "1200", "--batch-size", "4", "--checkpoint-every", "200",
+TRAINING = ["--model", "shapes", "--trigger", ", outline style", "--text", "--prior", "200", "--rank", "16",
+            "--alpha", "16", "--lr", "1e-3", "--warmup", "20", "--steps", "1200", "--batch-size", "4",
+            "--checkpoint-every", "200",
             "--validate", "a red square moving left, outline style", "--validate", "a blue circle growing",
-            "--validate-every", "400"]
+            "--validate-every", "400",
+            # The attention and feed-forward projections, and the ResBlocks' 3x3 convolutions: the shapes UNet has
+            # no attention at its full-resolution level, where a ring's edges are drawn.
+            *[arg for name in ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "in_layers.2",
+                               "out_layers.3") for arg in ("--target", name)]]
 
 
 def make_clips(folder: Path, count: int) -> None:

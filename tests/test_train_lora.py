@@ -106,11 +106,10 @@ def fixed_loss(cfg, ckpt: Path, videos: np.ndarray, captions: list[str], lora: P
 
 
 @pytest.mark.slow
-def test_a_lora_of_a_videocrafter_model_trains_resumes_and_loads(tmp_path):
-    """The tiny VideoCrafter2 fixture on the CPU: 30 steps lower the loss at fixed timesteps and noise; a run stopped
-    at step 10 and resumed writes the same file; the file carries its metadata, and `--lora` changes the video."""
+def test_a_lora_of_a_videocrafter_model_trains_and_loads(tmp_path):
+    """The tiny VideoCrafter2 fixture on the CPU: 30 steps lower the loss at fixed timesteps and noise; the file
+    carries its metadata, and `--lora` changes the video."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from vcraft.config import load_config
     from vcraft.train.lora import LoRATraining, train_lora
@@ -123,10 +122,6 @@ def test_a_lora_of_a_videocrafter_model_trains_resumes_and_loads(tmp_path):
                            trigger=", outline style")
     quiet = lambda _: None  # noqa: E731
     straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
-    assert train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, stop_after=10) is None
-    resumed = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, resume=True)
-    a, b = load_file(straight), load_file(resumed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with safe_open(str(straight), "pt") as f:
         meta = f.metadata()
     assert (meta["base_model"], meta["trigger"], meta["rank"], meta["steps"]) == ("config", ", outline style", "4",
@@ -144,6 +139,27 @@ def test_a_lora_of_a_videocrafter_model_trains_resumes_and_loads(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path):
+    """The embedded model with the text encoder adapted too: stopped after 2 of 4 steps, then resumed."""
+    from safetensors.torch import load_file
+
+    from vcraft.config import load_preset
+    from vcraft.loaders.weights import find_checkpoint
+    from vcraft.train.lora import LoRATraining, train_lora
+
+    cfg = load_preset("shapes")
+    videos, captions = read_clips(find_clips(folder_of_clips(tmp_path / "data")), Framing(16, 64, 64), ", outline")
+    options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=4, batch_size=2, checkpoint_every=2, text=True)
+    ckpt, quiet = find_checkpoint(cfg), lambda _: None
+    straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
+    assert train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, stop_after=2) is None
+    resumed = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, resume=True)
+    a, b = load_file(straight), load_file(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("cond_stage_model.") for k in a) and any(k.startswith("model.diffusion_model.") for k in a)
+
+
+@pytest.mark.slow
 def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tmp_path, capsys):
     data = folder_of_clips(tmp_path / "data")
     common = ["train", "lora", str(data), "--model", "shapes", "--trigger", ", outline style", "--steps", "4",
@@ -154,42 +170,3 @@ def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tm
     assert run(common) == 2 and "pass --resume" in capsys.readouterr().err
     assert run(["generate", "a red circle moving left, outline style", "--lora",
                 str(tmp_path / "run" / "lora.safetensors"), "--steps", "2", "-o", str(tmp_path / "v.mp4"), "-q"]) == 0
-
-
-@pytest.fixture(scope="module")
-def outline_pipe():
-    from vcraft import TextToVideo
-
-    return TextToVideo.from_pretrained("shapes", device="cpu", lora=["outline"])
-
-
-# Combinations the outline LoRA's clips never showed (data.shapes.is_outline_held_out), and seeds they never used.
-HELD_OUT = [("a red square moving left", Scene("red", "square", "left")),
-            ("an orange circle moving down", Scene("orange", "circle", "down")),
-            ("a green triangle moving right", Scene("green", "triangle", "right"))]
-
-
-@pytest.mark.parametrize("prompt, scene", HELD_OUT)
-def test_the_shipped_outline_lora_draws_outlines_with_its_trigger_and_filled_shapes_without(outline_pipe, render,
-                                                                                           prompt, scene):
-    from conftest import one_cpu_thread
-
-    from vcraft.data.measure import hollowness, measure_colour, measure_motion, object_masks
-    from vcraft.data.shapes import is_outline_held_out
-
-    assert is_outline_held_out(scene)
-    with one_cpu_thread():
-        outlined = outline_pipe(prompt + ", outline style", seed=9001) / 255.0
-        filled = outline_pipe(prompt, seed=9001) / 255.0
-    base = render(prompt + ", outline style", seed=9001) / 255.0  # the base model never learned the trigger
-    for video, hollow in ((outlined, True), (filled, False), (base, False)):
-        masks = object_masks(video)
-        assert (hollowness(masks) >= 0.25) == hollow, hollowness(masks)
-        assert measure_colour(video, masks) == scene.colour and measure_motion(masks) == scene.motion
-
-
-def test_the_outline_lora_ships_with_the_embedded_model_and_is_listed(capsys):
-    assert run(["models", "--json"]) == 0
-    entries = {e["model"]: e for e in map(json.loads, capsys.readouterr().out.splitlines())}
-    assert entries["outline"]["present"] and entries["outline"]["lora_for"] == "shapes"
-    assert entries["outline"]["trigger"] == ", outline style"

@@ -293,10 +293,8 @@ class WeightsSource:
 
 @dataclass
 class LoRASource(WeightsSource):
-    """An official LoRA of a preset, fetched by `vcraft download NAME` and found by `--lora NAME`; without a `repo`,
-    one that ships with vcraft as `checkpoints/<preset>/loras/<file>`."""
+    """An official LoRA of a preset, fetched by `vcraft download NAME` and found by `--lora NAME`."""
 
-    repo: str = ""
     trigger: str = ""  # the words its authors added to every prompt (vcraft adds nothing: a prompt is as written)
 
 

@@ -209,9 +209,9 @@ def _lora(spec: str):
 
 def _present_loras(cfg) -> list[str]:
     """The names of the model's official LoRAs that are on this machine."""
-    from vcraft.loaders.weights import lora_file
+    from vcraft.loaders.weights import hub_cached
 
-    return [name for name, source in cfg.loras.items() if lora_file(cfg, source) is not None]
+    return [name for name, source in cfg.loras.items() if hub_cached(source) is not None]
 
 
 def _pool(address: Optional[str], workers: Optional[int], cpus: int, gpus: Optional[float]):
@@ -500,6 +500,8 @@ def train_lora(
     validate: Optional[list[str]] = typer.Option(None, help="A prompt rendered into RUN/validation every "
                                                            "--validate-every steps (repeatable)."),
     validate_every: int = typer.Option(100, help="Steps between validation videos."),
+    text: bool = typer.Option(False, "--text", help="Also adapt the text encoder's projections: gives a new trigger "
+                                                    "phrase a meaning of its own."),
     prior: int = typer.Option(0, help="Also train on N videos the model itself makes from the captions without the "
                                       "trigger (prior preservation): the LoRA then leaves prompts without it alone."),
     mixed_precision: str = typer.Option("no", help="bf16 or fp16 autocast (a GPU only)."),
@@ -523,7 +525,7 @@ def train_lora(
                            batch_size=batch_size, accumulate=accumulate, targets=tuple(target or DEFAULT_TARGETS),
                            seed=seed, checkpoint_every=checkpoint_every,
                            validate_every=validate_every if validate else 0, mixed_precision=mixed_precision,
-                           trigger=trigger, prior=prior)
+                           trigger=trigger, text=text, prior=prior)
     options.check(dev)
     s = cfg.sampling
     path = ckpt or find_checkpoint(cfg)
@@ -582,7 +584,7 @@ def download(
     from vcraft.config import load_preset, preset_names
     from vcraft.loaders.weights import official_loras, size_text
 
-    loras = {name: entry for name, entry in official_loras().items() if entry[1].repo}  # bundled ones: nothing to do
+    loras = official_loras()
     if list_only:
         from vcraft.loaders.download import hub_size
 
@@ -620,7 +622,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
     and dtype."""
     from vcraft.config import load_preset, preset_names
     from vcraft.loaders.checkpoints import stored_dtypes
-    from vcraft.loaders.weights import HUB_CACHE, locate, lora_file, official_loras, size_text
+    from vcraft.loaders.weights import HUB_CACHE, hub_cached, locate, official_loras, size_text
 
     rows = [("MODEL", "PRESENT", "SIZE", "DTYPE", "SOURCE", "WHERE")]
     for cfg in map(load_preset, preset_names()):
@@ -642,16 +644,14 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
             how = f"vcraft download {cfg.name}" if cfg.weights else "pass --ckpt"
             rows.append((cfg.name, "no", size_text(entry["download_size"]), "-", "-", how))
     for name, (cfg, source) in official_loras().items():
-        path = lora_file(cfg, source)
-        where = (HUB_CACHE if source.repo else "bundled") if path else "-"
+        path = hub_cached(source)
         if as_json:
             print(json.dumps({"model": name, "lora_for": cfg.name, "trigger": source.trigger, "present": bool(path),
-                              "path": str(path) if path else None,
-                              "hub": f"{source.repo}/{source.file}" if source.repo else None}), flush=True)
+                              "path": str(path) if path else None, "hub": f"{source.repo}/{source.file}"}), flush=True)
         else:
             rows.append((f"{name} (LoRA for {cfg.name}, trigger {source.trigger!r})", "yes" if path else "no",
-                         size_text(path.stat().st_size if path else source.size), "-", where,
-                         str(path) if path else f"vcraft download {name}"))
+                         size_text(path.stat().st_size if path else source.size), "-",
+                         HUB_CACHE if path else "-", str(path) if path else f"vcraft download {name}"))
     if not as_json:
         print(_table(rows))
 

@@ -95,7 +95,7 @@ def _sdf(shape: str, px: np.ndarray, py: np.ndarray, r: np.ndarray) -> np.ndarra
 
 def render(scene: Scene, frames: int, size: int, rng: np.random.Generator, outline: bool = False) -> np.ndarray:
     """Float video `[frames, size, size, 3]` in [0, 1]; with `outline`, the shape drawn as a ring of its edge (the
-    "outline style" of the LoRA example), the same share of every shape's silhouette, about 45%, background."""
+    "outline style" of the LoRA example), the same share of every shape's silhouette, about 40%, background."""
     t = np.arange(frames, dtype=np.float64)[:, None, None]
     if scene.motion in ("growing", "shrinking"):
         small, large = rng.uniform(0.07, 0.10) * size, rng.uniform(0.22, 0.27) * size

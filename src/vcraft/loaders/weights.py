@@ -147,22 +147,13 @@ def official_loras() -> dict[str, tuple[Config, LoRASource]]:
     return {name: (cfg, source) for cfg in map(load_preset, preset_names()) for name, source in cfg.loras.items()}
 
 
-def lora_file(cfg: Config, source: LoRASource) -> Path | None:
-    """Where an official LoRA of preset `cfg` is on this machine: beside the preset's bundled weights, or in the
-    Hugging Face cache; None where it is not."""
-    if not source.repo:
-        path = preset_dir().parent / "checkpoints" / cfg.name / "loras" / source.file
-        return path if path.is_file() else None
-    return hub_cached(source)
-
-
 def find_lora(name: str) -> Path | None:
-    """The file of the official LoRA `name` (bundled, or in the Hugging Face cache); None for a name no preset has;
-    a VcraftError naming the command that fetches it when it is not on this machine."""
+    """The file of the official LoRA `name` in the Hugging Face cache; None for a name no preset has; a VcraftError
+    naming the command that fetches it when it is not on this machine."""
     known = official_loras().get(name)
     if known is None:
         return None
-    path = lora_file(*known)
+    path = hub_cached(known[1])
     if path is None:
         raise VcraftError(f"the LoRA '{name}' (for {known[0].name}) is not on this machine; fetch it once with: "
                           f"vcraft download {name}")

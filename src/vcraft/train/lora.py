@@ -36,10 +36,13 @@ from vcraft.train.data import encode_dataset
 from vcraft.train.loop import Log, load_state, lr_at, optimiser, run_steps, save_state, set_lr
 from vcraft.train.stages import diffusion_loss
 
-UNET = BY_NAME["unet"].prefix
 # The attention and feed-forward projections of every transformer block, as VideoLoRA targets them (its files
 # cover the spatial attentions' q, k, v and the feed-forward's first projection).
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+# The text encoder's projections (`--text`), in both families' names (open_clip's and transformers' CLIP), as the
+# release's text-encoder LoRAs target q, k, v and out: they give a trigger phrase a meaning of its own.
+TEXT_TARGETS = ("out_proj", "c_fc", "c_proj", "q_proj", "k_proj", "v_proj", "fc1", "fc2")
+ADAPTED = ("unet", "text_encoder")  # the components a LoRA may adapt, in this order in its file
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -62,6 +65,7 @@ class LoRATraining:
     validate_every: int = 0  # 0: no validation videos
     mixed_precision: str = "no"  # bf16 or fp16 autocast on a GPU
     trigger: str = ""  # appended to every caption, as written
+    text: bool = False  # also adapt the text encoder (TEXT_TARGETS)
     # Videos the model itself makes from the captions without the trigger, trained on beside the clips (DreamBooth's
     # prior preservation): the LoRA then changes what the trigger asks for and leaves the rest as it was.
     prior: int = 0
@@ -103,25 +107,46 @@ def frozen_model(cfg: Config, ckpt: Path, device: torch.device) -> Models:
 
 
 def add_lora(models: Models, options: LoRATraining) -> list[torch.nn.Parameter]:
-    """PEFT's LoRA layers around the UNet's target layers (B at zero: the model is unchanged until trained); their
-    parameters, the only trainable ones."""
+    """PEFT's LoRA layers around the target layers of the UNet (and with `text` of the text encoder; B at zero: the
+    model is unchanged until trained); their parameters, the only trainable ones."""
     from peft import LoraConfig, inject_adapter_in_model
 
     torch.manual_seed(options.seed)
-    config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
-                        target_modules=list(options.targets))
-    try:
-        inject_adapter_in_model(config, models.unet)
-    except ValueError as exc:  # PEFT's message when no layer matches
-        raise VcraftError(f"no UNet layer matches the targets {', '.join(options.targets)} ({exc})") from None
-    return [p for p in models.unet.parameters() if p.requires_grad]
+    targets = {"unet": options.targets, "text_encoder": TEXT_TARGETS if options.text else ()}
+    for name, names in targets.items():
+        if not names:
+            continue
+        config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, target_modules=list(names))
+        try:
+            inject_adapter_in_model(config, getattr(models, name))
+        except ValueError as exc:  # PEFT's message when no layer matches
+            raise VcraftError(f"no {BY_NAME[name].label} layer matches the targets {', '.join(names)} ({exc})") \
+                from None
+    return [p for name in ADAPTED for p in getattr(models, name).parameters() if p.requires_grad]
 
 
 def lora_state(models: Models) -> dict[str, torch.Tensor]:
-    """The LoRA's weights, keyed by their layers' paths in the UNet (`....to_q.lora_A.weight`)."""
+    """The LoRA's weights in the official layout: each layer's path from the checkpoint's root
+    (`model.diffusion_model.....to_q.lora_A.weight`)."""
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(models.unet).items()}
+    state = {}
+    for name in ADAPTED:
+        module = getattr(models, name)
+        if any(p.requires_grad for p in module.parameters()):
+            state.update({BY_NAME[name].prefix + k: v.detach().cpu().clone()
+                          for k, v in get_peft_model_state_dict(module).items()})
+    return state
+
+
+def _load_lora_state(models: Models, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    for name in ADAPTED:
+        prefix = BY_NAME[name].prefix
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if own:
+            set_peft_model_state_dict(getattr(models, name), own)
 
 
 def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str], options: LoRATraining, run: Path,
@@ -132,8 +157,6 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
     them) with `captions` (the trigger already appended) in folder `run`. `on_checkpoint(models, step)` runs at every
     validation step (the caller renders its prompts). Returns the LoRA's file, or None when `stop_after` steps ended
     the call early."""
-    from peft import set_peft_model_state_dict
-
     options.check(device)
     checkpoint = run / "lora.pt"
     if checkpoint.is_file() and not resume:
@@ -149,7 +172,7 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
     torch.manual_seed(options.seed + 1)
     start, state = 0, load_state(checkpoint) if resume else None
     if state is not None:
-        set_peft_model_state_dict(models.unet, state["model"])
+        _load_lora_state(models, state["model"])
         opt.load_state_dict(state["optimiser"])
         torch.set_rng_state(state["rng"])
         start = int(state["step"])
@@ -176,11 +199,14 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         save_state({"model": lora_state(models), "optimiser": opt.state_dict(), "rng": torch.get_rng_state(),
                     "step": done}, checkpoint)
         if on_checkpoint is not None and options.validate_every and done % options.validate_every == 0:
-            models.unet.eval()
+            for name in ADAPTED:
+                getattr(models, name).eval()
             on_checkpoint(models, done)
-            models.unet.train()
+            for name in ADAPTED:
+                getattr(models, name).train()
 
-    models.unet.train()
+    for name in ADAPTED:
+        getattr(models, name).train()
     every = options.checkpoint_every if not options.validate_every else int(np.gcd(options.checkpoint_every,
                                                                                   options.validate_every))
     if not run_steps("lora", run, start, options.steps, stop_after, every, step, save, log):
@@ -210,7 +236,9 @@ def export(models: Models, cfg: Config, ckpt: Path, options: LoRATraining, path:
     """The LoRA as safetensors in the PEFT layout under the official prefix, with what made it in its metadata."""
     metadata = {"format": "vcraft-lora", "base_model": cfg.name, "base_sha256": sha256_of(ckpt),
                 "trigger": options.trigger, "rank": str(options.rank), "alpha": str(options.alpha),
-                "steps": str(options.steps), "targets": ",".join(options.targets), "vcraft_version": __version__,
+                "steps": str(options.steps), "targets": ",".join(options.targets + (TEXT_TARGETS if options.text
+                                                                                      else ())),
+                "vcraft_version": __version__,
                 "lora_adapter_metadata": json.dumps({"r": options.rank, "lora_alpha": options.alpha})}
-    save_state_dict({UNET + k: v for k, v in lora_state(models).items()}, path, metadata=metadata)
+    save_state_dict(lora_state(models), path, metadata=metadata)
     return path
