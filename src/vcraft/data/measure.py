@@ -94,8 +94,8 @@ def silhouettes(masks: np.ndarray) -> np.ndarray:
 
 def hollowness(masks: np.ndarray, min_area: int = 30) -> float | None:
     """The median share of the object's filled silhouette that is background: about 0 for a filled shape, about 0.4
-    for the outlines of `shapes.render(..., outline=True)`. The silhouette of a row is every pixel between the object's first and last (the
-    shapes are convex). Frames where the object touches an edge are skipped."""
+    for the outlines of `shapes.render(..., outline=True)`. A row's silhouette is every pixel between the object's
+    first and last (the shapes are convex). Frames where the object touches an edge are skipped."""
     shares = []
     for mask in masks:
         ys, xs = np.nonzero(mask)
