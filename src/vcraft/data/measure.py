@@ -6,6 +6,8 @@ promises: one object, brighter or more saturated than a dark, flat background.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from vcraft.data.shapes import COLOURS
@@ -58,16 +60,21 @@ def measure_motion(masks: np.ndarray, min_area: int = 4) -> str | None:
     return "down" if dy > 0 else "up"
 
 
+def _whole(masks: np.ndarray, min_area: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(mask, ys, xs) of the frames whose object has at least `min_area` pixels and touches no edge (cut or
+    wrapped)."""
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        if len(ys) >= min_area and ys.min() > 0 and xs.min() > 0 and ys.max() < mask.shape[0] - 1 \
+                and xs.max() < mask.shape[1] - 1:
+            yield mask, ys, xs
+
+
 def measure_shape(masks: np.ndarray, min_area: int = 30) -> str | None:
     """From how much of its bounding box the object fills: square ~0.8-1, circle ~0.79, triangle ~0.5.
     Frames where the object touches an edge (cut or wrapped) are skipped."""
-    ratios = []
-    for mask in masks:
-        ys, xs = np.nonzero(mask)
-        if len(ys) < min_area or ys.min() == 0 or xs.min() == 0 or ys.max() == mask.shape[0] - 1 \
-                or xs.max() == mask.shape[1] - 1:
-            continue
-        ratios.append(len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)))
+    ratios = [len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+              for _, ys, xs in _whole(masks, min_area)]
     if not ratios:
         return None
     fill = float(np.median(ratios))
@@ -96,11 +103,5 @@ def hollowness(masks: np.ndarray, min_area: int = 30) -> float | None:
     """The median share of the object's filled silhouette that is background: about 0 for a filled shape, about 0.4
     for the outlines of `shapes.render(..., outline=True)`. A row's silhouette is every pixel between the object's
     first and last (the shapes are convex). Frames where the object touches an edge are skipped."""
-    shares = []
-    for mask in masks:
-        ys, xs = np.nonzero(mask)
-        if len(ys) < min_area or ys.min() == 0 or xs.min() == 0 or ys.max() == mask.shape[0] - 1 \
-                or xs.max() == mask.shape[1] - 1:
-            continue
-        shares.append(1 - len(ys) / silhouettes(mask[None])[0].sum())
+    shares = [1 - len(ys) / silhouettes(mask[None])[0].sum() for mask, ys, _ in _whole(masks, min_area)]
     return float(np.median(shares)) if shares else None
