@@ -48,6 +48,8 @@ echo "generate: $(secs "$t" "$(now)") s" >&2
 
 test -s circle.json
 # The installed package finds its bundled model without a clone.
-"$tmp/venv/bin/vcraft" models | grep -q "^shapes  *yes .* bundled "
+# Read whole before it is searched: `grep -q` in a pipe may close it while the command still writes.
+"$tmp/venv/bin/vcraft" models > models.txt
+grep -q "^shapes  *yes .* bundled " models.txt
 "$tmp/venv/bin/python" -c "import imageio.v3 as iio; f = iio.imread('circle.mp4'); assert f.shape == (16, 64, 64, 3), f.shape"
 echo "ok: the wheel installs and makes a video outside the clone" >&2

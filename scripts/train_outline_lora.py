@@ -23,7 +23,7 @@ from vcraft.data.shapes import ALL_SCENES, caption, is_outline_held_out, render
 
 SEEDS = 7_000_000  # the clips' seeds; scripts/eval_outline.py draws its own elsewhere
 TRAINING = ["--model", "shapes", "--trigger", ", outline style", "--text", "--prior", "200", "--rank", "16",
-            "--alpha", "16", "--lr", "1e-3", "--warmup", "20", "--steps", "1200", "--batch-size", "4",
+            "--alpha", "16", "--lr", "3e-3", "--warmup", "20", "--steps", "1500", "--batch-size", "4",
             "--checkpoint-every", "200",
             "--validate", "a red square moving left, outline style", "--validate", "a blue circle growing",
             "--validate-every", "400",
