@@ -140,6 +140,7 @@ def lora_state(models: Models) -> dict[str, torch.Tensor]:
 
 
 def _load_lora_state(models: Models, state: dict[str, torch.Tensor]) -> None:
+    """A checkpoint's LoRA weights (as `lora_state` gives them) put back into the PEFT layers."""
     from peft import set_peft_model_state_dict
 
     for name in ADAPTED:
