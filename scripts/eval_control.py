@@ -21,21 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vcraft.data.measure import measure_colour, measure_shape, object_masks
+from vcraft.data.measure import centres, measure_colour, measure_shape, object_masks
 from vcraft.data.paths import pair
 from vcraft.pipeline.api import TextToVideo
 
 EVAL_SEEDS = 900_000  # training draws its pairs from seed 500,000 on (train/control.py): these are never seen
-
-
-def centres(video: np.ndarray) -> np.ndarray:
-    """The object's centre `[T, 2]` (x, y) in pixels in every frame of a float video; NaN where none is seen."""
-    out = np.full((len(video), 2), np.nan)
-    for i, mask in enumerate(object_masks(video)):
-        ys, xs = np.nonzero(mask)
-        if len(xs):
-            out[i] = xs.mean() + 0.5, ys.mean() + 0.5
-    return out
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
         uint8 = np.round(control * 255).astype(np.uint8)
         video = pipe(text, seed=k, **({} if args.no_control else {"control_video": uint8})) / 255.0
         masks = object_masks(video)
-        error = np.hypot(*(centres(video) - centres(uint8 / 255.0)).T)
+        error = np.hypot(*(centres(masks) - centres(object_masks(uint8 / 255.0))).T)
         rows.append({"path": info["path"], "prompt": text, "error": float(np.nanmean(error)),
                      "missing_frames": int(np.isnan(error).sum()),
                      "colour": measure_colour(video, masks) == info["colour"],

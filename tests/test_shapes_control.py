@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from vcraft.data.measure import measure_colour, object_masks
+from vcraft.data.measure import centres, measure_colour, object_masks
 from vcraft.data.shapes import draw
 
 
@@ -22,13 +22,8 @@ def zigzag() -> tuple[np.ndarray, np.ndarray]:
     return np.round(video * 255).astype(np.uint8), np.stack([x, y], axis=1)
 
 
-def centres(video: np.ndarray) -> np.ndarray:
-    out = np.full((len(video), 2), np.nan)
-    for i, mask in enumerate(object_masks(video / 255.0)):
-        ys, xs = np.nonzero(mask)
-        if len(xs):
-            out[i] = xs.mean() + 0.5, ys.mean() + 0.5
-    return out
+def centres_of(video: np.ndarray) -> np.ndarray:
+    return centres(object_masks(video / 255.0))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def controlled(render):
 
 def test_a_zigzag_control_video_gives_a_zigzag_path(controlled):
     video, path = controlled
-    found = centres(video)
+    found = centres_of(video)
     error = np.hypot(*(found - path).T)
     assert np.nanmean(error) <= 3.0, error  # pixels of the 64x64 frame, frame by frame
     turns = np.flatnonzero(np.diff(np.sign(np.diff(found[:, 1]))))  # where the vertical motion turns round
@@ -51,7 +46,8 @@ def test_a_zigzag_control_video_gives_a_zigzag_path(controlled):
 def test_without_the_control_video_the_object_does_not_follow_the_path(render, controlled):
     video, path = controlled
     plain = render("a red square", seed=3)
-    assert np.nanmean(np.hypot(*(centres(plain) - path).T)) > 2 * np.nanmean(np.hypot(*(centres(video) - path).T))
+    error = lambda made: np.nanmean(np.hypot(*(centres_of(made) - path).T))  # noqa: E731
+    assert error(plain) > 2 * error(video)
 
 
 @pytest.mark.slow
@@ -67,7 +63,7 @@ def test_the_command_line_follows_a_control_video_with_no_download(tmp_path):
                 "-o", str(out), "-q"]) == 0
     recorded = json.loads((tmp_path / "square.json").read_text())
     assert recorded["control_video"] == str((tmp_path / "zigzag.mp4").resolve()) and recorded["model"] == "shapes"
-    found = centres(iio.imread(out))
+    found = centres_of(iio.imread(out))
     assert np.nanmean(np.hypot(*(found - path).T)) <= 3.5
 
 

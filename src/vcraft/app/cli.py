@@ -545,17 +545,9 @@ def train_lora(
 def _validation(cfg, prompts: list[str], seed: int, folder: Path, log):
     """A checkpoint's validation: each prompt rendered with the model as it is then, written as
     `folder/step-NNNNNN-K.mp4`."""
-    from dataclasses import replace
-
-    def render(models, step: int) -> None:
-        import torch
-
+    def render(pipe, step: int) -> None:
         from vcraft.app.video import write_video
-        from vcraft.pipeline.api import TextToVideo
-        from vcraft.train.lora import frozen_config
 
-        pipe = TextToVideo(replace(cfg, model=frozen_config(cfg)), models, next(models.unet.parameters()).device,
-                           torch.float32)
         folder.mkdir(parents=True, exist_ok=True)
         for k, prompt in enumerate(prompts):
             frames = pipe(prompt, seed=seed)

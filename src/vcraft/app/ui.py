@@ -146,16 +146,18 @@ def build(app: App):
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle moving left", elem_id="prompt")
-                pictures = [] if app.pipe.image_encoder is None else [
-                    gr.Image(label="Picture (the video starts from it)", type="filepath", elem_id="image")]
-                controls = [] if app.pipe.adapter is None else [
-                    gr.Video(label="Control video (the new video follows its structure; optional)", sources=["upload"],
-                             elem_id="control_video")]
-                loras = [] if not app.loras else [
-                    gr.Dropdown(label="LoRA", choices=[NO_LORA, *app.loras], value=NO_LORA, elem_id="lora",
-                                info="trigger words go into the prompt as you write them: " + "; ".join(
-                                    f"{name}: {lora.trigger!r}" for name, lora in app.loras.items() if lora.trigger)),
-                    gr.Number(label="LoRA scale", value=1.0, elem_id="lora_scale")]
+                # The inputs only some models have, by the name `generate` takes them under.
+                pictures = {} if app.pipe.image_encoder is None else {
+                    "image": gr.Image(label="Picture (the video starts from it)", type="filepath", elem_id="image")}
+                controls = {} if app.pipe.adapter is None else {
+                    "control_video": gr.Video(label="Control video (the new video follows its structure; optional)",
+                                              sources=["upload"], elem_id="control_video")}
+                loras = {} if not app.loras else {
+                    "lora": gr.Dropdown(label="LoRA", choices=[NO_LORA, *app.loras], value=NO_LORA, elem_id="lora",
+                                        info="trigger words go into the prompt as you write them: " + "; ".join(
+                                            f"{name}: {lora.trigger!r}" for name, lora in app.loras.items()
+                                            if lora.trigger)),
+                    "lora_scale": gr.Number(label="LoRA scale", value=1.0, elem_id="lora_scale")}
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
                     frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1, elem_id="frames")
@@ -180,12 +182,10 @@ def build(app: App):
         dice.click(lambda: secrets.randbelow(2**31), outputs=seed, api_name=False)
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
-        names = ["prompt", "negative", "frames", "steps", "guidance", "eta", "fps", "seed", "sampler",
-                 *(["image"] if pictures else []), *(["lora", "lora_scale"] if loras else []),
-                 *(["control_video"] if controls else [])]
+        inputs = {"prompt": prompt, "negative": negative, "frames": frames, "steps": steps, "guidance": guidance,
+                  "eta": eta, "fps": fps, "seed": seed, "sampler": sampler, **pictures, **loras, **controls}
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
-            _by_name(app.generate, names),
-            [prompt, negative, frames, steps, guidance, eta, fps, seed, sampler, *pictures, *loras, *controls],
+            _by_name(app.generate, list(inputs)), list(inputs.values()),
             [video, sidecar, status, recent], api_name="generate", show_progress_on=video)
         stop.click(None, cancels=[event], api_name=False)
         page.load(app.recent, outputs=recent, api_name=False)

@@ -37,6 +37,17 @@ def _circular_centre(mask: np.ndarray, axis: int) -> float:
     return (angle % (2 * np.pi)) * size / (2 * np.pi)
 
 
+def centres(masks: np.ndarray) -> np.ndarray:
+    """The object's centre `[T, 2]` (x, y) in pixels in every frame (a paths' control video and its clip: no
+    wrap-around); NaN where none is seen."""
+    out = np.full((len(masks), 2), np.nan)
+    for i, mask in enumerate(masks):
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            out[i] = xs.mean() + 0.5, ys.mean() + 0.5
+    return out
+
+
 def measure_motion(masks: np.ndarray, min_area: int = 4) -> str | None:
     areas = masks.sum(axis=(1, 2))
     frames = np.flatnonzero(areas >= min_area)

@@ -116,11 +116,11 @@ def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
     from vcraft.loaders.components import BY_NAME
 
     wanted = [name for name, section in PART_COMPONENTS.items() if getattr(cfg.model, section) is not None]
+    folders = [Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name] if os.environ.get("VCRAFT_CHECKPOINTS") else []
+    folders.append(preset_dir().parent / "checkpoints" / cfg.name)
     found = {}
     for name in wanted:
         source = cfg.parts.get(name)
-        folders = [Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name] if os.environ.get("VCRAFT_CHECKPOINTS") else []
-        folders.append(preset_dir().parent / "checkpoints" / cfg.name)
         if name in given:
             path = given[name]
         elif source is not None and source.path:
@@ -131,7 +131,7 @@ def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
                 path = hub_cached(source)
             if path is None and source is not None:
                 how = f"fetch it once with: vcraft download {cfg.name}" if source.repo else \
-                    f"give it with --{name.replace('_', '-')} PATH"
+                    "give it with --adapter PATH" if name == "adapter" else f"set parts.{name}.path in the config"
                 raise VcraftError(f"the {BY_NAME[name].label} of model '{cfg.name}' is not on this machine; {how}")
         if path is not None:
             if not Path(path).is_file():

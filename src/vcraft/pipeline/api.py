@@ -296,19 +296,15 @@ class TextToVideo:
 
 
 def _with_parts_found(cfg: Config, state: dict[str, torch.Tensor], files: Mapping[str, Path]) -> Config:
-    """`cfg` without the separate components whose weights neither a file nor the checkpoint holds, when they are
-    optional (bundled ones, such as the embedded model's adapter: the model then makes videos without control); a
-    VcraftError for a missing one that the config lists in `parts` (the download fetches it)."""
+    """`cfg` without the separate components whose weights neither a file nor the checkpoint holds: optional ones,
+    such as the embedded model's bundled adapter (the model then makes videos without control). A part the config
+    lists is never missing here: `find_parts` has found its file or said how to get it."""
     model = cfg.model
     for name, section in PART_COMPONENTS.items():
         prefix = BY_NAME[name].prefix
-        if getattr(model, section) is None or name in files or any(k.startswith(prefix) for k in state):
-            continue
-        if name in cfg.parts:
-            flag = "; give it with --adapter PATH" if name == "adapter" else ""
-            raise VcraftError(f"model '{cfg.name}' needs the weights of its {BY_NAME[name].label}, which its "
-                              f"checkpoint does not hold{flag}")
-        model = replace(model, **{section: None})
+        if getattr(model, section) is not None and name not in files and not any(k.startswith(prefix)
+                                                                                    for k in state):
+            model = replace(model, **{section: None})
     return replace(cfg, model=model)
 
 

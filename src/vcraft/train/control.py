@@ -19,13 +19,12 @@ import torch
 from vcraft.config import Config
 from vcraft.data.paths import pair
 from vcraft.errors import VcraftError
-from vcraft.loaders.checkpoints import load_state_dict, save_state_dict
+from vcraft.loaders.checkpoints import save_state_dict
 from vcraft.loaders.components import BY_NAME, BuildOptions
-from vcraft.loaders.loading import load_models
 from vcraft.models.adapter import brightness
 from vcraft.train.data import encode_dataset, to_pixels, train_config
 from vcraft.train.loop import Log, lr_at, optimiser, resume, run_steps, save_state, set_lr
-from vcraft.train.stages import diffusion_loss
+from vcraft.train.stages import diffusion_loss, frozen_model
 
 
 def make_pairs(cfg: Config, count: int, first_seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -50,8 +49,7 @@ def train_control(cfg: Config, ckpt: Path, run: Path, log: Log, stop_after: int 
         raise VcraftError(f"config '{cfg.name}' has no brightness control adapter (model.adapter) to train")
     cc = tc.control
     run.mkdir(parents=True, exist_ok=True)
-    frozen = replace(m, adapter=None)  # the model as trained, without the adapter being made
-    models = load_models(frozen, load_state_dict(ckpt), str(ckpt), device, encoder=True)
+    models = frozen_model(cfg, ckpt, device)
     data_path = run / "control_data.safetensors"
     if not data_path.is_file():
         t0 = time.perf_counter()

@@ -28,13 +28,13 @@ import torch
 from vcraft import __version__
 from vcraft.config import Config, DiffusionTraining
 from vcraft.errors import VcraftError
-from vcraft.loaders.checkpoints import load_state_dict, save_state_dict
+from vcraft.loaders.checkpoints import save_state_dict
 from vcraft.loaders.components import BY_NAME, Models
 from vcraft.loaders.download import sha256_of
-from vcraft.loaders.loading import load_models
+from vcraft.pipeline.api import TextToVideo
 from vcraft.train.data import encode_dataset
 from vcraft.train.loop import Log, load_state, lr_at, optimiser, run_steps, save_state, set_lr
-from vcraft.train.stages import diffusion_loss
+from vcraft.train.stages import diffusion_loss, frozen_config, frozen_model
 
 # The attention and feed-forward projections of every transformer block, as VideoLoRA targets them (its files
 # cover the spatial attentions' q, k, v and the feed-forward's first projection).
@@ -96,16 +96,6 @@ class LoRATraining:
         return lr_at(step, self.steps, self.lr, self.warmup)
 
 
-def frozen_config(cfg: Config):
-    """The model config without the components that come in files of their own (a control adapter)."""
-    return replace(cfg.model, adapter=None, depth=None)
-
-
-def frozen_model(cfg: Config, ckpt: Path, device: torch.device) -> Models:
-    """The model as its checkpoint holds it (its own parts, a control adapter, left out), frozen, with the encoder."""
-    return load_models(frozen_config(cfg), load_state_dict(ckpt), str(ckpt), device, encoder=True)
-
-
 def add_lora(models: Models, options: LoRATraining) -> list[torch.nn.Parameter]:
     """PEFT's LoRA layers around the target layers of the UNet (and with `text` of the text encoder; B at zero: the
     model is unchanged until trained); their parameters, the only trainable ones."""
@@ -152,20 +142,22 @@ def _load_lora_state(models: Models, state: dict[str, torch.Tensor]) -> None:
 
 def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str], options: LoRATraining, run: Path,
                log: Log, device: torch.device = torch.device("cpu"), resume: bool = False,
-               on_checkpoint: Optional[Callable[[Models, int], None]] = None,
+               on_checkpoint: Optional[Callable[[TextToVideo, int], None]] = None,
                stop_after: Optional[int] = None) -> Optional[Path]:
     """Train a LoRA of the model `cfg`/`ckpt` on clips `videos` (uint8 `[n, T, H, W, 3]`, read as the model takes
-    them) with `captions` (the trigger already appended) in folder `run`. `on_checkpoint(models, step)` runs at every
-    validation step (the caller renders its prompts). Returns the LoRA's file, or None when `stop_after` steps ended
-    the call early."""
+    them) with `captions` (the trigger already appended) in folder `run`. `on_checkpoint(pipe, step)` runs at every
+    validation step, with the model as it is then (the caller renders its prompts). Returns the LoRA's file, or None
+    when `stop_after` steps ended the call early."""
     options.check(device)
     checkpoint = run / "lora.pt"
     if checkpoint.is_file() and not resume:
         raise VcraftError(f"{run} holds a training run already: pass --resume to continue it, or choose another -o")
     run.mkdir(parents=True, exist_ok=True)
     models = frozen_model(cfg, ckpt, device)
+    # The pipeline over the same modules: the LoRA layers added below are in it too.
+    pipe = TextToVideo(replace(cfg, model=frozen_config(cfg)), models, device, torch.float32)
     if options.prior:
-        videos, captions = _with_prior(cfg, models, videos, captions, options, log)
+        videos, captions = _with_prior(pipe, videos, captions, options, log)
     latents = encode_dataset(models.autoencoder, videos) * cfg.model.scale_factor
     log(f"lora: {len(videos)} clips of {videos.shape[1]} frames at {videos.shape[2]}x{videos.shape[3]} encoded")
     params = add_lora(models, options)
@@ -202,7 +194,7 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         if on_checkpoint is not None and options.validate_every and done % options.validate_every == 0:
             for name in ADAPTED:
                 getattr(models, name).eval()
-            on_checkpoint(models, done)
+            on_checkpoint(pipe, done)
             for name in ADAPTED:
                 getattr(models, name).train()
 
@@ -215,14 +207,10 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
     return export(models, cfg, ckpt, options, run / "lora.safetensors")
 
 
-def _with_prior(cfg: Config, models: Models, videos: np.ndarray, captions: list[str], options: LoRATraining,
+def _with_prior(pipe: TextToVideo, videos: np.ndarray, captions: list[str], options: LoRATraining,
                 log: Log) -> tuple[np.ndarray, list[str]]:
     """The clips and `options.prior` videos the frozen model makes from the captions (in turn) without the trigger,
     at the clips' size and length, each from its own seed."""
-    from vcraft.pipeline.api import TextToVideo
-
-    pipe = TextToVideo(replace(cfg, model=frozen_config(cfg)), models, next(models.unet.parameters()).device,
-                       torch.float32)
     plain = [c[:len(c) - len(options.trigger)] if options.trigger and c.endswith(options.trigger) else c
              for c in captions]
     prompts = [plain[k % len(plain)] for k in range(options.prior)]

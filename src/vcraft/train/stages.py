@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -9,9 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vcraft.config import Config, DiffusionTraining
+from vcraft.config import Config, DiffusionTraining, ModelConfig
 from vcraft.data.shapes import COLOURS, COLOURS_INDEX, MOTIONS, SHAPES, Scene
+from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.components import Models, official_layout
+from vcraft.loaders.loading import load_models
 from vcraft.models.autoencoder import diffusers_vae_config
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.denoisers import unet_inputs
@@ -97,6 +100,17 @@ def pretrain_text_encoder(models: Models, captions: list[str], scenes: list[Scen
 
     encoder.train()
     run_steps("text", run, 0, xc.steps, None, xc.steps + 1, step, lambda _: None, log)
+
+
+def frozen_config(cfg: Config) -> ModelConfig:
+    """The model config without the components that come in files of their own (a control adapter, a depth
+    estimator): what a checkpoint holds."""
+    return replace(cfg.model, adapter=None, depth=None)
+
+
+def frozen_model(cfg: Config, ckpt: Path, device: torch.device) -> Models:
+    """The trained model of `ckpt`, frozen (the LoRA and control adapter stages train beside it), with the encoder."""
+    return load_models(frozen_config(cfg), load_state_dict(ckpt), str(ckpt), device, encoder=True)
 
 
 def draw_timesteps(total: int, n: int, exponent: float = 1.0) -> torch.Tensor:
