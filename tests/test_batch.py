@@ -236,7 +236,7 @@ BAD_INPUTS = {
     "bad from file": (["--from", "{tmp}/not-a-sidecar.json"], "not a vcraft JSON sidecar"),
     "missing from file": (["--from", "{tmp}/nope.json"], "--from: file not found"),
     "bad overlap": ([P, "--frames", "40", "--overlap", "16"], "--overlap must be between 1 and 15"),
-    "bad extend": ([P, "--extend", "blend"], "--extend must be mask or replace"),
+    "bad extend": ([P, "--extend", "blend"], "--extend must be one of mask, replace, freenoise"),
     "negative seed": ([P, "--seed", "-1"], "Invalid value for '--seed'"),
 }
 

@@ -115,7 +115,7 @@ def test_long_video_from_the_command_line(tmp_path):
     (["--overlap", "0"], "--overlap must be between 1 and 15"),
     (["--overlap", "16"], "--overlap must be between 1 and 15"),
     (["--extend", "mask"], "--extend mask needs a model trained to continue videos"),
-    (["--extend", "blend"], "--extend must be mask or replace"),
+    (["--extend", "blend"], "--extend must be one of mask, replace, freenoise"),
 ])
 def test_bad_long_video_options_are_refused_before_any_work(tmp_path, option, message):
     result = vcraft("generate", FOX, *small_video_args(), "--frames", "40", *option, "-o", tmp_path / "x.mp4")

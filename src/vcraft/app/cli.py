@@ -111,6 +111,11 @@ def generate(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     lora: list[str] = typer.Option([], "--lora", help="A LoRA merged into the model: FILE or an official LoRA's "
                                                       "NAME, then :SCALE (1.0 by default); repeatable."),
+    then: list[str] = typer.Option([], "--then", help="A next prompt along the video, as PROMPT (the video split "
+                                                      "evenly) or FRAME:PROMPT (where it starts); repeatable."),
+    prompt_separator: Optional[str] = typer.Option(None, "--prompt-separator", help="Split each line of stdin or a "
+                                                   ".txt prompt file on this into prompts along the video (FreeNoise's "
+                                                   "files: ';')."),
     seed: Optional[int] = typer.Option(None, min=0, help="Base seed (default: random, reported)."),
     samples: int = typer.Option(1, help="Videos per prompt."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per finished video on stdout."),
@@ -130,9 +135,14 @@ def generate(
     from vcraft.app.batch import plan
     from vcraft.app.options import STDOUT, make_run_options
     from vcraft.app.prompts import PromptRow, gather_prompts
-    from vcraft.pipeline.settings import INPUT_FILES, READERS, TYPES
+    from vcraft.pipeline.settings import INPUT_FILES, READERS, TYPES, then_prompts
 
     chosen = {k: flags.pop(k) for k in TYPES if k in flags}
+    if then:
+        if len(prompts or []) != 1 or prompts[0] == "-" or prompts_file or from_json:
+            raise VcraftError("--then follows one prompt given as an argument; a prompt file's rows give "
+                              "\"prompts\" (and \"at\") instead")
+        chosen.update(then_prompts(prompts[0], then))
     loras = [_lora(spec) for spec in lora]  # read once, before anything else is done
     for key in INPUT_FILES:  # read once for the whole run
         if chosen[key] is not None:
@@ -148,7 +158,9 @@ def generate(
         overrides = [*recipe.get("overrides", []), *overrides]
         loras = loras or recipe["loras"]
         chosen = {**{k: recipe.get(k) for k in chosen}, **{k: v for k, v in chosen.items() if v is not None}}
-        rows = [PromptRow(recipe["prompt"], {"seed": recipe["seed"] if seed is None else seed}, str(from_json))]
+        schedule = {k: recipe[k] for k in ("prompts", "at") if recipe.get(k)}
+        rows = [PromptRow(recipe["prompt"], {"seed": recipe["seed"] if seed is None else seed, **schedule},
+                          str(from_json))]
         flags["format"] = flags["format"] or recipe.get("format")
     options = make_run_options(**flags, pool=_pool(ray, workers, cpus_per_worker, gpus_per_worker))
     if options.pool is not None:
@@ -157,7 +169,7 @@ def generate(
         import_ray()
     cfg = _resolve_config(model, config, overrides)
     if from_json is None:
-        rows = gather_prompts(prompts or [], prompts_file, sys.stdin)
+        rows = gather_prompts(prompts or [], prompts_file, sys.stdin, prompt_separator)
     base_seed = seed if seed is not None else secrets.randbelow(2**31)
     videos = plan(rows, cfg, chosen, base_seed, samples, options)
     if ckpt is not None and not ckpt.is_file():
@@ -170,6 +182,14 @@ def generate(
         _log(f"skipping {len(videos) - len(todo)} video(s) whose output exists", quiet)
     if not todo:
         return
+
+    if options.pool is None:  # a FreeNoise video too long for this machine, said before loading (Ray's workers: theirs)
+        from vcraft.loaders.devices import resolve_device, resolve_dtype
+        from vcraft.pipeline.memory import check_fits
+
+        device = resolve_device(options.device)
+        for video in todo:
+            check_fits(cfg.model, video.settings, device, resolve_dtype(options.dtype, device))
 
     from vcraft.app.render import Job
     from vcraft.loaders.weights import find_checkpoint

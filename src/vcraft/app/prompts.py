@@ -49,17 +49,24 @@ def _row(values: dict[str, Any], where: str) -> PromptRow:
     unknown = sorted(set(values) - set(ROW_COLUMNS))
     if unknown:
         raise VcraftError(f"{where}: unknown column '{unknown[0]}'; allowed: {', '.join(ROW_COLUMNS)}")
-    prompt = values.get("prompt")
+    prompts = values.get("prompts")
+    prompt = values.get("prompt") or (prompts[0] if isinstance(prompts, list) and prompts else None)
     if not isinstance(prompt, str) or not prompt.strip():
-        raise VcraftError(f"{where}: no prompt; every row needs a non-empty 'prompt'")
+        raise VcraftError(f"{where}: no prompt; every row needs a non-empty 'prompt' (or 'prompts')")
     settings = {k: _value(k, v, where) for k, v in values.items()
                 if k != "prompt" and v is not None and v != ""}  # an empty CSV cell means "the default"
     return PromptRow(prompt.strip(), settings, where)
 
 
-def _text_rows(text: str, name: str) -> list[PromptRow]:
-    return [PromptRow(line.strip(), {}, f"{name}:{n}") for n, line in enumerate(text.splitlines(), 1)
-            if line.strip() and not line.lstrip().startswith("#")]
+def _text_rows(text: str, name: str, separator: str | None = None) -> list[PromptRow]:
+    """A prompt a line; with `separator`, a line's prompts along the video (FreeNoise's files: `A;B`)."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(separator)] if separator else [line.strip()]
+        rows.append(PromptRow(parts[0], {"prompts": parts} if len(parts) > 1 else {}, f"{name}:{n}"))
+    return rows
 
 
 def _jsonl_rows(text: str, name: str) -> list[PromptRow]:
@@ -93,7 +100,8 @@ def _csv_rows(text: str, name: str) -> list[PromptRow]:
 READERS = {".txt": _text_rows, ".jsonl": _jsonl_rows, ".csv": _csv_rows}
 
 
-def read_prompt_file(path: Path) -> list[PromptRow]:
+def read_prompt_file(path: Path, separator: str | None = None) -> list[PromptRow]:
+    """The rows of a prompt file; `separator` splits a .txt file's lines into prompts along the video."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise VcraftError(f"{path}: unknown prompt file type; use .txt, .jsonl or .csv")
@@ -105,26 +113,28 @@ def read_prompt_file(path: Path) -> list[PromptRow]:
         raise VcraftError(f"{path} is a directory, not a prompt file") from None
     except UnicodeDecodeError as exc:
         raise VcraftError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    rows = reader(text, path.name)
+    rows = _text_rows(text, path.name, separator) if reader is _text_rows else reader(text, path.name)
     if not rows:
         raise VcraftError(f"{path}: no prompts in it (only blank lines or comments)")
     return [replace(row, settings={**row.settings, **{k: str(path.parent / row.settings[k])
                                                       for k in INPUT_FILES if k in row.settings}}) for row in rows]
 
 
-def gather_prompts(arguments: list[str], prompts_file: Path | None, stdin: TextIO) -> list[PromptRow]:
-    """Every prompt of a run, in order: the arguments (`-` reads stdin, one prompt a line), then the file."""
+def gather_prompts(arguments: list[str], prompts_file: Path | None, stdin: TextIO,
+                   separator: str | None = None) -> list[PromptRow]:
+    """Every prompt of a run, in order: the arguments (`-` reads stdin, one prompt a line), then the file;
+    `separator` splits stdin's and a .txt file's lines into prompts along the video."""
     rows: list[PromptRow] = []
     for arg in arguments:
         if arg == "-":
-            from_stdin = _text_rows(stdin.read(), "stdin")
+            from_stdin = _text_rows(stdin.read(), "stdin", separator)
             if not from_stdin:
                 raise VcraftError("no prompts on stdin; give one per line")
             rows += from_stdin
         else:
             rows.append(PromptRow(arg.strip()))
     if prompts_file is not None:
-        rows += read_prompt_file(prompts_file)
+        rows += read_prompt_file(prompts_file, separator)
     if not rows:
         raise VcraftError("no prompt given; pass one or more prompts, - for stdin, or -f FILE")
     return rows

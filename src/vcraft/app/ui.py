@@ -23,9 +23,11 @@ from vcraft.config import SAMPLERS
 from vcraft.errors import VcraftError
 from vcraft.loaders.lora import LoRA
 from vcraft.pipeline.api import TextToVideo
+from vcraft.pipeline.settings import EXTENDS, then_prompts
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
 NO_LORA = "none"
+DEFAULT_EXTEND = "the model's"
 RECENT = 12  # renders listed
 OPTIONAL = ("control_video",)  # inputs an API client may leave out (the page's other inputs have values)
 
@@ -70,18 +72,22 @@ class App:
 
     def generate(self, prompt: str, negative: str, frames: int, steps: int, guidance: float, eta: float,
                  fps: int, seed: int, sampler: str, image: Optional[str] = None, lora: str = NO_LORA,
-                 lora_scale: float = 1.0, control_video: Optional[str] = None) -> Iterator[tuple]:
+                 lora_scale: float = 1.0, control_video: Optional[str] = None, then: str = "",
+                 extend: str = DEFAULT_EXTEND) -> Iterator[tuple]:
         """Yields (video, sidecar, status, recent renders) as the render goes; the last is the finished video.
         `image`: the picture's file, for image-to-video models (their page has an image input); `lora`: one of the
         offered LoRAs' names, merged at `lora_scale` (the page has a LoRA choice when LoRAs are offered);
         `control_video`: a video whose structure the new one follows, for models with a control adapter (their page
-        has a video input; none: text alone)."""
+        has a video input; none: text alone); `then`: later prompts along the video, one a line, each `PROMPT` or
+        `FRAME: PROMPT` (as --then); `extend`: how a long video is made (--extend), or the model's default."""
         import gradio as gr
 
         try:
+            schedule = then_prompts(prompt, [line for line in then.splitlines() if line.strip()]) if then else {}
             s = self.pipe.settings(prompt, negative=negative, frames=frames, steps=steps, guidance=guidance,
                                    eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler, image=image,
-                                   control_video=control_video)
+                                   control_video=control_video, extend=None if extend == DEFAULT_EXTEND else extend,
+                                   **schedule)
             self._use_lora(lora, lora_scale)
         except VcraftError as exc:
             raise gr.Error(str(exc)) from None
@@ -158,6 +164,8 @@ def build(app: App):
                                             f"{name}: {lora.trigger!r}" for name, lora in app.loras.items()
                                             if lora.trigger)),
                     "lora_scale": gr.Number(label="LoRA scale", value=1.0, elem_id="lora_scale")}
+                then = gr.Textbox(label="Then (later prompts along the video, one a line: FRAME: PROMPT, or PROMPT "
+                                        "to split it evenly)", lines=2, value="", elem_id="then")
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():
                     frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1, elem_id="frames")
@@ -167,6 +175,8 @@ def build(app: App):
                     guidance = gr.Number(label="Guidance", value=d.guidance, minimum=0)
                     eta = gr.Number(label="Eta", value=d.eta, minimum=0)
                     fps = gr.Number(label="FPS", value=d.fps, precision=0, minimum=1)
+                    extend = gr.Dropdown(label="Long videos", choices=[DEFAULT_EXTEND, *EXTENDS],
+                                         value=DEFAULT_EXTEND, elem_id="extend")
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
                     dice = gr.Button("Random seed", size="sm")
@@ -183,7 +193,8 @@ def build(app: App):
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
         inputs = {"prompt": prompt, "negative": negative, "frames": frames, "steps": steps, "guidance": guidance,
-                  "eta": eta, "fps": fps, "seed": seed, "sampler": sampler, **pictures, **loras, **controls}
+                  "eta": eta, "fps": fps, "seed": seed, "sampler": sampler, "then": then, "extend": extend, **pictures,
+                  **loras, **controls}
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
             _by_name(app.generate, list(inputs)), list(inputs.values()),
             [video, sidecar, status, recent], api_name="generate", show_progress_on=video)

@@ -20,6 +20,13 @@ def sinusoidal_embedding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def window_weights(size: int) -> torch.Tensor:
+    """FreeNoise's blend weight of each frame of a window: 1, 2, ... up to the middle and back down to 1."""
+    half = (size + 1) // 2
+    rising = list(range(1, half + 1))
+    return torch.tensor(rising + rising[::-1][size % 2:], dtype=torch.float32)
+
+
 class RelativePosition(nn.Module):
     """Learned embeddings of the clipped offset j - i between two frames (VideoCrafter1)."""
 
@@ -57,6 +64,9 @@ class Attention(nn.Module):
             self.relative_position_k = RelativePosition(head_dim, relative_length)
             self.relative_position_v = RelativePosition(head_dim, relative_length)
         self.relative = relative_length is not None
+        # Overlapping frame windows to attend within and blend (FreeNoise: sampling/freenoise.fused_windows sets
+        # them on the temporal attentions); None: all of the sequence at once.
+        self.windows: list[tuple[int, int]] | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         context = x if context is None else context
@@ -64,14 +74,30 @@ class Attention(nn.Module):
         if self.text_tokens is not None:
             context, image = context[:, :self.text_tokens], context[:, self.text_tokens:]
         q, k, v = (self._heads(t) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-        if self.relative:
-            out = self._relative_attention(q, k, v, causal)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out = self.attend(q, k, v, causal) if self.windows is None else self._fused(q, k, v, causal)
         if image is not None:
             out = out + F.scaled_dot_product_attention(q, self._heads(self.to_k_ip(image)),
                                                        self._heads(self.to_v_ip(image)))
         return self.to_out(out.transpose(1, 2).flatten(2))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        """Softmax attention of heads `[b, heads, n, d]`."""
+        if self.relative:
+            return self._relative_attention(q, k, v, causal)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        """Attention within each of `self.windows`, blended with `window_weights`; frames no window covers get
+        zeros, as FreeNoise's code gives them."""
+        value = torch.zeros_like(q)
+        count = torch.zeros(q.shape[2], dtype=torch.float32, device=q.device)
+        for start, end in self.windows:
+            weight = window_weights(end - start).to(q.device)
+            out = self.attend(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], causal)
+            value[:, :, start:end] += out * weight[:, None].to(q.dtype)
+            count[start:end] += weight
+        count = count[:, None].to(q.dtype)
+        return torch.where(count > 0, value / count.clamp(min=1), value)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)

@@ -224,9 +224,12 @@ class UNet3D(nn.Module):
                                  nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                fps: torch.Tensor | int = 16, control: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
-        """`control`: a control adapter's features `[b, c, t, h, w]`, one per level (added after the level's last
-        input block; the skip connection keeps the sum)."""
+                fps: torch.Tensor | int = 16, control: Optional[list[torch.Tensor]] = None,
+                early_context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`context`: the text (and image) tokens `[b, n, d]`, or one set a frame `[b, t, n, d]`. `control`: a control
+        adapter's features `[b, c, t, h, w]`, one per level (added after the level's last input block; the skip
+        connection keeps the sum). `early_context`: the context of the input and middle blocks' spatial attention
+        where it differs (FreeNoise's motion injection)."""
         b, _, frames, height, width = x.shape
         mc = self.cfg.model_channels
         t = t.expand(b) if t.ndim == 0 else t
@@ -234,28 +237,36 @@ class UNet3D(nn.Module):
         if self.cfg.fps_cond:
             fps = torch.full_like(t, fps) if isinstance(fps, int) else fps.expand(b)
             emb = emb + self.fps_embedding(sinusoidal_embedding(fps, mc).to(x.dtype))
-        if self.cfg.pooled_text:
+        if self.cfg.pooled_text and context.ndim == 3:
             emb = emb + self.text_embedding(context[:, -1])
         emb = emb.repeat_interleave(frames, dim=0)
+        if self.cfg.pooled_text and context.ndim == 4:
+            emb = emb + self.text_embedding(context[:, :, -1].flatten(0, 1))
         if self.cfg.frame_embedding:
             index = sinusoidal_embedding(torch.arange(frames, device=x.device), mc).to(x.dtype)
             emb = emb + self.frame_embedding(index).repeat(b, 1)
-        context = context.repeat_interleave(frames, dim=0)
+        context = by_frame(context, frames)
+        early = context if early_context is None else by_frame(early_context, frames)
 
         h = x.transpose(1, 2).reshape(b * frames, -1, height, width)
         skips, added = [], control_by_block(self.level_ends, control)
         for i, block in enumerate(self.input_blocks):
-            h = block(h, emb, context, b)
+            h = block(h, emb, early, b)
             if i == 0 and self.cfg.addition_attention:
-                h = self.init_attn(h, emb, context, b)
+                h = self.init_attn(h, emb, early, b)
             if i in added:
                 h = h + added[i].transpose(1, 2).flatten(0, 1)
             skips.append(h)
-        h = self.middle_block(h, emb, context, b)
+        h = self.middle_block(h, emb, early, b)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
         out = self.out(h)
         return out.view(b, frames, -1, height, width).transpose(1, 2)
+
+
+def by_frame(context: torch.Tensor, frames: int) -> torch.Tensor:
+    """A context `[b, n, d]` (the same for every frame) or `[b, t, n, d]` as one row a frame, `[b t, n, d]`."""
+    return context.flatten(0, 1) if context.ndim == 4 else context.repeat_interleave(frames, dim=0)
 
 
 def control_by_block(level_ends: list[int], control: Optional[list[torch.Tensor]]) -> dict[int, torch.Tensor]:

@@ -10,6 +10,7 @@ noise -> sampler over the denoiser -> latents; then `decode` turns them into fra
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,11 +33,13 @@ from vcraft.models.adapter import brightness, grey, normalise_frames
 from vcraft.models.depth import depth_maps
 from vcraft.pipeline.control import control_indices, scaled_frames, video_tensor
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
+from vcraft.pipeline.memory import check_fits
 from vcraft.pipeline.settings import Settings, make_settings
-from vcraft.sampling import Callback, sampler, step_count
+from vcraft.sampling import Callback, model_timesteps, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.denoisers import Denoiser
-from vcraft.sampling.long_video import replace_given, window_count
+from vcraft.sampling.freenoise import frame_contexts, fused_windows, injection_steps, reschedule, windows
+from vcraft.sampling.long_video import replace_given, window_count, window_prompts
 from vcraft.sampling.schedule import draw_noise
 
 Progress = Callable[[int, int], None]  # progress(step, total) of a whole video's denoising steps, for users
@@ -164,17 +167,23 @@ class TextToVideo:
         too, from the given video's, when `s.continues`): its given frames. All its noise comes from one CPU
         generator seeded with `s.seed`: each window's starting noise, then (eta > 0) one draw a step.
         `uncond_sees_given=False` hides the given frames from guidance's unconditional pass (see Conditioning)."""
-        context = self.encode_prompts([s.prompt]).to(self.dtype)
+        contexts = self.encode_prompts(list(s.prompts or [s.prompt])).to(self.dtype)[:, None]  # [prompt, 1, n, d]
         uncond = self.encode_prompts([s.negative]).to(self.dtype) if s.guidance != 1.0 else None
         image, uncond_image = self.encode_picture(s) if self.image_encoder is not None else (None, None)
         fps = torch.full((1,), s.fps, device=self.device, dtype=torch.long)
         model = self.config.model
         clip = model.unet.temporal_length
+        if s.extend == "freenoise" and s.frames > clip:
+            yield self.freenoise_latents(s, Conditioning(contexts[0], uncond, fps, image=image,
+                                                         uncond_image=uncond_image), contexts, callback)
+            return
         f = self.autoencoder.downsample
         first = 0 if s.continues is None else s.overlap  # given latent frames of the first window
         shape = (1, model.autoencoder.embed_dim, min(first + s.frames, clip), s.height // f, s.width // f)
         noise = partial(self._noise, torch.Generator("cpu").manual_seed(s.seed), shape)
         windows = self.window_count(s)
+        prompt_of = window_prompts(s.at, s.frames, clip, s.overlap, s.continues is not None) if s.prompts else \
+            [0] * windows
         sample = sampler(s.sampler)
         steps = step_count(s.sampler, s.steps, self.schedule)
         made = 0
@@ -186,7 +195,7 @@ class TextToVideo:
             # past the video's end, which are dropped, take the last control frame).
             start = 0 if window == 0 else made - s.overlap
             positions = [min(start + i, s.frames - 1) for i in range(shape[2])]
-            cond = Conditioning(context, uncond, fps, given=given, extend=s.extend,
+            cond = Conditioning(contexts[prompt_of[window]], uncond, fps, given=given, extend=s.extend,
                                 uncond_sees_given=uncond_sees_given, image=image, uncond_image=uncond_image,
                                 control=None if maps is None else self.control_features(maps[:, :, positions]))
             denoiser = self.denoiser(cond, s.guidance, s.guidance_min_t)
@@ -206,8 +215,35 @@ class TextToVideo:
             given = out[:, :, -s.overlap:]  # the next window's
             yield new
 
+    def freenoise_latents(self, s: Settings, cond: Conditioning, contexts: torch.Tensor,
+                          callback: Optional[Progress] = None) -> torch.Tensor:
+        """The latents of a whole video made at once, FreeNoise's way (sampling/freenoise.py), from its first
+        prompt's `cond` (and the prompts' `contexts` `[p, 1, n, d]` for a schedule): noise rescheduled from one
+        generator seeded with `s.seed` (then, eta > 0, one draw a step), the temporal attention fused over windows.
+        A frame count the windows do not tile is made up to the next that they do, and cut."""
+        check_fits(self.config.model, s, self.device, self.dtype)
+        window, stride = s.window, s.window_stride
+        total = window + math.ceil((s.frames - window) / stride) * stride
+        f = self.autoencoder.downsample
+        shape = (1, self.config.model.autoencoder.embed_dim, total, s.height // f, s.width // f)
+        generator = torch.Generator("cpu").manual_seed(s.seed)
+        x = reschedule(draw_noise(self.schedule, generator, shape), window, stride, s.seed).to(self.device, self.dtype)
+        if s.prompts:
+            cond = replace(cond, context=frame_contexts(contexts[:, 0], s.at, total),
+                           early=contexts[-1][:, None].expand(-1, total, -1, -1),
+                           early_at=injection_steps(model_timesteps(s.sampler, s.steps, self.schedule)))
+        steps = step_count(s.sampler, s.steps, self.schedule)
+        with self._on_device(self.unet), fused_windows(self.unet, windows(total, window, stride)):
+            out = sampler(s.sampler)(self.denoiser(cond, s.guidance, s.guidance_min_t), x, self.schedule, s.steps,
+                                     s.eta, partial(self._noise, generator, shape), _offset(callback, 0, steps))
+        if not out.isfinite().all():
+            raise FloatingPointError("the sampler produced NaN or infinite latents (try --dtype fp32)")
+        return out[:, :, :s.frames]
+
     def window_count(self, s: Settings) -> int:
-        """How many windows (clips of the model) make the video of `s`."""
+        """How many windows (clips of the model) make the video of `s`: FreeNoise's whole video counts as one."""
+        if s.extend == "freenoise" and s.frames > self.config.model.unet.temporal_length:
+            return 1
         return window_count(s.frames, self.config.model.unet.temporal_length, s.overlap, s.continues is not None)
 
     def denoiser(self, cond: Conditioning, guidance: float, guidance_min_t: int = 0) -> Denoiser:

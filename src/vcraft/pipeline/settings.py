@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from vcraft.errors import VcraftError
 from vcraft.pipeline.inputs import Footage, Picture, read_footage, read_picture
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the command line's start imports this module (its flags) an
 # starting a render that cannot fit in memory.
 MAX_SIDE = 2048
 MAX_SEED = 2**63 - 1
+EXTENDS = ("mask", "replace", "freenoise")
 
 
 # Settings that are input files (a path, or pixels given in Python), recorded as their path and sha256.
@@ -55,8 +56,17 @@ class Settings:
         "Long videos: latent frames each window is given from the one before (default: the config's, else a "
         "quarter of the model's clip)."))
     extend: str = field(metadata=_about(
-        "Long videos: mask (the UNet sees the given frames: models trained to continue) or replace (put back each "
-        "step: any model). Default: per model."))
+        "Long videos: mask (the UNet sees the given frames: models trained to continue), replace (put back each "
+        "step: any model), or freenoise (all frames at once, FreeNoise's way: VideoCrafter1/2 and the embedded "
+        "model). Default: per model."))
+    window: int = field(default=0, metadata=_about(
+        "--extend freenoise: frames its temporal attention sees at a time (default: the model's clip)."))
+    window_stride: int = field(default=4, metadata=_about(
+        "--extend freenoise: frames between one window's start and the next's."))
+    # Prompts along the video, the first being `prompt` (empty: the prompt throughout), and the first frame of each
+    # (the command line's --then; prompt files' "prompts" and "at").
+    prompts: tuple[str, ...] = ()
+    at: tuple[int, ...] = ()
     image: Optional[Picture] = field(default=None, metadata=_about(
         "Image-to-video models: the picture the video starts from and follows."))
     continues: Optional[Footage] = field(default=None, metadata=_about(
@@ -86,17 +96,27 @@ class Settings:
 # by their readers (a path, or pixels given in Python).
 READERS = {Picture: read_picture, Footage: read_footage}
 TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str, "Optional[Picture]": Picture,
-                                   "Optional[Footage]": Footage}[f.type] for f in fields(Settings)}
+                                   "Optional[Footage]": Footage, "tuple[str, ...]": tuple[str, ...],
+                                   "tuple[int, ...]": tuple[int, ...]}[f.type] for f in fields(Settings)}
 
 
 def check_type(key: str, value: Any) -> Any:
-    """`value` as the type of setting `key` (an int may be given as 3.0, a float as 3; a picture read); VcraftError
-    otherwise."""
+    """`value` as the type of setting `key` (an int may be given as 3.0, a float as 3; a list for a tuple; a picture
+    read); VcraftError otherwise."""
     kind = TYPES.get(key)
     if kind is None:
         raise VcraftError(f"unknown setting '{key}'; known: {', '.join(TYPES)}")
     if kind in READERS:
         return READERS[kind](value)
+    if kind in (tuple[str, ...], tuple[int, ...]):
+        each = kind.__args__[0]
+        if not isinstance(value, (list, tuple)):
+            raise VcraftError(f"'{key}' must be a list, got {value!r}")
+        return tuple(_scalar(f"{key}[{i}]", each, v) for i, v in enumerate(value))
+    return _scalar(key, kind, value)
+
+
+def _scalar(key: str, kind: type, value: Any) -> Any:
     if kind is str:
         if not isinstance(value, str):
             raise VcraftError(f"'{key}' must be text, got {value!r}")
@@ -107,17 +127,23 @@ def check_type(key: str, value: Any) -> Any:
     return kind(value)
 
 
-def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
+def make_settings(config: Config, prompt: str | Sequence[str], **chosen: Any) -> Settings:
     """A checked `Settings` for `config`'s model: `chosen` values (None: not chosen) over the config's
-    defaults; the seed defaults to 0 and the negative prompt to "". Raises VcraftError saying what to change."""
+    defaults; the seed defaults to 0 and the negative prompt to "". Several prompts (a list, or `prompts`) change
+    along the video: from the frames `at`, else splitting it evenly. Raises VcraftError saying what to change."""
+    if not isinstance(prompt, str):
+        prompt, chosen = "", {**chosen, "prompts": prompt}
     given = {k: check_type(k, v) for k, v in {"prompt": prompt, **chosen}.items() if v is not None}
-    values = {"seed": 0, "negative": "", "control_stride": -1, **dict.fromkeys(INPUT_FILES), **asdict(config.sampling),
+    model = config.model
+    values = {"seed": 0, "negative": "", "control_stride": -1, "window": model.unet.temporal_length,
+              "window_stride": 4, "prompts": (), "at": (), **dict.fromkeys(INPUT_FILES), **asdict(config.sampling),
               **given}
     if values["continues"] is not None:  # a continuation keeps its video's size and, unless told, its pace
         video = values["continues"]
         values = {**values, "height": video.frames.shape[1], "width": video.frames.shape[2],
                   **({"save_fps": max(1, round(video.fps))} if video.fps and "save_fps" not in given else {}), **given}
-    model = config.model
+    if values["prompts"]:
+        values = {**values, **_schedule(values["prompt"], values["prompts"], values["at"], values["frames"])}
     values["extend"] = values["extend"] or ("mask" if model.frame_conditioning else "replace")
     if values["overlap"] is None:
         values["overlap"] = model.unet.temporal_length // 4
@@ -126,6 +152,71 @@ def make_settings(config: Config, prompt: str, **chosen: Any) -> Settings:
     if problem:
         raise VcraftError(problem)
     return settings
+
+
+def then_prompts(prompt: str, then: Sequence[str]) -> dict[str, Any]:
+    """`prompts` (and `at`) of a prompt followed by `then` specs, each `PROMPT` (the video split evenly) or
+    `FRAME:PROMPT` (the frame where it starts), as the command line and the web app take them."""
+    starts, prompts = [0], [prompt]
+    for spec in then:
+        frame, colon, text = spec.partition(":")
+        timed = bool(colon) and frame.strip().isdigit()
+        starts.append(int(frame) if timed else None)
+        prompts.append(text.strip() if timed else spec.strip())
+    if any(a is None for a in starts[1:]) and not all(a is None for a in starts[1:]):
+        raise VcraftError("give every --then as FRAME:PROMPT, or none (the video is then split evenly)")
+    return {"prompts": prompts, **({"at": starts} if starts[-1] is not None else {})}
+
+
+def _schedule(prompt: str, prompts: tuple[str, ...], at: tuple[int, ...], frames: int) -> dict[str, Any]:
+    """The prompt, prompts and their first frames of a schedule: the prompt is the first of them (given as such, or
+    not at all); one prompt is no schedule; without `at`, the prompts split the frames evenly."""
+    if prompt.strip() and prompt != prompts[0]:
+        raise VcraftError("give the prompt, or the prompts along the video starting with it, not another one")
+    if at and len(at) != len(prompts):
+        raise VcraftError(f"'at' gives {len(at)} frame(s) for {len(prompts)} prompts; give one first frame each")
+    if len(prompts) == 1:
+        return {"prompt": prompts[0], "prompts": (), "at": ()}
+    return {"prompt": prompts[0], "prompts": prompts, "at": at or tuple(k * frames // len(prompts)
+                                                                       for k in range(len(prompts)))}
+
+
+def _schedule_problem(s: Settings, model: ModelConfig) -> str | None:
+    """What is wrong with the prompts along the video, if anything."""
+    from vcraft.sampling.long_video import window_prompts
+
+    empty = next((k for k, p in enumerate(s.prompts) if not p.strip()), None)
+    if empty is not None:
+        return f"prompt {empty + 1} of the prompts along the video is empty; give some text"
+    if s.at[0] != 0:
+        return f"the first prompt starts at frame 0, not {s.at[0]}: give 'at' as 0, then where each next one starts"
+    if any(b <= a for a, b in zip(s.at, s.at[1:])):
+        return f"the prompts' first frames must increase: {', '.join(map(str, s.at))}"
+    if s.at[-1] >= s.frames:
+        return f"a prompt starts at frame {s.at[-1]}, beyond the video's {s.frames} frames (0 to {s.frames - 1})"
+    if s.extend == "freenoise":
+        return None
+    clip = model.unet.temporal_length
+    used = set(window_prompts(s.at, s.frames, clip, s.overlap, s.continues is not None))
+    unused = next((k for k in range(len(s.prompts)) if k not in used), None)
+    if unused is not None:
+        return (f"prompt {unused + 1} (from frame {s.at[unused]}) would be no window's: each window of {clip} frames "
+                f"takes the prompt of the middle of its new frames; give it more frames, or use --extend freenoise")
+    return None
+
+
+def _freenoise_problem(s: Settings, model: ModelConfig) -> str | None:
+    clip = model.unet.temporal_length
+    checks = [
+        (model.unet.family == "videocrafter" and model.unet.temporal_attention,
+         "--extend freenoise needs a VideoCrafter1/2 model or the embedded model (its temporal attention)"),
+        (s.continues is None, "--extend freenoise makes a video whole; to continue one use --extend mask or replace"),
+        (s.control_video is None and s.control_depth is None, "--extend freenoise cannot take a control video"),
+        (1 <= s.window <= clip, f"--window must be between 1 and {clip} (the model's clip), got {s.window}"),
+        (1 <= s.window_stride <= s.window, f"--window-stride must be between 1 and --window ({s.window}), got "
+                                           f"{s.window_stride}"),
+    ]
+    return next((message for ok, message in checks if not ok), None)
 
 
 def _problem(s: Settings, model: ModelConfig) -> str | None:
@@ -150,8 +241,8 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
         (math.isfinite(s.eta) and s.eta >= 0, f"--eta must be 0 or more, got {s.eta}"),
         (s.fps >= 1, f"--fps must be at least 1, got {s.fps}"),
         (s.save_fps > 0, f"--save-fps must be positive, got {s.save_fps}"),
-        (s.extend in ("mask", "replace"), f"--extend must be mask or replace, got {s.extend}"),
-        (s.extend == "replace" or model.frame_conditioning,
+        (s.extend in EXTENDS, f"--extend must be one of {', '.join(EXTENDS)}, got {s.extend}"),
+        (s.extend != "mask" or model.frame_conditioning,
          "--extend mask needs a model trained to continue videos (frame_conditioning); use --extend replace"),
         (1 <= s.overlap < clip, f"--overlap must be between 1 and {clip - 1} (the model makes {clip} frames at "
                                 f"a time), got {s.overlap}"),
@@ -185,7 +276,12 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
             (shape[0] >= s.overlap, f"--continue: the video has {shape[0]} frame(s); continuing it needs at least "
                                     f"--overlap ({s.overlap})"),
         ] + checks
-    return next((message for ok, message in checks if not ok), None)
+    problem = next((message for ok, message in checks if not ok), None)
+    if problem is None and s.extend == "freenoise":
+        problem = _freenoise_problem(s, model)
+    if problem is None and s.prompts:
+        problem = _schedule_problem(s, model)
+    return problem
 
 
 def spatial_multiple(model: ModelConfig) -> int:

@@ -49,11 +49,16 @@ def sampler(name: str) -> Callable[..., torch.Tensor]:
             "unipc": solvers.unipc}[name]
 
 
-def step_count(name: str, steps: int, schedule: "Schedule") -> int:
-    """How many model calls (and callback steps) `steps` means for a sampler: the timestep spacings can give
-    one more or fewer."""
+def model_timesteps(name: str, steps: int, schedule: "Schedule") -> list[int]:
+    """The timesteps at which sampler `name` calls the model in `steps` steps, in order (the timestep spacings can
+    give one more or fewer calls than steps)."""
     from vcraft.sampling import ddim, solvers
 
     if name == "ddim":
-        return len(ddim.ddim_timesteps(steps, schedule.timesteps))
-    return len(solvers.solver_timesteps(schedule, steps)) - 1
+        return ddim.ddim_timesteps(steps, schedule.timesteps)[::-1]
+    return solvers.solver_timesteps(schedule, steps)[:-1]
+
+
+def step_count(name: str, steps: int, schedule: "Schedule") -> int:
+    """How many model calls (and callback steps) `steps` means for a sampler."""
+    return len(model_timesteps(name, steps, schedule))

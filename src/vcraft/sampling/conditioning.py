@@ -13,7 +13,7 @@ class Conditioning:
     """The inputs a denoiser combines with the noisy latents. A new kind of input is a new field here and a few
     lines in `denoisers.unet_inputs`, which turns it into the UNet's arguments for sampling and training alike."""
 
-    context: torch.Tensor  # [b, tokens, dim]: the prompt's text embedding
+    context: torch.Tensor  # [b, tokens, dim]: the prompt's text embedding; [b, t, tokens, dim]: one a frame
     uncond: Optional[torch.Tensor]  # the same for the negative (or empty) prompt; None: no guidance
     fps: torch.Tensor  # [b] integer: the motion rate the model sees
     # Clean latents [b, c, k, h, w] of the window's first k frames, which it continues, and how they are tied
@@ -32,11 +32,19 @@ class Conditioning:
     uncond_image: Optional[torch.Tensor] = None
     # A control adapter's features of the window, one [b, c, t, h, w] per UNet level; both guidance passes see them.
     control: Optional[list[torch.Tensor]] = None
+    # FreeNoise's motion injection: at the timesteps `early_at`, the conditional pass's input and middle blocks see
+    # this context `[b, t, n, dim]` instead (the last prompt in every frame).
+    early: Optional[torch.Tensor] = None
+    early_at: frozenset[int] = frozenset()
 
     @property
     def tokens(self) -> torch.Tensor:
         """The conditional pass's context: the text tokens, then the image tokens if any."""
-        return self.context if self.image is None else torch.cat([self.context, self.image], dim=1)
+        if self.image is None:
+            return self.context
+        image = self.image if self.context.ndim == 3 else \
+            self.image[:, None].expand(-1, self.context.shape[1], -1, -1)
+        return torch.cat([self.context, image], dim=-2)
 
     @property
     def uncond_tokens(self) -> Optional[torch.Tensor]:

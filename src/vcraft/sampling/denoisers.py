@@ -18,7 +18,10 @@ DenoiserFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 def guidance_batch(x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents and contexts of both guidance passes stacked into one batch: the conditional half first.
-    Every piece that splits the halves again follows this order."""
+    Every piece that splits the halves again follows this order. A per-frame context `[b, t, n, d]` gets the
+    unconditional one in every frame."""
+    if cond.ndim == 4 and uncond.ndim == 3:
+        uncond = uncond[:, None].expand(-1, cond.shape[1], -1, -1)
     return torch.cat([x, x]), torch.cat([cond, uncond])
 
 
@@ -54,16 +57,19 @@ def frame_inputs(x: torch.Tensor, cond: Conditioning, guided: bool) -> torch.Ten
 
 def unet_inputs(x: torch.Tensor, t: int | torch.Tensor, cond: Conditioning, frame_conditioning: bool,
                 guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                       Optional[list[torch.Tensor]]]:
-    """The UNet's arguments (latents, timesteps, context, fps, control features) for latents `x` at timestep `t`
-    (one for all, or one per clip) under `cond`; with `guided`, both guidance passes in one batch. Sampling
-    (`Denoiser`) and training both build them here."""
+                                       Optional[list[torch.Tensor]], Optional[torch.Tensor]]:
+    """The UNet's arguments (latents, timesteps, context, fps, control features, early context) for latents `x` at
+    timestep `t` (one for all, or one per clip) under `cond`; with `guided`, both guidance passes in one batch.
+    Sampling (`Denoiser`) and training both build them here."""
     xs, context = guidance_batch(x, cond.tokens, cond.uncond_tokens) if guided else (x, cond.tokens)
     copies = 2 if guided else 1
     inputs = frame_inputs(xs, cond, guided) if frame_conditioning else xs
     timesteps = t if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     control = None if cond.control is None else [f.repeat(copies, 1, 1, 1, 1) for f in cond.control]
-    return inputs, timesteps.repeat(copies), context, cond.fps.repeat(copies), control
+    early = None
+    if guided and cond.early is not None and not isinstance(t, torch.Tensor) and t in cond.early_at:
+        early = guidance_batch(x, cond.early, cond.uncond_tokens)[1]  # the unconditional pass keeps its context
+    return inputs, timesteps.repeat(copies), context, cond.fps.repeat(copies), control, early
 
 
 @dataclass

@@ -5,7 +5,9 @@ window continues are its given frames."""
 
 from __future__ import annotations
 
+import bisect
 import math
+from typing import Sequence
 
 import torch
 
@@ -19,6 +21,23 @@ def window_count(frames: int, clip: int, overlap: int, continued: bool = False) 
     if continued:
         return math.ceil(frames / (clip - overlap))
     return 1 + math.ceil(max(0, frames - clip) / (clip - overlap))
+
+
+def new_frames(frames: int, clip: int, overlap: int, continued: bool = False) -> list[range]:
+    """The frames of the video (counted from its first new one) that each window makes."""
+    starts = [0] if not continued else []
+    first = clip if not continued else 0
+    while first < frames or not starts:
+        starts.append(first)
+        first += clip - overlap
+    ends = starts[1:] + [frames]
+    return [range(a, min(b, frames)) for a, b in zip(starts, ends)]
+
+
+def window_prompts(at: Sequence[int], frames: int, clip: int, overlap: int, continued: bool = False) -> list[int]:
+    """Which of the prompts starting at frames `at` each window takes: the one of the middle of its new frames."""
+    return [bisect.bisect_right(at, made[len(made) // 2]) - 1 for made in new_frames(frames, clip, overlap,
+                                                                                       continued)]
 
 
 def replace_given(given: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> Replace:

@@ -1,0 +1,51 @@
+"""Whether a FreeNoise video fits: it denoises all its frames at once, so its memory grows with its length (window
+by window extension keeps one window's). Checked before loading on the command line, and before sampling in the
+API (the web app and Ray workers included)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from vcraft.config import ModelConfig
+from vcraft.errors import VcraftError
+from vcraft.pipeline.settings import Settings
+
+# Bytes of working memory per frame, latent pixel, UNet base channel and guidance pass, in units of the dtype's
+# size: the largest ratio measured by scripts/bench_freenoise.py (docs/benchmarks.md, "FreeNoise"), with a margin.
+ACTIVATION_ELEMENTS = 100
+
+
+def freenoise_bytes(model: ModelConfig, s: Settings, dtype: torch.dtype) -> int:
+    """The working memory (beyond the model's weights) that FreeNoise needs for the video of `s`."""
+    f = 2 ** (len(model.autoencoder.ch_mult) - 1)
+    frames = s.window + math.ceil(max(0, s.frames - s.window) / s.window_stride) * s.window_stride
+    passes = 1 if s.guidance == 1.0 else 2
+    pixels = (s.height // f) * (s.width // f)
+    return ACTIVATION_ELEMENTS * passes * frames * pixels * model.unet.model_channels * dtype.itemsize
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free on `device` now (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        meminfo = Path("/proc/meminfo")
+        if meminfo.is_file():
+            for line in meminfo.read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
+def check_fits(model: ModelConfig, s: Settings, device: torch.device, dtype: torch.dtype) -> None:
+    """VcraftError when `s` asks FreeNoise for a video whose working memory exceeds what `device` has free."""
+    if s.extend != "freenoise" or s.frames <= model.unet.temporal_length:
+        return
+    needed, free = freenoise_bytes(model, s, dtype), free_bytes(device)
+    if free is not None and needed > free:
+        raise VcraftError(f"--extend freenoise: {s.frames} frames at {s.height}x{s.width} need about "
+                          f"{needed / 2**30:.1f} GiB of working memory and {device} has {free / 2**30:.1f} GiB free; "
+                          "make fewer frames, or use --extend replace (its memory does not grow with length)")
