@@ -6,6 +6,7 @@ Skipped where Gradio (`pip install "vcraft[ui]"`) or the browser is missing, exc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,19 @@ def test_the_generate_api_makes_the_prompted_video(server):
     assert Path(sidecar).read_text().count('"seed": 3') == 1
     made = sorted(p.name for p in outputs.iterdir() if p.suffix in (".mp4", ".json"))
     assert len(made) >= 2 and status.split(":")[0] in made
+
+
+def test_the_generate_api_takes_prompts_along_the_video(server):
+    from gradio_client import Client
+
+    client = Client(server[0], verbose=False)
+    video, sidecar, _, _ = client.predict("a red circle moving left", "", 32, 12, 2.5, 0.0, 8, 3, "ddim",
+                                          then="16: a blue circle moving left", api_name="/generate")
+    frames = read_video(video).astype(np.float32) / 255
+    assert frames.shape[0] == 32
+    assert measure(frames[:16])["colour"] == "red" and measure(frames[24:])["colour"] == "blue"
+    made = json.loads(Path(sidecar).read_text())
+    assert (made["prompts"], made["at"]) == (["a red circle moving left", "a blue circle moving left"], [0, 16])
 
 
 def test_a_bad_setting_is_an_error_message_not_a_traceback(server):
