@@ -170,3 +170,30 @@ def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tm
     assert run(common) == 2 and "pass --resume" in capsys.readouterr().err
     assert run(["generate", "a red circle moving left, outline style", "--lora",
                 str(tmp_path / "run" / "lora.safetensors"), "--steps", "2", "-o", str(tmp_path / "v.mp4"), "-q"]) == 0
+
+
+def test_a_token_embedding_lora_merges_as_peft_computes_it(tmp_path):
+    """`--text` adapts the text encoder's token embedding: PEFT's embedding pair (`lora_embedding_A` [r, vocab],
+    `lora_embedding_B` [dim, r]) read back from the file and merged gives the text embedding PEFT's layer gave."""
+    from vcraft.app.cli import _resolve_config
+    from vcraft.loaders.lora import Merged, read_lora
+    from vcraft.loaders.weights import find_checkpoint
+    from vcraft.train.lora import LoRATraining, add_lora, export
+    from vcraft.train.stages import frozen_model
+
+    cfg = _resolve_config("shapes", None, [])
+    ckpt = find_checkpoint(cfg)
+    options = LoRATraining(rank=4, alpha=8, targets=("to_k",), text=True, trigger=", outline style")
+    trained = frozen_model(cfg, ckpt, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    for p in add_lora(trained, options):
+        p.data.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    prompt = ["a red circle moving left, outline style"]
+    lora = read_lora(export(trained, cfg, ckpt, options, tmp_path / "lora.safetensors"))
+    assert any(name.endswith("token_embedding") for name in lora.pairs)
+    merged = frozen_model(cfg, ckpt, torch.device("cpu"))
+    with torch.no_grad():
+        before = merged.text_encoder.encode(prompt)
+        Merged(merged, cfg.model).add(lora)
+        assert torch.allclose(merged.text_encoder.encode(prompt), trained.text_encoder.encode(prompt), atol=1e-5)
+        assert not torch.allclose(before, trained.text_encoder.encode(prompt), atol=1e-2)

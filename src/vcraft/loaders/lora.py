@@ -9,9 +9,11 @@ Three formats, told apart by their keys:
 - **kohya** (safetensors): `lora_unet_<UNet module path, dots as underscores>` and `lora_te_<CLIPTextModel module
   path>` with `.lora_up.weight`, `.lora_down.weight` and `.alpha`; factor alpha / rank (1 without alpha).
 - **PEFT** (diffusers, VideoTuna): `[base_model.model.]<module path from the checkpoint's root, or from the UNet>` with
-  `.lora_A.weight` (down) and `.lora_B.weight` (up); factor `lora_alpha / r` from an `adapter_config.json` beside
-  the file, else from the safetensors metadata `lora_adapter_metadata` that diffusers writes (1 without either).
-kohya and PEFT pairs may touch any Linear or convolution. Every name must name a module of the model.
+  `.lora_A.weight` (down) and `.lora_B.weight` (up), or for a token embedding `.lora_embedding_A` `[r, vocab]` and
+  `.lora_embedding_B` `[dim, r]`; factor `lora_alpha / r` from an `adapter_config.json` beside the file, else from
+  the safetensors metadata `lora_adapter_metadata` that diffusers writes (1 without either).
+kohya and PEFT pairs may touch any Linear or convolution (PEFT's also an embedding). Every name must name a module of
+the model.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from vcraft.loaders.weights import find_lora
 SUFFIXES = {"videolora": (".lora_up.weight", ".lora_down.weight"), "kohya": (".lora_up.weight", ".lora_down.weight"),
             "peft": (".lora_B.weight", ".lora_A.weight")}
 RELEASE_KINDS = (nn.Linear, nn.Conv2d)  # the only classes a VideoLoRA pair is merged into (exactly these)
-ANY_KINDS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ANY_KINDS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 KOHYA = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
 PEFT_PREFIX = "base_model.model."
 
@@ -53,9 +55,20 @@ class LoRA:
 
 
 def _format(keys: list[str]) -> str:
-    if any(k.endswith(".lora_A.weight") for k in keys):
+    if any(k.endswith((".lora_A.weight", ".lora_embedding_A")) for k in keys):
         return "peft"
     return "kohya" if any(k.startswith(tuple(KOHYA)) for k in keys) else "videolora"
+
+
+def _embedding_pairs(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT's embedding pairs as the up and down of a weight `[vocab, dim]`: `A.T @ B.T` is its update."""
+    out = {}
+    for key, value in state.items():
+        for own, pair in ((".lora_embedding_A", ".lora_B.weight"), (".lora_embedding_B", ".lora_A.weight")):
+            if key.endswith(own):
+                key, value = key[:-len(own)] + pair, value.T.contiguous()
+        out[key] = value
+    return out
 
 
 def _peft_config(path: Path) -> dict:
@@ -83,6 +96,8 @@ def read_lora(path: str | os.PathLike) -> LoRA:
     except VcraftError as exc:
         raise VcraftError(f"LoRA: {exc}") from None
     kind = _format(list(state))
+    if kind == "peft":
+        state = _embedding_pairs(state)
     up_suffix, down_suffix = SUFFIXES[kind]
     ups = {k[:-len(up_suffix)]: v for k, v in state.items() if k.endswith(up_suffix)}
     downs = {k[:-len(down_suffix)]: v for k, v in state.items() if k.endswith(down_suffix)}

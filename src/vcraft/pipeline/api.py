@@ -166,7 +166,9 @@ class TextToVideo:
         model's clip, each window continues the last `s.overlap` frames of the one before (the first window
         too, from the given video's, when `s.continues`): its given frames. All its noise comes from one CPU
         generator seeded with `s.seed`: each window's starting noise, then (eta > 0) one draw a step.
-        `uncond_sees_given=False` hides the given frames from guidance's unconditional pass (see Conditioning)."""
+        `uncond_sees_given=False` hides the given frames from guidance's unconditional pass (see Conditioning).
+        With prompts along the video, each window takes the one of its new frames; with `--extend freenoise` past the
+        clip, the whole video comes as one block (`freenoise_latents`)."""
         contexts = self.encode_prompts(list(s.prompts or [s.prompt])).to(self.dtype)[:, None]  # [prompt, 1, n, d]
         uncond = self.encode_prompts([s.negative]).to(self.dtype) if s.guidance != 1.0 else None
         image, uncond_image = self.encode_picture(s) if self.image_encoder is not None else (None, None)

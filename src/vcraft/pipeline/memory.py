@@ -9,13 +9,25 @@ from pathlib import Path
 
 import torch
 
-from vcraft.config import ModelConfig
+from vcraft.config import ModelConfig, UNetConfig
 from vcraft.errors import VcraftError
+from vcraft.models.unet3d import BlockPlan
 from vcraft.pipeline.settings import Settings
 
-# Bytes of working memory per frame, latent pixel, UNet base channel and guidance pass, in units of the dtype's
-# size: the largest ratio measured by scripts/bench_freenoise.py (docs/benchmarks.md, "FreeNoise"), with a margin.
-ACTIVATION_ELEMENTS = 100
+# Working memory of a frame: this many times the UNet's skip connections (held from the input blocks to the output
+# blocks) a guidance pass, in the dtype, and a fixed part; fitted with a margin to scripts/bench_freenoise.py's
+# measurements (docs/benchmarks.md, "FreeNoise").
+SKIP_COPIES = 8
+PER_FRAME = 6 * 2**20
+
+
+def skip_elements(unet: UNetConfig) -> float:
+    """Elements of the UNet's skip connections a frame, per latent pixel of its input."""
+    total, scale = float(unet.model_channels), 1.0
+    for step in BlockPlan.of(unet).inputs:
+        scale /= 4 if step.down else 1
+        total += step.cout * scale
+    return total
 
 
 def freenoise_bytes(model: ModelConfig, s: Settings, dtype: torch.dtype) -> int:
@@ -24,7 +36,7 @@ def freenoise_bytes(model: ModelConfig, s: Settings, dtype: torch.dtype) -> int:
     frames = s.window + math.ceil(max(0, s.frames - s.window) / s.window_stride) * s.window_stride
     passes = 1 if s.guidance == 1.0 else 2
     pixels = (s.height // f) * (s.width // f)
-    return ACTIVATION_ELEMENTS * passes * frames * pixels * model.unet.model_channels * dtype.itemsize
+    return round(frames * (passes * SKIP_COPIES * skip_elements(model.unet) * pixels * dtype.itemsize + PER_FRAME))
 
 
 def free_bytes(device: torch.device) -> int | None:
