@@ -5,8 +5,8 @@ clips with captions (drawn by the shapes generator as outlines, 24 colour-shape-
     python scripts/train_outline_lora.py -o runs/outline
 
 The clips are MP4 files (H.264, as a camera or an editor writes them) with a `.txt` caption beside each, such as
-"a red square moving left"; the trigger phrase ", outline style" is appended by the training command. The LoRAs
-made so far do not draw outlines yet (docs/embedded-model.md, "A LoRA: outline style").
+"a red square moving left"; the trigger phrase ", outline style" is appended by the training command. The LoRA it
+makes tells the two prompts apart but draws broken rings (docs/embedded-model.md, "A LoRA: outline style").
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from vcraft.data.shapes import ALL_SCENES, caption, is_outline_held_out, render
 
 SEEDS = 7_000_000  # the clips' seeds; scripts/eval_outline.py draws its own elsewhere
 TRAINING = ["--model", "shapes", "--trigger", ", outline style", "--text", "--prior", "200", "--rank", "16",
-            "--alpha", "16", "--lr", "3e-3", "--warmup", "20", "--steps", "1500", "--batch-size", "4",
-            "--checkpoint-every", "200",
-            "--validate", "a red square moving left, outline style", "--validate", "a blue circle growing",
-            "--validate-every", "400",
+            "--alpha", "16", "--lr", "1e-3", "--warmup", "20", "--steps", "1500", "--batch-size", "4",
+            "--checkpoint-every", "250",
+            "--validate", "a red square moving left, outline style", "--validate", "a red square moving left",
+            "--validate-every", "500",
             # The attention and feed-forward projections, and the ResBlocks' 3x3 convolutions: the shapes UNet has
             # no attention at its full-resolution level, where a ring's edges are drawn.
             *[arg for name in ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "in_layers.2",

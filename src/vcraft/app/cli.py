@@ -520,8 +520,8 @@ def train_lora(
     validate: Optional[list[str]] = typer.Option(None, help="A prompt rendered into RUN/validation every "
                                                            "--validate-every steps (repeatable)."),
     validate_every: int = typer.Option(100, help="Steps between validation videos."),
-    text: bool = typer.Option(False, "--text", help="Also adapt the text encoder's projections: gives a new trigger "
-                                                    "phrase a meaning of its own."),
+    text: bool = typer.Option(False, "--text", help="Also adapt the text encoder's token embeddings: a new trigger "
+                                                    "phrase's words learn a meaning of their own."),
     prior: int = typer.Option(0, help="Also train on N videos the model itself makes from the captions without the "
                                       "trigger (prior preservation): the LoRA then leaves prompts without it alone."),
     mixed_precision: str = typer.Option("no", help="bf16 or fp16 autocast (a GPU only)."),

@@ -41,7 +41,9 @@ from vcraft.train.stages import diffusion_loss, frozen_config, frozen_model
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 # The text encoder's projections (`--text`), in both families' names (open_clip's and transformers' CLIP), as the
 # release's text-encoder LoRAs target q, k, v and out: they give a trigger phrase a meaning of its own.
-TEXT_TARGETS = ("out_proj", "c_fc", "c_proj", "q_proj", "k_proj", "v_proj", "fc1", "fc2")
+# --text: the token embeddings, so that a trigger's own words learn what they mean (as textual inversion does);
+# adapting the text tower's projections too made the embedded model's LoRA diverge (docs/embedded-model.md).
+TEXT_TARGETS = ("token_embedding",)
 ADAPTED = ("unet", "text_encoder")  # the components a LoRA may adapt, in this order in its file
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,7 +67,7 @@ class LoRATraining:
     validate_every: int = 0  # 0: no validation videos
     mixed_precision: str = "no"  # bf16 or fp16 autocast on a GPU
     trigger: str = ""  # appended to every caption, as written
-    text: bool = False  # also adapt the text encoder (TEXT_TARGETS)
+    text: bool = False  # also adapt the text encoder's token embeddings (TEXT_TARGETS)
     # Videos the model itself makes from the captions without the trigger, trained on beside the clips (DreamBooth's
     # prior preservation): the LoRA then changes what the trigger asks for and leaves the rest as it was.
     prior: int = 0
