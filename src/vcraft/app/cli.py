@@ -188,8 +188,9 @@ def generate(
         from vcraft.pipeline.memory import check_fits
 
         device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device)
         for video in todo:
-            check_fits(cfg.model, video.settings, device, resolve_dtype(options.dtype, device))
+            check_fits(cfg.model, video.settings, device, dtype)
 
     from vcraft.app.render import Job
     from vcraft.loaders.weights import find_checkpoint

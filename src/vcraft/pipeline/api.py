@@ -10,7 +10,6 @@ noise -> sampler over the denoiser -> latents; then `decode` turns them into fra
 
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import replace
@@ -34,11 +33,11 @@ from vcraft.models.depth import depth_maps
 from vcraft.pipeline.control import control_indices, scaled_frames, video_tensor
 from vcraft.pipeline.frames import frames_tensor, frames_to_uint8, picture_tensor
 from vcraft.pipeline.memory import check_fits
-from vcraft.pipeline.settings import Settings, make_settings
+from vcraft.pipeline.settings import Settings, made_at_once, make_settings
 from vcraft.sampling import Callback, model_timesteps, sampler, step_count
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.denoisers import Denoiser
-from vcraft.sampling.freenoise import frame_contexts, fused_windows, injection_steps, reschedule, windows
+from vcraft.sampling.freenoise import frame_contexts, fused_windows, injection_steps, reschedule, tiled_frames, windows
 from vcraft.sampling.long_video import replace_given, window_count, window_prompts
 from vcraft.sampling.schedule import draw_noise
 
@@ -175,7 +174,7 @@ class TextToVideo:
         fps = torch.full((1,), s.fps, device=self.device, dtype=torch.long)
         model = self.config.model
         clip = model.unet.temporal_length
-        if s.extend == "freenoise" and s.frames > clip:
+        if made_at_once(s, model):
             yield self.freenoise_latents(s, Conditioning(contexts[0], uncond, fps, image=image,
                                                          uncond_image=uncond_image), contexts, callback)
             return
@@ -225,7 +224,7 @@ class TextToVideo:
         A frame count the windows do not tile is made up to the next that they do, and cut."""
         check_fits(self.config.model, s, self.device, self.dtype)
         window, stride = s.window, s.window_stride
-        total = window + math.ceil((s.frames - window) / stride) * stride
+        total = tiled_frames(s.frames, window, stride)
         f = self.autoencoder.downsample
         shape = (1, self.config.model.autoencoder.embed_dim, total, s.height // f, s.width // f)
         generator = torch.Generator("cpu").manual_seed(s.seed)
@@ -244,7 +243,7 @@ class TextToVideo:
 
     def window_count(self, s: Settings) -> int:
         """How many windows (clips of the model) make the video of `s`: FreeNoise's whole video counts as one."""
-        if s.extend == "freenoise" and s.frames > self.config.model.unet.temporal_length:
+        if made_at_once(s, self.config.model):
             return 1
         return window_count(s.frames, self.config.model.unet.temporal_length, s.overlap, s.continues is not None)
 

@@ -4,7 +4,6 @@ API (the web app and Ray workers included)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -12,7 +11,8 @@ import torch
 from vcraft.config import ModelConfig, UNetConfig
 from vcraft.errors import VcraftError
 from vcraft.models.unet3d import BlockPlan
-from vcraft.pipeline.settings import Settings
+from vcraft.pipeline.settings import Settings, made_at_once
+from vcraft.sampling.freenoise import tiled_frames
 
 # Working memory of a frame: this many times the UNet's skip connections (held from the input blocks to the output
 # blocks) a guidance pass, in the dtype, and a fixed part; fitted with a margin to scripts/bench_freenoise.py's
@@ -33,7 +33,7 @@ def skip_elements(unet: UNetConfig) -> float:
 def freenoise_bytes(model: ModelConfig, s: Settings, dtype: torch.dtype) -> int:
     """The working memory (beyond the model's weights) that FreeNoise needs for the video of `s`."""
     f = 2 ** (len(model.autoencoder.ch_mult) - 1)
-    frames = s.window + math.ceil(max(0, s.frames - s.window) / s.window_stride) * s.window_stride
+    frames = tiled_frames(s.frames, s.window, s.window_stride)
     passes = 1 if s.guidance == 1.0 else 2
     pixels = (s.height // f) * (s.width // f)
     return round(frames * (passes * SKIP_COPIES * skip_elements(model.unet) * pixels * dtype.itemsize + PER_FRAME))
@@ -54,7 +54,7 @@ def free_bytes(device: torch.device) -> int | None:
 
 def check_fits(model: ModelConfig, s: Settings, device: torch.device, dtype: torch.dtype) -> None:
     """VcraftError when `s` asks FreeNoise for a video whose working memory exceeds what `device` has free."""
-    if s.extend != "freenoise" or s.frames <= model.unet.temporal_length:
+    if not made_at_once(s, model):
         return
     needed, free = freenoise_bytes(model, s, dtype), free_bytes(device)
     if free is not None and needed > free:

@@ -284,6 +284,12 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
     return problem
 
 
+def made_at_once(s: Settings, model: ModelConfig) -> bool:
+    """Whether the video of `s` is made in one run over all its frames (FreeNoise, past the model's clip) rather than
+    window by window."""
+    return s.extend == "freenoise" and s.frames > model.unet.temporal_length
+
+
 def spatial_multiple(model: ModelConfig) -> int:
     """Heights and widths must be multiples of this: the VAE's and the UNet's downsampling combined."""
     return 2 ** (len(model.autoencoder.ch_mult) - 1) * 2 ** (len(model.unet.channel_mult) - 1)

@@ -12,6 +12,7 @@ model's clip made in one sampler run over all its frames, with the unchanged wei
 
 from __future__ import annotations
 
+import math
 import random
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -26,6 +27,11 @@ Window = tuple[int, int]  # [start, end) frames
 def windows(frames: int, window: int, stride: int) -> list[Window]:
     """The overlapping windows over `frames` frames: `(i * stride, i * stride + window)`."""
     return [(i * stride, i * stride + window) for i in range((frames - window) // stride + 1)]
+
+
+def tiled_frames(frames: int, window: int, stride: int) -> int:
+    """The fewest frames, at least `frames`, that windows of `window` every `stride` frames tile exactly."""
+    return window + math.ceil(max(0, frames - window) / stride) * stride
 
 
 def reschedule(noise: torch.Tensor, window: int, stride: int, seed: int) -> torch.Tensor:

@@ -39,8 +39,6 @@ from vcraft.train.stages import diffusion_loss, frozen_config, frozen_model
 # The attention and feed-forward projections of every transformer block, as VideoLoRA targets them (its files
 # cover the spatial attentions' q, k, v and the feed-forward's first projection).
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
-# The text encoder's projections (`--text`), in both families' names (open_clip's and transformers' CLIP), as the
-# release's text-encoder LoRAs target q, k, v and out: they give a trigger phrase a meaning of its own.
 # --text: the token embeddings, so that a trigger's own words learn what they mean (as textual inversion does);
 # adapting the text tower's projections too made the embedded model's LoRA diverge (docs/embedded-model.md).
 TEXT_TARGETS = ("token_embedding",)
