@@ -295,7 +295,7 @@ def test_shift_given_rolls_the_whole_clip_of_continuation_examples(shift):
     models = initial_models(cfg)
     seen = []
     unet = models.unet
-    models.unet = lambda x, *args: seen.append(x) or unet(x, *args)
+    models.unet = lambda x, **args: seen.append(x) or unet(x, **args)
     latents = torch.zeros(6, 4, 8, 16, 16)
     latents[:, :, :, 5, 7] = 1.0  # one bright latent pixel in every frame
     torch.manual_seed(0)

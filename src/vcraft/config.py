@@ -59,6 +59,11 @@ class UNetConfig:
     # image-to-video model): the context is `text_tokens` text tokens, then the image tokens.
     image_attention: bool = False
     text_tokens: int = 77
+    # The guidance scale as an input (T2V-Turbo's `time_cond_proj_dim`): its sinusoidal embedding of this width, projected
+    # and added to the timestep's sinusoid; 0: none. Such a UNet is sampled in a few steps with one pass each.
+    guidance_embedding: int = 0
+    # T2V-Turbo-v2's motion guidance scale as a second such input, combined with the first (`motion_cond_proj_dim`).
+    motion_embedding: int = 0
     # GroupNorm groups (VideoCrafter: 32). With 32 channels, 32 groups would normalise each channel
     # on its own and wash out absolute levels such as colour, so small models use fewer.
     norm_groups: int = 32
@@ -78,7 +83,7 @@ class AutoencoderConfig:
 
 TEXT_FAMILIES = ("open_clip", "clip")  # models.text_encoder_class builds each
 UNET_FAMILIES = ("videocrafter", "lvdm")  # models.unet_class builds each
-SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")  # sampling.sampler gives each one's function
+SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", "consistency")  # sampling.sampler: their functions
 
 
 @dataclass
@@ -181,7 +186,7 @@ class SamplingConfig:
     frames: int = 16
     height: int = 320
     width: int = 512
-    sampler: str = "ddim"  # one of SAMPLERS
+    sampler: Optional[str] = None  # one of SAMPLERS; None: consistency for a UNet with a guidance embedding, else ddim
     steps: int = 50
     guidance: float = 12.0
     # Guidance only while t >= guidance_min_t; below, the conditional prediction alone (a guidance interval,
@@ -319,6 +324,9 @@ class Config:
     # part (the embedded model's adapter) is `checkpoints/<preset>/<component>.safetensors` and needs no entry.
     parts: dict[str, PartSource] = field(default_factory=dict)
     loras: dict[str, LoRASource] = field(default_factory=dict)  # the model's official LoRAs, by name
+    # A LoRA merged into the weights for good when the model loads: a model distilled as a LoRA of another's
+    # (T2V-Turbo v1 of VideoCrafter2). Found as `parts` are (`checkpoints/<preset>/lora.*`, `path`, the Hub).
+    lora: Optional[PartSource] = None
     train: Optional[TrainConfig] = None
 
 
@@ -375,6 +383,10 @@ def _model_problem(m: ModelConfig) -> str | None:
             return "a control adapter needs at least one block per level, in the UNet and in the adapter"
     if (m.depth is not None) != (m.adapter is not None and m.adapter.signal == "depth"):
         return "model.depth (the depth estimator's sizes) goes with a depth adapter (model.adapter.signal: depth)"
+    if m.unet.motion_embedding and not m.unet.guidance_embedding:
+        return "model.unet.motion_embedding needs model.unet.guidance_embedding (the two are combined)"
+    if m.unet.guidance_embedding and m.unet.family != "videocrafter":
+        return "model.unet.guidance_embedding is for the videocrafter UNet family"
     if m.unet.family not in UNET_FAMILIES:
         return f"model.unet.family must be one of {', '.join(UNET_FAMILIES)}, not '{m.unet.family}'"
     if m.text_encoder.family not in TEXT_FAMILIES:

@@ -108,6 +108,8 @@ def generate(
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A control adapter's file, for a config that "
                                                                    "gives none (an original VideoControl YAML)."),
+    unet: Optional[Path] = typer.Option(None, "--unet", help="A whole UNet's state dict that replaces the model's "
+                                                             "(T2V-Turbo-v2's unet_mg.pt)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
     lora: list[str] = typer.Option([], "--lora", help="A LoRA merged into the model: FILE or an official LoRA's "
                                                       "NAME, then :SCALE (1.0 by default); repeatable."),
@@ -155,6 +157,7 @@ def generate(
         model = None if config else recipe["model"]
         ckpt = ckpt or (Path(recipe["ckpt"]) if recipe.get("ckpt") else None)
         adapter = adapter or (Path(recipe["parts"]["adapter"]) if "adapter" in recipe.get("parts", {}) else None)
+        unet = unet or (Path(recipe["parts"]["unet"]) if "unet" in recipe.get("parts", {}) else None)
         overrides = [*recipe.get("overrides", []), *overrides]
         loras = loras or recipe["loras"]
         chosen = {**{k: recipe.get(k) for k in chosen}, **{k: v for k, v in chosen.items() if v is not None}}
@@ -174,9 +177,11 @@ def generate(
     videos = plan(rows, cfg, chosen, base_seed, samples, options)
     if ckpt is not None and not ckpt.is_file():
         raise VcraftError(f"checkpoint not found: {ckpt}")
-    from vcraft.loaders.weights import find_parts
+    from vcraft.loaders.weights import find_merged_lora, find_parts
 
-    find_parts(cfg, {} if adapter is None else {"adapter": adapter})  # a missing adapter said before any work
+    parts = {name: file for name, file in (("adapter", adapter), ("unet", unet)) if file is not None}
+    find_parts(cfg, parts)  # a missing part said before any work
+    find_merged_lora(cfg)
     todo = [v for v in videos if not (options.skip_existing and v.path != STDOUT and v.path.exists())]
     if len(todo) < len(videos):
         _log(f"skipping {len(videos) - len(todo)} video(s) whose output exists", quiet)
@@ -197,7 +202,7 @@ def generate(
 
     encoder = any(v.settings.continues is not None for v in todo)
     job = Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides),
-              encoder=encoder, loras=tuple(loras), parts={} if adapter is None else {"adapter": adapter})
+              encoder=encoder, loras=tuple(loras), parts=parts)
     if seed is None and from_json is None:
         _log(f"seed: {base_seed} (random; pass --seed {base_seed} to repeat)", quiet)
     outcomes = _locally(job, todo, quiet) if options.pool is None else _on_ray(job, todo, quiet)
@@ -670,11 +675,13 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
 
 
 def _parts_present(cfg) -> bool:
-    """Whether the files of the preset's separate components (an adapter, a depth estimator) are on this machine."""
-    from vcraft.loaders.weights import find_parts
+    """Whether the files of the preset's separate components (an adapter, a depth estimator, a UNet) and the LoRA it is
+    made of are on this machine."""
+    from vcraft.loaders.weights import find_merged_lora, find_parts
 
     try:
         find_parts(cfg, {})
+        find_merged_lora(cfg)
     except VcraftError:
         return False
     return True

@@ -34,7 +34,7 @@ class Job:
     options: RunOptions
     config_file: Optional[Path] = None  # the YAML it came from, when not a preset
     loras: tuple[tuple[LoRA, float], ...] = ()  # merged into the weights once loaded, each at its scale
-    parts: dict[str, Path] = field(default_factory=dict)  # components' own files given by the user (--adapter)
+    parts: dict[str, Path] = field(default_factory=dict)  # components' own files given by the user (--adapter, --unet)
     overrides: list[str] = field(default_factory=list)
     encoder: bool = False  # load the autoencoder's encoder too (videos that continue others)
 

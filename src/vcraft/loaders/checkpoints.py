@@ -21,8 +21,9 @@ from vcraft.errors import VcraftError
 from vcraft.loaders.components import SCHEDULE_KEYS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's tensors on the CPU without running any code stored in it."""
+def load_state_dict(path: str | os.PathLike, listed: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors on the CPU without running any code stored in it. With `listed`, a `.pt` file may
+    also hold an unnamed list of tensors, returned keyed "0", "1", ... (a T2V-Turbo LoRA)."""
     path = Path(path)
     if not path.is_file():
         raise VcraftError(f"checkpoint not found: {path}")
@@ -46,6 +47,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise VcraftError(f"cannot read {path}: not a valid PyTorch checkpoint ({_first_line(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
+    if listed and isinstance(data, list):
+        data = {str(i): value for i, value in enumerate(data)}
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise VcraftError(f"{path} is not a state dict of tensors")
     return data

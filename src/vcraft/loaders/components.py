@@ -50,6 +50,16 @@ def _unet(cfg: ModelConfig, options: BuildOptions) -> nn.Module:
     return unet_class(cfg.unet.family)(cfg.unet)
 
 
+def _unet_keys(tensors: Tensors, cfg: ModelConfig, module: nn.Module) -> Tensors:
+    # T2V-Turbo v1 trains only a LoRA over its guidance projection, whose base weight (a random draw at start-up in
+    # the original) no file holds: a VideoCrafter2 checkpoint without it gets zeros (docs/models.md, T2V-Turbo).
+    u = cfg.unet
+    if u.guidance_embedding and not u.motion_embedding and tensors and "time_cond_proj.weight" not in tensors:
+        like = next(iter(tensors.values()))
+        tensors = {**tensors, "time_cond_proj.weight": like.new_zeros(u.model_channels, u.guidance_embedding)}
+    return tensors
+
+
 def _autoencoder(cfg: ModelConfig, options: BuildOptions) -> nn.Module:
     from vcraft.models.autoencoder import VideoAutoencoder
 
@@ -109,7 +119,7 @@ def _depth_estimator(cfg: ModelConfig, options: BuildOptions) -> Optional[nn.Mod
 
 
 COMPONENTS = (
-    Component("unet", "UNet", "model.diffusion_model.", _unet),
+    Component("unet", "UNet", "model.diffusion_model.", _unet, _unet_keys),
     Component("autoencoder", "autoencoder", "first_stage_model.", _autoencoder, _autoencoder_keys),
     Component("text_encoder", "text encoder", "cond_stage_model.", _text_encoder, _library_keys),
     Component("image_encoder", "image encoder", "embedder.", _image_encoder),  # image-to-video: CLIP's vision tower

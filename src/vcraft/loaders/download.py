@@ -26,7 +26,7 @@ def download(cfg: Config, log: Log, convert: bool = True, keep_ckpt: bool = Fals
     Hugging Face cache after the conversion unless `keep_ckpt` or it was there before this call."""
     source = weights_source(cfg)
     target = converted_path(weights_name(cfg))
-    for part in cfg.parts.values():  # kept as they are, in the Hugging Face cache
+    for part in [*cfg.parts.values(), *([cfg.lora] if cfg.lora else [])]:  # kept as they are, in the Hugging Face cache
         if part.repo:
             download_file(part, log)
     if convert and target.is_file():
@@ -108,12 +108,14 @@ def verify(path: Path, source: WeightsSource, log: Log) -> None:
 def convert_checkpoint(cfg: Config, ckpt: Path, target: Path, log: Log) -> None:
     """The checkpoint as fp16 safetensors at `target`, after checking that it fits the preset exactly. Reading
     runs no pickled code (checkpoints.load_state_dict); writing is atomic (temporary name, then rename)."""
+    from vcraft.config import load_preset
     from vcraft.loaders.checkpoints import load_state_dict, save_state_dict
     from vcraft.loaders.loading import build_models, fit_checkpoint
 
     log(f"{cfg.name}: converting to fp16 safetensors in {target}")
     state = load_state_dict(ckpt)
-    fit_checkpoint(build_models(cfg.model), cfg.model, state, str(ckpt), separate=PART_COMPONENTS)
+    owner = load_preset(cfg.weights_of).model if cfg.weights_of else cfg.model  # the model these weights are
+    fit_checkpoint(build_models(owner), owner, state, str(ckpt), separate=PART_COMPONENTS)
     target.parent.mkdir(parents=True, exist_ok=True)
     parts = ckpt.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else "unknown"

@@ -86,8 +86,9 @@ def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
     replace what the checkpoint holds for them. Consumes `state` (it is left empty), so each tensor read in another
     dtype is freed as soon as it is converted."""
     models = build_models(cfg, encoder=encoder)
-    fitted = [entry for entry in fit_checkpoint(models, cfg, state, source, parts)
-              if all(entry[0] is not getattr(models, name) for name in parts)]
+    replaced = tuple(BY_NAME[name].prefix for name in parts)  # what the checkpoint holds of them is not used
+    fitted = fit_checkpoint(models, cfg, {k: v for k, v in state.items() if not k.startswith(replaced)}, source,
+                            parts)
     fitted += [_part(models, cfg, name, tensors, part_source) for name, (tensors, part_source) in parts.items()]
     state.clear()
     for module, tensors in fitted:

@@ -12,6 +12,8 @@ Three formats, told apart by their keys:
   `.lora_A.weight` (down) and `.lora_B.weight` (up), or for a token embedding `.lora_embedding_A` `[r, vocab]` and
   `.lora_embedding_B` `[dim, r]`; factor `lora_alpha / r` from an `adapter_config.json` beside the file, else from
   the safetensors metadata `lora_adapter_metadata` that diffusers writes (1 without either).
+- **ordered** (T2V-Turbo's `unet_lora.pt`): an unnamed list `[up, down, up, down, ...]`, one pair for every Linear,
+  Conv2d and Conv3d of the UNet in the order the original registers them (which the UNet's own follows), factor 1.
 kohya and PEFT pairs may touch any Linear or convolution (PEFT's also an embedding). Every name must name a module of
 the model.
 """
@@ -49,12 +51,14 @@ class LoRA:
 
     source: str
     sha256: str
-    format: str  # videolora, kohya or peft
+    format: str  # videolora, kohya, peft or ordered
     trigger: str  # the words its file says to put in the prompt (safetensors metadata `trigger`), or ""
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(repr=False, compare=False)
 
 
 def _format(keys: list[str]) -> str:
+    if keys and all(k.isdigit() for k in keys):
+        return "ordered"
     if any(k.endswith((".lora_A.weight", ".lora_embedding_A")) for k in keys):
         return "peft"
     return "kohya" if any(k.startswith(tuple(KOHYA)) for k in keys) else "videolora"
@@ -92,10 +96,16 @@ def read_lora(path: str | os.PathLike) -> LoRA:
     """A LoRA file of one of the formats above (read without running code); a VcraftError for anything else."""
     path = Path(path)
     try:
-        state = load_state_dict(path)
+        state = load_state_dict(path, listed=True)
     except VcraftError as exc:
         raise VcraftError(f"LoRA: {exc}") from None
     kind = _format(list(state))
+    if kind == "ordered":
+        if len(state) % 2:
+            raise VcraftError(f"{path} is not a LoRA file: an unnamed list of {len(state)} tensors, not pairs of up "
+                              "and down weights")
+        pairs = {str(i): (state[str(2 * i)], state[str(2 * i + 1)], 1.0) for i in range(len(state) // 2)}
+        return LoRA(str(path.resolve()), sha256_of(path), kind, "", pairs)
     if kind == "peft":
         state = _embedding_pairs(state)
     up_suffix, down_suffix = SUFFIXES[kind]
@@ -148,8 +158,25 @@ def _kohya_names(models: Models) -> dict[str, nn.Module]:
     return names
 
 
-def _modules(models: Models, cfg: ModelConfig, lora: LoRA) -> dict[str, nn.Module]:
-    """The module of every pair of `lora`; a VcraftError naming the first one the model does not have."""
+def ordered_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The UNet's Linear and 2D/3D convolution layers in registration order: what an ordered LoRA's pairs are for."""
+    return [(name, m) for name, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d))]
+
+
+def _ordered_modules(models: Models, lora: LoRA) -> dict[str, tuple[str, nn.Module]]:
+    layers = ordered_layers(models.unet)
+    if len(layers) != len(lora.pairs):
+        raise VcraftError(f"{lora.source} does not fit this model: it holds {len(lora.pairs)} unnamed pairs, one for "
+                          f"each layer of a UNet in order, and this model's UNet has {len(layers)} such layers (a "
+                          "LoRA for another model?)")
+    return {str(i): layer for i, layer in enumerate(layers)}
+
+
+def _modules(models: Models, cfg: ModelConfig, lora: LoRA) -> dict[str, tuple[str, nn.Module]]:
+    """The module of every pair of `lora`, with its path for messages; a VcraftError naming the first one the model does
+    not have."""
+    if lora.format == "ordered":
+        return _ordered_modules(models, lora)
     kohya = _kohya_names(models) if lora.format == "kohya" else {}
     found = {}
     for name in lora.pairs:
@@ -162,7 +189,7 @@ def _modules(models: Models, cfg: ModelConfig, lora: LoRA) -> dict[str, nn.Modul
         if module is None:
             raise VcraftError(f"{lora.source} does not fit this model: it names '{name}', which the model does not "
                               "have (a LoRA for another model?)")
-        found[name] = module
+        found[name] = (name, module)
     return found
 
 
@@ -187,13 +214,14 @@ class Merged:
         updates = []
         modules = _modules(self.models, self.cfg, lora)
         for path, (up, down, factor) in lora.pairs.items():
-            module = modules[path]
+            label, module = modules[path]
             if not _merged_into(module, lora.format):
                 continue
-            up2, down2 = up.flatten(1).float(), down.flatten(1).float()
+            device = module.weight.device
+            up2, down2 = up.flatten(1).float().to(device), down.flatten(1).float().to(device)
             shape = tuple(module.weight.shape)
             if (up2.shape[0], down2.shape[1]) != (shape[0], module.weight[0].numel()) or up2.shape[1] != down2.shape[0]:
-                raise VcraftError(f"{lora.source} does not fit this model: '{path}' is {up2.shape[0]}x"
+                raise VcraftError(f"{lora.source} does not fit this model: '{label}' is {up2.shape[0]}x"
                                   f"{down2.shape[1]} (rank {down2.shape[0]}) in the file, the model's layer is "
                                   f"{list(shape)}")
             updates.append((module, up2, down2, scale * factor))

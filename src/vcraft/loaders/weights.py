@@ -103,21 +103,33 @@ def find_checkpoint(cfg: Config) -> Path:
                       f"vcraft download {cfg.name}{size}, or pass --ckpt PATH")
 
 
-# Components that may come in files of their own, and the model config's section that makes them exist.
-PART_COMPONENTS = {"adapter": "adapter", "depth_estimator": "depth"}
+# Components that may come in files of their own, and the model config's section that makes them exist (None: every
+# model has one, which a file replaces only where given or listed: a fine-tuned UNet, T2V-Turbo-v2's).
+PART_COMPONENTS = {"adapter": "adapter", "depth_estimator": "depth", "unet": None}
+
+
+def _own_folders(cfg: Config) -> list[Path]:
+    """Where a preset's own files (parts, its LoRA) may be beside its weights: $VCRAFT_CHECKPOINTS, then the checkout."""
+    folders = [Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name] if os.environ.get("VCRAFT_CHECKPOINTS") else []
+    return [*folders, preset_dir().parent / "checkpoints" / cfg.name]
+
+
+def _wanted(cfg: Config, given: dict[str, Path]) -> list[str]:
+    """The components whose own files are looked for."""
+    return [name for name, section in PART_COMPONENTS.items()
+            if (name in given or name in cfg.parts if section is None else getattr(cfg.model, section) is not None)]
 
 
 def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
-    """The own files of the model's separate components, by component name: `given` ones (--adapter), else the
+    """The own files of the model's separate components, by component name: `given` ones (--adapter, --unet), else the
     config's `parts` entry where it names a path, else `<name>.safetensors` in `$VCRAFT_CHECKPOINTS/<preset>/` or
     beside the presets, else the Hugging Face cache. A part the config lists and no place holds is a VcraftError
     naming the command that fetches it (or the option that gives it, for a listed part with no source: an original
     YAML's adapter); an unlisted one (a checkpoint may hold it) is simply absent."""
     from vcraft.loaders.components import BY_NAME
 
-    wanted = [name for name, section in PART_COMPONENTS.items() if getattr(cfg.model, section) is not None]
-    folders = [Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name] if os.environ.get("VCRAFT_CHECKPOINTS") else []
-    folders.append(preset_dir().parent / "checkpoints" / cfg.name)
+    wanted = _wanted(cfg, given)
+    folders = _own_folders(cfg)
     found = {}
     for name in wanted:
         source = cfg.parts.get(name)
@@ -131,13 +143,31 @@ def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
                 path = hub_cached(source)
             if path is None and source is not None:
                 how = f"fetch it once with: vcraft download {cfg.name}" if source.repo else \
-                    "give it with --adapter PATH" if name == "adapter" else f"set parts.{name}.path in the config"
+                    f"give it with --{name} PATH" if name in ("adapter", "unet") else \
+                    f"set parts.{name}.path in the config"
                 raise VcraftError(f"the {BY_NAME[name].label} of model '{cfg.name}' is not on this machine; {how}")
         if path is not None:
             if not Path(path).is_file():
                 raise VcraftError(f"{BY_NAME[name].label} file not found: {path}")
             found[name] = Path(path)
     return found
+
+
+def find_merged_lora(cfg: Config) -> Path | None:
+    """The file of the LoRA the preset merges into its weights (`cfg.lora`), if it has one; a VcraftError naming the
+    command that fetches it when it is not on this machine."""
+    source = cfg.lora
+    if source is None:
+        return None
+    folders = _own_folders(cfg)
+    names = ("lora.safetensors", "lora.pt")
+    path = Path(source.path) if source.path else \
+        next((f / n for f in folders for n in names if (f / n).is_file()), None) or \
+        (hub_cached(source) if source.repo else None)
+    if path is None or not path.is_file():
+        how = f"fetch it once with: vcraft download {cfg.name}" if source.repo else "set lora.path in the config"
+        raise VcraftError(f"the LoRA that model '{cfg.name}' is made of is not on this machine; {how}")
+    return path
 
 
 def official_loras() -> dict[str, tuple[Config, LoRASource]]:

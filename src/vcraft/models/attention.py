@@ -142,9 +142,10 @@ class TransformerBlock(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None,
                  relative_length: int | None = None, text_tokens: int | None = None):
         super().__init__()
+        # Registered in the original's order (attn1, ff, attn2), which T2V-Turbo's LoRA file follows.
         self.attn1 = Attention(dim, heads, head_dim, relative_length=relative_length)
-        self.attn2 = Attention(dim, heads, head_dim, context_dim, relative_length, text_tokens)
         self.ff = FeedForward(dim)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim, relative_length, text_tokens)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)

@@ -202,6 +202,11 @@ class UNet3D(nn.Module):
                 nn.Linear(cfg.context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if cfg.frame_embedding:
             self.frame_embedding = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.guidance_embedding:  # registered here: a T2V-Turbo LoRA file's layer order counts on it
+            self.time_cond_proj = nn.Linear(cfg.guidance_embedding, mc, bias=False)
+        if cfg.motion_embedding:
+            self.motion_cond_proj = nn.Linear(cfg.motion_embedding, mc, bias=False)
+            self.combine_proj = nn.Linear(2 * mc, mc, bias=False)
 
         self.input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
         if cfg.addition_attention:
@@ -225,15 +230,20 @@ class UNet3D(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 fps: torch.Tensor | int = 16, control: Optional[list[torch.Tensor]] = None,
-                early_context: Optional[torch.Tensor] = None) -> torch.Tensor:
+                early_context: Optional[torch.Tensor] = None, guidance_scale: Optional[torch.Tensor] = None,
+                motion_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`context`: the text (and image) tokens `[b, n, d]`, or one set a frame `[b, t, n, d]`. `control`: a control
         adapter's features `[b, c, t, h, w]`, one per level (added after the level's last input block; the skip
         connection keeps the sum). `early_context`: the context of the input and middle blocks' spatial attention
-        where it differs (FreeNoise's motion injection)."""
+        where it differs (FreeNoise's motion injection). `guidance_scale` and `motion_scale` `[b]`: the scales a UNet
+        with a guidance (and motion) embedding takes as inputs; without them their term is 0."""
         b, _, frames, height, width = x.shape
         mc = self.cfg.model_channels
         t = t.expand(b) if t.ndim == 0 else t
-        emb = self.time_embed(sinusoidal_embedding(t, mc).to(x.dtype))
+        timestep = sinusoidal_embedding(t, mc).to(x.dtype)
+        if guidance_scale is not None:
+            timestep = timestep + self.scales_term(guidance_scale, motion_scale).to(x.dtype)
+        emb = self.time_embed(timestep)
         if self.cfg.fps_cond:
             fps = torch.full_like(t, fps) if isinstance(fps, int) else fps.expand(b)
             emb = emb + self.fps_embedding(sinusoidal_embedding(fps, mc).to(x.dtype))
@@ -262,6 +272,28 @@ class UNet3D(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
         out = self.out(h)
         return out.view(b, frames, -1, height, width).transpose(1, 2)
+
+
+    def scales_term(self, guidance: torch.Tensor, motion: Optional[torch.Tensor]) -> torch.Tensor:
+        """What the guidance scale (and motion scale) add to the timestep's sinusoid, T2V-Turbo's way."""
+        dtype = self.time_cond_proj.weight.dtype
+        term = self.time_cond_proj(scale_embedding(guidance, self.cfg.guidance_embedding).to(dtype))
+        if motion is None:
+            return term
+        motion_term = self.motion_cond_proj(scale_embedding(motion, self.cfg.motion_embedding).to(dtype))
+        return self.combine_proj(torch.cat([term, motion_term], dim=1))
+
+
+def scale_embedding(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """A guidance scale `[b]` as `[sin(1000 w f), cos(1000 w f)]` `[b, dim]` in float32, the frequencies f from 1 down
+    to 1/10000 over `dim / 2 - 1` intervals (not `dim / 2`, as the timestep's are; sine first): T2V-Turbo's."""
+    half = dim // 2
+    # The rate as a float32 scalar, times each index: 1000 w reaches thousands of radians, where one rounding of f
+    # more or less moves the sine visibly.
+    rate = torch.log(torch.tensor(10000.0)) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -rate).to(scale.device)
+    args = (scale.float() * 1000)[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
 def by_frame(context: torch.Tensor, frames: int) -> torch.Tensor:

@@ -162,11 +162,9 @@ class UNetLVDM(nn.Module):
                                  frame_conv(mc, cfg.out_channels))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                fps: torch.Tensor | int | None = None, control: Optional[list[torch.Tensor]] = None,
-                early_context: None = None) -> torch.Tensor:
+                fps: torch.Tensor | int | None = None, control: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
         """`fps` is accepted and not used: the release has no motion-rate conditioning. `control`: a control
-        adapter's features, one per level, added after the level's last input block (before its downsampling).
-        `early_context` (FreeNoise's) has no place in this UNet: settings refuse FreeNoise for it."""
+        adapter's features, one per level, added after the level's last input block (before its downsampling)."""
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.time_embed(sinusoidal_embedding(t, self.cfg.model_channels).to(x.dtype))
         h, skips, added = x, [], control_by_block(self.level_ends, control)

@@ -10,6 +10,7 @@ noise -> sampler over the denoiser -> latents; then `decode` turns them into fra
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import replace
@@ -26,8 +27,8 @@ from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.components import BY_NAME, Models
 from vcraft.loaders.devices import resolve_device, resolve_dtype
 from vcraft.loaders.loading import identify_preset, load_models
-from vcraft.loaders.lora import LoRA, Merged, open_lora
-from vcraft.loaders.weights import PART_COMPONENTS, find_checkpoint, find_parts
+from vcraft.loaders.lora import LoRA, Merged, open_lora, read_lora
+from vcraft.loaders.weights import PART_COMPONENTS, find_checkpoint, find_merged_lora, find_parts
 from vcraft.models.adapter import brightness, grey, normalise_frames
 from vcraft.models.depth import depth_maps
 from vcraft.pipeline.control import control_indices, scaled_frames, video_tensor
@@ -41,6 +42,8 @@ from vcraft.sampling.freenoise import frame_contexts, fused_windows, injection_s
 from vcraft.sampling.long_video import replace_given, window_count, window_prompts
 from vcraft.sampling.schedule import draw_noise
 
+# T2V-Turbo-v2's motion guidance acts on the noisiest 30% of the timesteps (its pipeline's default `percentage`).
+MOTION_SHARE = 0.3
 Progress = Callable[[int, int], None]  # progress(step, total) of a whole video's denoising steps, for users
 
 
@@ -72,15 +75,17 @@ class TextToVideo:
                         device: str = "auto", dtype: str = "auto", overrides: list[str] = (),
                         offload: bool = False, encoder: bool = False,
                         lora: Sequence[str | os.PathLike | tuple[str | os.PathLike, float]] = (),
-                        adapter: str | os.PathLike | None = None) -> "TextToVideo":
+                        adapter: str | os.PathLike | None = None, unet: str | os.PathLike | None = None
+                        ) -> "TextToVideo":
         """`model` is a preset name or the path of a config (vcraft or original VideoCrafter YAML);
         `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location); `encoder` also
         loads the autoencoder's encoder (for `autoencoder.encode`; generating never needs it); `lora` LoRA files or
         official LoRA names, each alone (scale 1) or as (file or name, scale), merged removably (see `add_lora`);
-        `adapter` a control adapter's file, for a config whose preset gives none (an original VideoControl YAML)."""
+        `adapter` a control adapter's file, for a config whose preset gives none (an original VideoControl YAML); `unet`
+        a whole UNet's state dict (keys from the UNet, such as T2V-Turbo-v2's `unet_mg.pt`) that replaces the model's."""
         cfg = load_config(model, overrides) if Path(model).suffix in (".yaml", ".yml") else \
             apply_overrides(load_preset(model), list(overrides))
-        parts = {} if adapter is None else {"adapter": adapter}
+        parts = {name: file for name, file in (("adapter", adapter), ("unet", unet)) if file is not None}
         pipe = cls.from_config(cfg, ckpt, device, dtype, offload, encoder, parts)
         for entry in lora:
             pipe.add_lora(*(entry if isinstance(entry, tuple) else (entry,)))
@@ -90,11 +95,13 @@ class TextToVideo:
     def from_config(cls, cfg: Config, ckpt: str | os.PathLike | None = None, device: str = "auto",
                     dtype: str = "auto", offload: bool = False, encoder: bool = False,
                     parts: Mapping[str, str | os.PathLike] = {}) -> "TextToVideo":
-        """`parts`: components' own files by component name (`adapter`), over the config's."""
+        """`parts`: components' own files by component name (`adapter`, `unet`), over the config's. A preset made of a
+        LoRA (`cfg.lora`) has it merged for good."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         path = Path(ckpt) if ckpt is not None else find_checkpoint(cfg)
         files = find_parts(cfg, {name: Path(file) for name, file in parts.items()})
+        lora = find_merged_lora(cfg)
         state = load_state_dict(path)
         cfg = _with_parts_found(cfg, state, files)
         own = {name: (load_state_dict(file), str(file)) for name, file in files.items()}
@@ -106,6 +113,8 @@ class TextToVideo:
             if match is None or match == cfg.name:
                 raise
             raise VcraftError(f"{exc}; the file is a '{match}' checkpoint: use --model {match}") from None
+        if lora is not None:
+            Merged(models, cfg.model).add(read_lora(lora), keep=False)
         return cls(cfg, models, dev, dt, offload)
 
     def compile(self, **options: Any) -> "TextToVideo":
@@ -169,14 +178,15 @@ class TextToVideo:
         With prompts along the video, each window takes the one of its new frames; with `--extend freenoise` past the
         clip, the whole video comes as one block (`freenoise_latents`)."""
         contexts = self.encode_prompts(list(s.prompts or [s.prompt])).to(self.dtype)[:, None]  # [prompt, 1, n, d]
-        uncond = self.encode_prompts([s.negative]).to(self.dtype) if s.guidance != 1.0 else None
+        model = self.config.model
+        scales = self.scales(s)
+        uncond = self.encode_prompts([s.negative]).to(self.dtype) if s.guidance != 1.0 and not scales else None
         image, uncond_image = self.encode_picture(s) if self.image_encoder is not None else (None, None)
         fps = torch.full((1,), s.fps, device=self.device, dtype=torch.long)
-        model = self.config.model
         clip = model.unet.temporal_length
         if made_at_once(s, model):
             yield self.freenoise_latents(s, Conditioning(contexts[0], uncond, fps, image=image,
-                                                         uncond_image=uncond_image), contexts, callback)
+                                                         uncond_image=uncond_image, **scales), contexts, callback)
             return
         f = self.autoencoder.downsample
         first = 0 if s.continues is None else s.overlap  # given latent frames of the first window
@@ -198,7 +208,8 @@ class TextToVideo:
             positions = [min(start + i, s.frames - 1) for i in range(shape[2])]
             cond = Conditioning(contexts[prompt_of[window]], uncond, fps, given=given, extend=s.extend,
                                 uncond_sees_given=uncond_sees_given, image=image, uncond_image=uncond_image,
-                                control=None if maps is None else self.control_features(maps[:, :, positions]))
+                                control=None if maps is None else self.control_features(maps[:, :, positions]),
+                                **scales)
             denoiser = self.denoiser(cond, s.guidance, s.guidance_min_t)
             # Given frames noised with the window's own starting noise there: DDIM's deterministic path from it
             # ends at them, and it shares the window's frame-common draw (frame_noise_share).
@@ -240,6 +251,13 @@ class TextToVideo:
         if not out.isfinite().all():
             raise FloatingPointError("the sampler produced NaN or infinite latents (try --dtype fp32)")
         return out[:, :, :s.frames]
+
+    def scales(self, s: Settings) -> dict[str, Any]:
+        """The scales a UNet with a guidance embedding takes as inputs (Conditioning's fields); {} for other UNets."""
+        if not self.config.model.unet.guidance_embedding:
+            return {}
+        motion_min_t = math.ceil(self.schedule.timesteps * (1 - MOTION_SHARE))
+        return {"guidance_scale": s.guidance, "motion_scale": s.motion_guidance, "motion_min_t": motion_min_t}
 
     def window_count(self, s: Settings) -> int:
         """How many windows (clips of the model) make the video of `s`: FreeNoise's whole video counts as one."""
@@ -339,8 +357,8 @@ def _with_parts_found(cfg: Config, state: dict[str, torch.Tensor], files: Mappin
     model = cfg.model
     for name, section in PART_COMPONENTS.items():
         prefix = BY_NAME[name].prefix
-        if getattr(model, section) is not None and name not in files and not any(k.startswith(prefix)
-                                                                                    for k in state):
+        if section and getattr(model, section) is not None and name not in files and \
+                not any(k.startswith(prefix) for k in state):
             model = replace(model, **{section: None})
     return replace(cfg, model=model)
 

@@ -43,9 +43,11 @@ class Settings:
     frames: int = field(metadata=_about("Number of frames."))
     height: int = field(metadata=_about("Height in pixels."))
     width: int = field(metadata=_about("Width in pixels."))
-    sampler: str = field(metadata=_about("ddim, dpmpp-2m, dpmpp-2m-sde or unipc (default: the model's)."))
+    sampler: str = field(metadata=_about(
+        "ddim, dpmpp-2m, dpmpp-2m-sde, unipc, or consistency for few-step models (default: the model's)."))
     steps: int = field(metadata=_about("Denoising steps."))
-    guidance: float = field(metadata=_about("Classifier-free guidance scale (1 = off)."))
+    guidance: float = field(metadata=_about(
+        "Classifier-free guidance scale (1 = off); a few-step model takes it as an input, with no second pass."))
     guidance_min_t: int = field(metadata=_about(
         "Guidance only at timesteps at or above this (0-1000; 0 = every step, as VideoCrafter)."))
     eta: float = field(metadata=_about(
@@ -63,6 +65,9 @@ class Settings:
         "--extend freenoise: frames its temporal attention sees at a time (default: the model's clip)."))
     window_stride: int = field(default=4, metadata=_about(
         "--extend freenoise: frames between one window's start and the next's."))
+    motion_guidance: Optional[float] = field(default=None, metadata=_about(
+        "Models with motion guidance (vc2-turbo-v2): its scale at timesteps 700 and above, 0 below (default: none, "
+        "as the original app runs it; its demo used 0.05)."))
     # Prompts along the video, the first being `prompt` (empty: the prompt throughout), and the first frame of each
     # (the command line's --then; prompt files' "prompts" and "at").
     prompts: tuple[str, ...] = ()
@@ -96,7 +101,7 @@ class Settings:
 # by their readers (a path, or pixels given in Python).
 READERS = {Picture: read_picture, Footage: read_footage}
 TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str, "Optional[Picture]": Picture,
-                                   "Optional[Footage]": Footage, "tuple[str, ...]": tuple[str, ...],
+                                   "Optional[Footage]": Footage, "Optional[float]": float, "tuple[str, ...]": tuple[str, ...],
                                    "tuple[int, ...]": tuple[int, ...]}[f.type] for f in fields(Settings)}
 
 
@@ -136,14 +141,15 @@ def make_settings(config: Config, prompt: str | Sequence[str], **chosen: Any) ->
     given = {k: check_type(k, v) for k, v in {"prompt": prompt, **chosen}.items() if v is not None}
     model = config.model
     values = {"seed": 0, "negative": "", "control_stride": -1, "window": model.unet.temporal_length,
-              "window_stride": 4, "prompts": (), "at": (), **dict.fromkeys(INPUT_FILES), **asdict(config.sampling),
-              **given}
+              "window_stride": 4, "prompts": (), "at": (), "motion_guidance": None, **dict.fromkeys(INPUT_FILES),
+              **asdict(config.sampling), **given}
     if values["continues"] is not None:  # a continuation keeps its video's size and, unless told, its pace
         video = values["continues"]
         values = {**values, "height": video.frames.shape[1], "width": video.frames.shape[2],
                   **({"save_fps": max(1, round(video.fps))} if video.fps and "save_fps" not in given else {}), **given}
     if values["prompts"]:
         values = {**values, **_schedule(values["prompt"], values["prompts"], values["at"], values["frames"])}
+    values["sampler"] = values["sampler"] or ("consistency" if model.unet.guidance_embedding else "ddim")
     values["extend"] = values["extend"] or ("mask" if model.frame_conditioning else "replace")
     if values["overlap"] is None:
         values["overlap"] = model.unet.temporal_length // 4
@@ -219,6 +225,28 @@ def _freenoise_problem(s: Settings, model: ModelConfig) -> str | None:
     return next((message for ok, message in checks if not ok), None)
 
 
+def _few_step_problem(s: Settings, model: ModelConfig) -> str | None:
+    """What does not fit a consistency sampler or a UNet that takes its guidance scale as an input."""
+    from vcraft.sampling.consistency import ORIGIN_STEPS
+
+    few_step = bool(model.unet.guidance_embedding)
+    checks = [
+        (s.sampler != "consistency" or few_step, "--sampler consistency is for few-step models, whose UNet takes the "
+                                                 "guidance scale as an input (vc2-turbo, vc2-turbo-v2)"),
+        (s.sampler == "consistency" or not few_step, "this few-step model takes its guidance scale as an input and is "
+                                                     "sampled with --sampler consistency (its default)"),
+        (s.sampler != "consistency" or s.steps <= ORIGIN_STEPS,
+         f"--steps must be between 1 and {ORIGIN_STEPS} with the consistency sampler, got {s.steps}"),
+        (not few_step or not s.negative.strip(), "this few-step model makes no unconditional pass (its guidance is "
+                                                 "an input of the UNet), so it takes no negative prompt"),
+        (s.motion_guidance is None or model.unet.motion_embedding > 0,
+         "--motion-guidance needs a model with motion guidance (vc2-turbo-v2)"),
+        (s.motion_guidance is None or (math.isfinite(s.motion_guidance) and s.motion_guidance >= 0),
+         f"--motion-guidance must be 0 or more, got {s.motion_guidance}"),
+    ]
+    return next((message for ok, message in checks if not ok), None)
+
+
 def _problem(s: Settings, model: ModelConfig) -> str | None:
     from vcraft.config import SAMPLERS
 
@@ -276,7 +304,7 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
             (shape[0] >= s.overlap, f"--continue: the video has {shape[0]} frame(s); continuing it needs at least "
                                     f"--overlap ({s.overlap})"),
         ] + checks
-    problem = next((message for ok, message in checks if not ok), None)
+    problem = next((message for ok, message in checks if not ok), None) or _few_step_problem(s, model)
     if problem is None and s.extend == "freenoise":
         problem = _freenoise_problem(s, model)
     if problem is None and s.prompts:

@@ -5,8 +5,8 @@
 over `eps = denoiser(x, t)`, starting from the noise `x`: `noise()` draws a standard-normal tensor like `x`
 (from the video's own generator) wherever the sampler needs fresh noise; `callback(Step(...))` follows
 every step; `replace(x, t)`, before each step, may overwrite the given frames of the latents with what they
-are at timestep t (long_video.replace_given). `SAMPLERS` names them: DDIM (ddim.py, the reference's) and the
-multistep solvers of solvers.py.
+are at timestep t (long_video.replace_given). `SAMPLERS` names them: DDIM (ddim.py, the reference's), the
+multistep solvers of solvers.py, and consistency.py's few steps for distilled models.
 """
 
 from __future__ import annotations
@@ -43,19 +43,21 @@ def coefficient(v: float, like: torch.Tensor) -> torch.Tensor:
 
 def sampler(name: str) -> Callable[..., torch.Tensor]:
     """The sample function of a name in SAMPLERS."""
-    from vcraft.sampling import ddim, solvers
+    from vcraft.sampling import consistency, ddim, solvers
 
     return {"ddim": ddim.sample, "dpmpp-2m": solvers.dpmpp_2m, "dpmpp-2m-sde": solvers.dpmpp_2m_sde,
-            "unipc": solvers.unipc}[name]
+            "unipc": solvers.unipc, "consistency": consistency.sample}[name]
 
 
 def model_timesteps(name: str, steps: int, schedule: "Schedule") -> list[int]:
     """The timesteps at which sampler `name` calls the model in `steps` steps, in order (the timestep spacings can
     give one more or fewer calls than steps)."""
-    from vcraft.sampling import ddim, solvers
+    from vcraft.sampling import consistency, ddim, solvers
 
     if name == "ddim":
         return ddim.ddim_timesteps(steps, schedule.timesteps)[::-1]
+    if name == "consistency":
+        return consistency.consistency_timesteps(steps, schedule.timesteps)
     return solvers.solver_timesteps(schedule, steps)[:-1]
 
 

@@ -36,6 +36,11 @@ class Conditioning:
     # this context `[b, t, n, dim]` instead (the last prompt in every frame).
     early: Optional[torch.Tensor] = None
     early_at: frozenset[int] = frozenset()
+    # A UNet with a guidance embedding (T2V-Turbo) takes the guidance scale as an input, with no unconditional pass;
+    # T2V-Turbo-v2's motion guidance scale too, at timesteps >= motion_min_t (below, a scale of 0: not none).
+    guidance_scale: Optional[float] = None
+    motion_scale: Optional[float] = None
+    motion_min_t: int = 0
 
     @property
     def tokens(self) -> torch.Tensor:

@@ -6,7 +6,7 @@ that `Denoiser` applies in this order: the UNet's inputs (`unet_inputs`: frame i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -56,20 +56,27 @@ def frame_inputs(x: torch.Tensor, cond: Conditioning, guided: bool) -> torch.Ten
 
 
 def unet_inputs(x: torch.Tensor, t: int | torch.Tensor, cond: Conditioning, frame_conditioning: bool,
-                guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                       Optional[list[torch.Tensor]], Optional[torch.Tensor]]:
-    """The UNet's arguments (latents, timesteps, context, fps, control features, early context) for latents `x` at
-    timestep `t` (one for all, or one per clip) under `cond`; with `guided`, both guidance passes in one batch.
-    Sampling (`Denoiser`) and training both build them here."""
+                guided: bool) -> dict[str, Any]:
+    """The UNet's keyword arguments (latents, timesteps, context, fps; control features, early context and the
+    scales a UNet takes as inputs where there are any) for latents `x` at timestep `t` (one for all, or one per clip)
+    under `cond`; with `guided`, both guidance passes in one batch. Sampling (`Denoiser`) and training both build them
+    here."""
     xs, context = guidance_batch(x, cond.tokens, cond.uncond_tokens) if guided else (x, cond.tokens)
     copies = 2 if guided else 1
     inputs = frame_inputs(xs, cond, guided) if frame_conditioning else xs
     timesteps = t if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    control = None if cond.control is None else [f.repeat(copies, 1, 1, 1, 1) for f in cond.control]
-    early = None
-    if guided and cond.early is not None and not isinstance(t, torch.Tensor) and t in cond.early_at:
-        early = guidance_batch(x, cond.early, cond.uncond_tokens)[1]  # the unconditional pass keeps its context
-    return inputs, timesteps.repeat(copies), context, cond.fps.repeat(copies), control, early
+    args = {"x": inputs, "t": timesteps.repeat(copies), "context": context, "fps": cond.fps.repeat(copies)}
+    if cond.control is not None:
+        args["control"] = [f.repeat(copies, 1, 1, 1, 1) for f in cond.control]
+    if cond.early is not None and not isinstance(t, torch.Tensor) and t in cond.early_at:
+        # the unconditional pass keeps its context
+        args["early_context"] = guidance_batch(x, cond.early, cond.uncond_tokens)[1] if guided else cond.early
+    if cond.guidance_scale is not None:
+        args["guidance_scale"] = torch.full_like(args["t"], cond.guidance_scale, dtype=torch.float32)
+    if cond.motion_scale is not None:
+        late = args["t"] < cond.motion_min_t
+        args["motion_scale"] = torch.full_like(args["guidance_scale"], cond.motion_scale).masked_fill(late, 0.0)
+    return args
 
 
 @dataclass
@@ -87,7 +94,7 @@ class Denoiser:
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         guided = self.guidance != 1.0 and self.cond.uncond is not None and t >= self.guidance_min_t
-        out = self.unet(*unet_inputs(x, t, self.cond, self.frame_conditioning, guided))
+        out = self.unet(**unet_inputs(x, t, self.cond, self.frame_conditioning, guided))
         if guided:
             out = classifier_free_guidance(out, self.guidance)
         if self.alphas_cumprod is not None:

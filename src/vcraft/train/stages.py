@@ -149,7 +149,7 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, captions:
             latents, noise, x_t = (_roll(v, shifts) for v in (latents, noise, x_t))
     cond = Conditioning(models.text_encoder.encode(captions), None, fps, given=latents, given_count=given,
                         control=control)
-    out = models.unet(*unet_inputs(x_t, t.to(dev), cond, cfg.model.frame_conditioning, guided=False))
+    out = models.unet(**unet_inputs(x_t, t.to(dev), cond, cfg.model.frame_conditioning, guided=False))
     a = schedule.alphas_cumprod[t]
     snr = (a / (1 - a)).to(dev)
     v = cfg.model.parameterization == "v"
