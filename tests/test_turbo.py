@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from reference import assert_close, reference_dir, rel_l2
@@ -262,3 +263,35 @@ def test_a_lora_list_for_another_unet_is_refused(tmp_path):
     wrong = one_error_line(vcraft("generate", "a fox", *common, "--lora", tmp_path / "wrong.pt"))
     assert "'time_embed.0'" in wrong
     assert not (tmp_path / "v.mp4").exists()
+
+
+def _passes(pipe, **settings) -> tuple[list, list]:
+    """The video of `settings`, and each UNet pass's (batch, frames, whether it got an early context)."""
+    passes = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args, kwargs: passes.append(
+        (kwargs["x"].shape[0], kwargs["x"].shape[2], "early_context" in kwargs)), with_kwargs=True)
+    try:
+        return pipe("a red fox running through snow", height=64, width=128, steps=4, guidance=7.5, seed=5,
+                    **settings), passes
+    finally:
+        hook.remove()
+
+
+def test_long_videos_with_the_consistency_sampler():
+    """replace: window by window, each a run of its own (its given frames put back at every step's level); the first
+    window is the clip alone. freenoise: all frames in one run of a pass a step; a prompt schedule's motion injection
+    reaches the UNet at FreeNoise's steps, though no unconditional pass is made."""
+    from vcraft.pipeline.api import TextToVideo
+
+    cfg, models = model("v1")
+    pipe = TextToVideo(cfg, models, torch.device("cpu"), torch.float32)
+    clip, _ = _passes(pipe, frames=16)
+    longer, passes = _passes(pipe, frames=24, extend="replace", overlap=4)
+    assert longer.shape[0] == 24 and passes == [(1, 16, False)] * 8  # two windows of 4 steps
+    assert np.array_equal(longer[:16], clip)
+    whole, passes = _passes(pipe, frames=24, extend="freenoise")
+    assert whole.shape[0] == 24 and passes == [(1, 24, False)] * 4
+    scheduled, passes = _passes(pipe, frames=24, extend="freenoise", prompts=["a red fox running through snow",
+                                                                              "a red fox sleeping in the snow"])
+    assert passes == [(1, 24, True)] * 4  # injected at FreeNoise's first five steps
+    assert not (scheduled == whole).all()

@@ -325,3 +325,39 @@ def test_a_model_with_a_control_adapter_gets_a_control_video_input(tmp_path, mon
     assert json.loads(Path(sidecar).read_text())["control_video"] == str((root / "control.mp4").resolve())
     assert "control_video" not in json.loads(Path(plain_sidecar).read_text())
     assert not np.array_equal(read_video(followed), read_video(plain))
+
+
+def test_a_few_step_model_gets_motion_guidance_and_no_negative_prompt(tmp_path, monkeypatch):
+    """T2V-Turbo-v2's tiny model (--unet): its page offers motion guidance, hides the negative prompt, picks the
+    consistency sampler; a render with motion guidance records it and differs from one without."""
+    import json
+
+    from reference import reference_dir
+
+    from vcraft.app.options import RunOptions
+    from vcraft.app.render import Job
+    from vcraft.app.ui import App, build, import_gradio
+    from vcraft.config import load_config
+    from vcraft.pipeline.api import TextToVideo
+
+    root = reference_dir() / "tiny" / "vc2_512_turbo"
+    base = reference_dir() / "tiny" / "vc2_512" / "model.safetensors"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / ".gradio"))
+    import_gradio(tmp_path)
+    cfg = load_config(root / "config.yaml", ["model.unet.guidance_embedding=256", "model.unet.motion_embedding=256"])
+    parts = {"unet": root / "unet_mg.pt"}
+    app = App(TextToVideo.from_config(cfg, base, device="cpu", parts=parts),
+              Job(cfg, base, RunOptions(output=tmp_path), parts=parts))
+    blocks = build(app).blocks.values()
+    assert sorted(c.elem_id for c in blocks if type(c).__name__ == "Number" and c.elem_id) == [
+        "frames", "motion_guidance", "steps"]
+    assert [c.visible for c in blocks if getattr(c, "label", None) == "Negative prompt"] == [False]
+    assert [c.value for c in blocks if getattr(c, "label", None) == "Sampler"] == ["consistency"]
+    request = ("a red fox", "", 8, 4, 7.5, 0.0, 8, 1, "consistency")
+    *_, (moved, sidecar, _, _) = app.generate(*request, motion_guidance=0.05)
+    *_, (plain, plain_sidecar, _, _) = app.generate(*request)
+    made = json.loads(Path(sidecar).read_text())
+    assert (made["motion_guidance"], made["sampler"], made["parts"]["unet"]) == (0.05, "consistency",
+                                                                                 str(parts["unet"].resolve()))
+    assert json.loads(Path(plain_sidecar).read_text())["motion_guidance"] is None
+    assert not np.array_equal(read_video(moved), read_video(plain))

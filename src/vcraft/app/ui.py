@@ -23,13 +23,13 @@ from vcraft.config import SAMPLERS
 from vcraft.errors import VcraftError
 from vcraft.loaders.lora import LoRA
 from vcraft.pipeline.api import TextToVideo
-from vcraft.pipeline.settings import EXTENDS, then_prompts
+from vcraft.pipeline.settings import EXTENDS, default_sampler, then_prompts
 
 QUEUE_SIZE = 8  # requests waiting at most; more are turned away with a message
 NO_LORA = "none"
 DEFAULT_EXTEND = "the model's"
 RECENT = 12  # renders listed
-OPTIONAL = ("control_video",)  # inputs an API client may leave out (the page's other inputs have values)
+OPTIONAL = ("control_video", "motion_guidance")  # inputs an API client may leave out (others have values)
 
 
 class RenderThread(threading.Thread):
@@ -73,13 +73,14 @@ class App:
     def generate(self, prompt: str, negative: str, frames: int, steps: int, guidance: float, eta: float,
                  fps: int, seed: int, sampler: str, image: Optional[str] = None, lora: str = NO_LORA,
                  lora_scale: float = 1.0, control_video: Optional[str] = None, then: str = "",
-                 extend: str = DEFAULT_EXTEND) -> Iterator[tuple]:
+                 extend: str = DEFAULT_EXTEND, motion_guidance: Optional[float] = None) -> Iterator[tuple]:
         """Yields (video, sidecar, status, recent renders) as the render goes; the last is the finished video.
         `image`: the picture's file, for image-to-video models (their page has an image input); `lora`: one of the
         offered LoRAs' names, merged at `lora_scale` (the page has a LoRA choice when LoRAs are offered);
         `control_video`: a video whose structure the new one follows, for models with a control adapter (their page
         has a video input; none: text alone); `then`: later prompts along the video, one a line, each `PROMPT` or
-        `FRAME: PROMPT` (as --then); `extend`: how a long video is made (--extend), or the model's default."""
+        `FRAME: PROMPT` (as --then); `extend`: how a long video is made (--extend), or the model's default;
+        `motion_guidance`: for models with motion guidance (their page has its input)."""
         import gradio as gr
 
         try:
@@ -87,7 +88,7 @@ class App:
             s = self.pipe.settings(prompt, negative=negative, frames=frames, steps=steps, guidance=guidance,
                                    eta=eta, fps=fps, save_fps=fps, seed=seed, sampler=sampler, image=image,
                                    control_video=control_video, extend=None if extend == DEFAULT_EXTEND else extend,
-                                   **schedule)
+                                   motion_guidance=motion_guidance, **schedule)
             self._use_lora(lora, lora_scale)
         except VcraftError as exc:
             raise gr.Error(str(exc)) from None
@@ -146,7 +147,7 @@ def build(app: App):
     """The Gradio page; `generate` is also the API endpoint `/generate` (gradio_client)."""
     import gradio as gr
 
-    d = app.pipe.config.sampling
+    d, unet = app.pipe.config.sampling, app.pipe.config.model.unet
     with gr.Blocks(title="vcraft") as page:
         gr.Markdown(f"# vcraft\nText to video with `{app.pipe.config.name}`: {app.pipe.config.description}")
         with gr.Row():
@@ -166,11 +167,17 @@ def build(app: App):
                     "lora_scale": gr.Number(label="LoRA scale", value=1.0, elem_id="lora_scale")}
                 then = gr.Textbox(label="Then (later prompts along the video, one a line: FRAME: PROMPT, or PROMPT "
                                         "to split it evenly)", lines=2, value="", elem_id="then")
-                negative = gr.Textbox(label="Negative prompt", value="")
+                # A few-step model makes no unconditional pass: its negative prompt stays hidden and empty (the API's
+                # inputs are the same for every model); motion guidance is empty (none) unless given.
+                negative = gr.Textbox(label="Negative prompt", value="", visible=not unet.guidance_embedding)
+                motions = {} if not unet.motion_embedding else {
+                    "motion_guidance": gr.Number(label="Motion guidance (empty: none; its demo used 0.05)", value=None,
+                                                 minimum=0, elem_id="motion_guidance")}
                 with gr.Row():
                     frames = gr.Number(label="Frames", value=d.frames, precision=0, minimum=1, elem_id="frames")
                     steps = gr.Number(label="Steps", value=d.steps, precision=0, minimum=1, elem_id="steps")
-                    sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS), value=d.sampler)
+                    sampler = gr.Dropdown(label="Sampler", choices=list(SAMPLERS),
+                                          value=d.sampler or default_sampler(app.pipe.config.model))
                 with gr.Row():
                     guidance = gr.Number(label="Guidance", value=d.guidance, minimum=0)
                     eta = gr.Number(label="Eta", value=d.eta, minimum=0)
@@ -192,8 +199,8 @@ def build(app: App):
         dice.click(lambda: secrets.randbelow(2**31), outputs=seed, api_name=False)
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
-        inputs = {"prompt": prompt, "negative": negative, "frames": frames, "steps": steps, "guidance": guidance,
-                  "eta": eta, "fps": fps, "seed": seed, "sampler": sampler, "then": then, "extend": extend, **pictures,
+        inputs = {"prompt": prompt, "negative": negative, "frames": frames, "steps": steps, "guidance": guidance, "eta": eta,
+                  "fps": fps, "seed": seed, "sampler": sampler, "then": then, "extend": extend, **motions, **pictures,
                   **loras, **controls}
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
             _by_name(app.generate, list(inputs)), list(inputs.values()),

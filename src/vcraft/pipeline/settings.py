@@ -149,7 +149,7 @@ def make_settings(config: Config, prompt: str | Sequence[str], **chosen: Any) ->
                   **({"save_fps": max(1, round(video.fps))} if video.fps and "save_fps" not in given else {}), **given}
     if values["prompts"]:
         values = {**values, **_schedule(values["prompt"], values["prompts"], values["at"], values["frames"])}
-    values["sampler"] = values["sampler"] or ("consistency" if model.unet.guidance_embedding else "ddim")
+    values["sampler"] = values["sampler"] or default_sampler(model)
     values["extend"] = values["extend"] or ("mask" if model.frame_conditioning else "replace")
     if values["overlap"] is None:
         values["overlap"] = model.unet.temporal_length // 4
@@ -310,6 +310,11 @@ def _problem(s: Settings, model: ModelConfig) -> str | None:
     if problem is None and s.prompts:
         problem = _schedule_problem(s, model)
     return problem
+
+
+def default_sampler(model: ModelConfig) -> str:
+    """The sampler a model's videos get unless its config or the user picks one."""
+    return "consistency" if model.unet.guidance_embedding else "ddim"
 
 
 def made_at_once(s: Settings, model: ModelConfig) -> bool:
