@@ -50,7 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=list(PROMPTS), help="one model (default: both)")
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 8, 10, 15, 20, 25, 50])
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    parser.add_argument("--samplers", nargs="+", default=[s for s in SAMPLERS if s != "consistency"], choices=SAMPLERS,
+                        help="consistency: few-step models only")
     parser.add_argument("--reference-steps", type=int, default=500)
     parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt")
     parser.add_argument("--json", action="store_true", help="one JSON object per measurement as well")
