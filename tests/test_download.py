@@ -9,6 +9,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 from hub_server import COMMIT, FakeHub, serve
@@ -229,3 +231,47 @@ def test_a_preset_with_parts_fetches_them_all_and_generation_finds_them_offline(
     made = vcraft(*generate, "-o", tmp_path / "fox.mp4")
     assert made.returncode == 0, made.stderr
     assert json.loads((tmp_path / "fox.json").read_text())["control_video"] == str((depth / "control.mp4").resolve())
+
+
+@pytest.mark.slow
+def test_the_few_step_presets_fetch_their_lora_or_unet_and_run_offline(hub, tmp_path, monkeypatch):
+    """Presets as vc2-turbo (a LoRA merged when loading) and vc2-turbo-v2 (a UNet of its own), on the tiny
+    VideoCrafter2: before the download the missing file is one error line naming the command; `vcraft download`
+    fetches the checkpoint and the file; generation then finds both offline and the two videos differ."""
+    from huggingface_hub import constants
+    from omegaconf import OmegaConf
+
+    from vcraft.config import PartSource, WeightsSource, load_config
+
+    turbo = tiny("vc2_512_turbo")
+    files = {"vc2/model.ckpt": tiny("vc2_512") / "model.ckpt", "turbo/unet_lora.pt": turbo / "unet_lora.pt",
+             "turbo/unet_mg.pt": turbo / "unet_mg.pt"}
+    hub.files.update({(REPO, name): path.read_bytes() for name, path in files.items()})
+    for name, motion in (("tiny-turbo", 0), ("tiny-turbo-v2", 256)):
+        cfg = load_config(turbo / "config.yaml", ["model.unet.guidance_embedding=256",
+                                                  f"model.unet.motion_embedding={motion}"])
+        cfg.name, cfg.weights = name, WeightsSource(repo=REPO, file="vc2/model.ckpt")
+        if motion:
+            cfg.parts = {"unet": PartSource(repo=REPO, file="turbo/unet_mg.pt")}
+        else:
+            cfg.lora = PartSource(repo=REPO, file="turbo/unet_lora.pt")
+        (tmp_path / "presets" / f"{name}.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    generate = ["generate", "a red fox", "--frames", "8", "--height", "64", "--width", "128", "--steps", "2", "--seed",
+                "1", "-q"]
+    missing = vcraft(*generate, "--model", "tiny-turbo-v2", "-o", tmp_path / "early.mp4")
+    assert missing.returncode == 2 and "vcraft download tiny-turbo-v2" in one_error_line(missing)
+    assert not (tmp_path / "early.mp4").exists()
+    result = vcraft_process("download", "tiny-turbo", "tiny-turbo-v2")
+    assert result.returncode == 0, result.stderr
+    fetched = {path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
+    assert all(any(path.endswith(name) for path in fetched) for name in files), fetched
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    videos = []
+    for name in ("tiny-turbo", "tiny-turbo-v2"):
+        made = vcraft(*generate, "--model", name, "-o", tmp_path / f"{name}.mp4")
+        assert made.returncode == 0, made.stderr
+        assert json.loads((tmp_path / f"{name}.json").read_text())["sampler"] == "consistency"
+        videos.append(iio.imread(tmp_path / f"{name}.mp4"))
+    assert videos[0].shape == videos[1].shape and not np.array_equal(*videos)

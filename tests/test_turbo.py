@@ -12,7 +12,7 @@ import pytest
 import torch
 from reference import assert_close, reference_dir, rel_l2
 from safetensors.torch import load_file, save_file
-from test_cli import one_error_line, read_pngs, tiny, vcraft
+from test_cli import one_error_line, read_pngs, vcraft
 
 from vcraft.config import load_config, load_preset
 from vcraft.loaders.checkpoints import load_state_dict

@@ -59,8 +59,8 @@ class UNetConfig:
     # image-to-video model): the context is `text_tokens` text tokens, then the image tokens.
     image_attention: bool = False
     text_tokens: int = 77
-    # The guidance scale as an input (T2V-Turbo's `time_cond_proj_dim`): its sinusoidal embedding of this width, projected
-    # and added to the timestep's sinusoid; 0: none. Such a UNet is sampled in a few steps with one pass each.
+    # The guidance scale as an input (T2V-Turbo's `time_cond_proj_dim`): its sinusoidal embedding of this width,
+    # projected and added to the timestep's sinusoid; 0: none. Such a UNet is sampled in a few steps, one pass each.
     guidance_embedding: int = 0
     # T2V-Turbo-v2's motion guidance scale as a second such input, combined with the first (`motion_cond_proj_dim`).
     motion_embedding: int = 0

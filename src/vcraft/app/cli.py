@@ -606,9 +606,12 @@ def download(
     if list_only:
         from vcraft.loaders.download import hub_size
 
-        rows = [(cfg.name, f"{cfg.weights.repo}/{cfg.weights.file}",
-                 size_text(hub_size(cfg.weights) or cfg.weights.size), cfg.description)
-                for cfg in map(load_preset, preset_names()) if cfg.weights is not None]
+        presets = [cfg for cfg in map(load_preset, preset_names()) if cfg.weights is not None]
+        fetched = {cfg.name: [cfg.weights, *(p for p in cfg.parts.values() if p.repo),
+                              *([cfg.lora] if cfg.lora else [])] for cfg in presets}  # the weights, then its own files
+        rows = [(cfg.name, " + ".join(f"{f.repo}/{f.file}" for f in fetched[cfg.name]),
+                 " + ".join(size_text(hub_size(f) or f.size) for f in fetched[cfg.name]), cfg.description)
+                for cfg in presets]
         rows += [(name, f"{source.repo}/{source.file}", size_text(hub_size(source) or source.size),
                   f"LoRA for {cfg.name}, trigger {source.trigger!r}") for name, (cfg, source) in loras.items()]
         print(_table([("MODEL", "FETCHES", "SIZE", "WHAT"), *rows]))

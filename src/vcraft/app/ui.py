@@ -199,9 +199,9 @@ def build(app: App):
         dice.click(lambda: secrets.randbelow(2**31), outputs=seed, api_name=False)
         # The place in the queue first, unqueued, then the render (its progress overlay on the video alone, so
         # that the place stays readable).
-        inputs = {"prompt": prompt, "negative": negative, "frames": frames, "steps": steps, "guidance": guidance, "eta": eta,
-                  "fps": fps, "seed": seed, "sampler": sampler, "then": then, "extend": extend, **motions, **pictures,
-                  **loras, **controls}
+        inputs = {"prompt": prompt, "negative": negative, "frames": frames, "steps": steps, "guidance": guidance,
+                  "eta": eta, "fps": fps, "seed": seed, "sampler": sampler, "then": then, "extend": extend, **motions,
+                  **pictures, **loras, **controls}
         event = run.click(app.place, outputs=status, queue=False, api_name=False).then(
             _by_name(app.generate, list(inputs)), list(inputs.values()),
             [video, sidecar, status, recent], api_name="generate", show_progress_on=video)

@@ -109,7 +109,7 @@ PART_COMPONENTS = {"adapter": "adapter", "depth_estimator": "depth", "unet": Non
 
 
 def _own_folders(cfg: Config) -> list[Path]:
-    """Where a preset's own files (parts, its LoRA) may be beside its weights: $VCRAFT_CHECKPOINTS, then the checkout."""
+    """Where a preset's own files (parts, its LoRA) may be: in $VCRAFT_CHECKPOINTS, then in the checkout."""
     folders = [Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name] if os.environ.get("VCRAFT_CHECKPOINTS") else []
     return [*folders, preset_dir().parent / "checkpoints" / cfg.name]
 

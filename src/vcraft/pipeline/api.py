@@ -81,8 +81,9 @@ class TextToVideo:
         `ckpt` a `.ckpt`/`.safetensors` file (default: the preset's checkpoint location); `encoder` also
         loads the autoencoder's encoder (for `autoencoder.encode`; generating never needs it); `lora` LoRA files or
         official LoRA names, each alone (scale 1) or as (file or name, scale), merged removably (see `add_lora`);
-        `adapter` a control adapter's file, for a config whose preset gives none (an original VideoControl YAML); `unet`
-        a whole UNet's state dict (keys from the UNet, such as T2V-Turbo-v2's `unet_mg.pt`) that replaces the model's."""
+        `adapter` a control adapter's file, for a config whose preset gives none (an original VideoControl YAML);
+        `unet` a whole UNet's state dict (keys from the UNet, as T2V-Turbo-v2's `unet_mg.pt`) in place of the
+        model's."""
         cfg = load_config(model, overrides) if Path(model).suffix in (".yaml", ".yml") else \
             apply_overrides(load_preset(model), list(overrides))
         parts = {name: file for name, file in (("adapter", adapter), ("unet", unet)) if file is not None}
@@ -138,10 +139,10 @@ class TextToVideo:
         return self
 
     def settings(self, prompt: str, **chosen: Any) -> Settings:
-        """Checked settings of one video for this model: `chosen` (seed, negative, frames, height, width,
-        steps, guidance, guidance_min_t, eta, fps, save_fps, overlap, extend; `image` for image-to-video models: a
-        path, a PIL image or an RGB array; `continues`: a video to extend by `frames` new frames, a path or a
-        uint8 array, which needs the encoder) over the config's defaults."""
+        """Checked settings of one video for this model: `chosen` (seed, negative, frames, height, width, sampler,
+        steps, guidance, guidance_min_t, eta, fps, save_fps, overlap, extend; motion_guidance for vc2-turbo-v2;
+        `image` for image-to-video models: a path, a PIL image or an RGB array; `continues`: a video to extend by
+        `frames` new frames, a path or a uint8 array, which needs the encoder) over the config's defaults."""
         return make_settings(self.config, prompt, **chosen)
 
     def __call__(self, prompt: str | Settings, callback: Optional[Progress] = None, **chosen: Any) -> np.ndarray:

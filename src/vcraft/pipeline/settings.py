@@ -101,8 +101,9 @@ class Settings:
 # by their readers (a path, or pixels given in Python).
 READERS = {Picture: read_picture, Footage: read_footage}
 TYPES: dict[str, type] = {f.name: {"int": int, "float": float, "str": str, "Optional[Picture]": Picture,
-                                   "Optional[Footage]": Footage, "Optional[float]": float, "tuple[str, ...]": tuple[str, ...],
-                                   "tuple[int, ...]": tuple[int, ...]}[f.type] for f in fields(Settings)}
+                                   "Optional[Footage]": Footage, "Optional[float]": float,
+                                   "tuple[str, ...]": tuple[str, ...], "tuple[int, ...]": tuple[int, ...]}[f.type]
+                          for f in fields(Settings)}
 
 
 def check_type(key: str, value: Any) -> Any:

@@ -46,7 +46,6 @@ def sample(denoiser: DenoiserFn, x: torch.Tensor, schedule: Schedule, steps: int
         raise ValueError("consistency sampling of more than one step needs a noise source")
     # The distillation's own float32 products (LatentDiffusion's buffers are float64's, rounded).
     a = torch.cumprod(1 - schedule.betas, dim=0).tolist()
-    denoised = x
     for i, t in enumerate(ts):
         prev = ts[i + 1] if i + 1 < len(ts) else t  # the last step noises back to its own level
         if replace is not None:
