@@ -295,3 +295,22 @@ def test_long_videos_with_the_consistency_sampler():
                                                                               "a red fox sleeping in the snow"])
     assert passes == [(1, 24, True)] * 2  # injected at FreeNoise's first five steps
     assert not (scheduled == whole).all()
+
+
+def test_a_prompt_file_row_and_a_sidecar_make_the_same_v2_video(tmp_path):
+    v2 = [a for o in V2 for a in ("--set", o)]
+    model_args = ["--config", root() / "config.yaml", *v2, "--ckpt", root().parent / "vc2_512" / "model.safetensors",
+                  "--unet", root() / "unet_mg.pt", "--frames", "8", "--height", "64", "--width", "64", "--steps", "2",
+                  "-q"]
+    first = vcraft("generate", "a red fox", *model_args, "--motion-guidance", "0.05", "--seed", "3",
+                   "-o", tmp_path / "a.mp4")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "a red fox", "seed": 3, "motion_guidance": 0.05,
+                                                     "name": "row"}) + "\n")
+    again = [vcraft("generate", "--from", tmp_path / "a.json", "-o", tmp_path / "b.mp4", "-q"),
+             vcraft("generate", "-f", tmp_path / "rows.jsonl", *model_args, "-o", tmp_path)]
+    assert [r.returncode for r in again] == [0, 0], [r.stderr for r in again]
+    video = (tmp_path / "a.mp4").read_bytes()
+    assert (tmp_path / "b.mp4").read_bytes() == video and (tmp_path / "row.mp4").read_bytes() == video
+    plain = vcraft("generate", "a red fox", *model_args, "--seed", "3", "-o", tmp_path / "c.mp4")
+    assert plain.returncode == 0 and (tmp_path / "c.mp4").read_bytes() != video
