@@ -314,3 +314,21 @@ def test_a_prompt_file_row_and_a_sidecar_make_the_same_v2_video(tmp_path):
     assert (tmp_path / "b.mp4").read_bytes() == video and (tmp_path / "row.mp4").read_bytes() == video
     plain = vcraft("generate", "a red fox", *model_args, "--seed", "3", "-o", tmp_path / "c.mp4")
     assert plain.returncode == 0 and (tmp_path / "c.mp4").read_bytes() != video
+
+
+def test_a_lora_goes_on_top_and_comes_off_leaving_the_turbo_weights(tmp_path):
+    """A LoRA of the user's (here PEFT's layout, from the UNet) merged over v1's merged one changes the video; removing
+    it gives back the Turbo video bit for bit: the model's own LoRA stays."""
+    from vcraft.pipeline.api import TextToVideo
+
+    cfg, models = model("v1")
+    pipe = TextToVideo(cfg, models, torch.device("cpu"), torch.float32)
+    named = load_file(root() / "unet_lora.safetensors")
+    peft = {k.replace(".lora_up.weight", ".lora_B.weight").replace(".lora_down.weight", ".lora_A.weight"): v
+            for k, v in named.items() if ".attn2." in k}
+    save_file(peft, tmp_path / "style.safetensors")
+    settings = {"frames": 8, "height": 64, "width": 64, "steps": 2, "seed": 1}
+    turbo = pipe("a red fox", **settings)
+    styled = pipe.add_lora(tmp_path / "style.safetensors", 0.5)("a red fox", **settings)
+    again = pipe.clear_loras()("a red fox", **settings)
+    assert not np.array_equal(styled, turbo) and np.array_equal(again, turbo)

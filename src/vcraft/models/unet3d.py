@@ -273,7 +273,6 @@ class UNet3D(nn.Module):
         out = self.out(h)
         return out.view(b, frames, -1, height, width).transpose(1, 2)
 
-
     def scales_term(self, guidance: torch.Tensor, motion: Optional[torch.Tensor]) -> torch.Tensor:
         """What the guidance scale (and motion scale) add to the timestep's sinusoid, T2V-Turbo's way."""
         dtype = self.time_cond_proj.weight.dtype
