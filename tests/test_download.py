@@ -197,81 +197,54 @@ def test_an_official_lora_is_fetched_once_by_its_name_and_found_by_it_offline(hu
 
 
 @pytest.mark.slow
-def test_a_preset_with_parts_fetches_them_all_and_generation_finds_them_offline(hub, tmp_path, monkeypatch):
-    """A preset whose adapter and depth estimator come in files of their own (as vc0-256-depth): before the download
-    a control video is one error line naming the command; `vcraft download` fetches the checkpoint and both parts, and
-    generation then finds them without the network and without --adapter."""
+def test_presets_with_files_of_their_own_fetch_them_all_and_generation_finds_them_offline(hub, tmp_path, monkeypatch):
+    """Presets with files of their own: an adapter and a depth estimator (as vc0-256-depth), a LoRA merged when loading
+    (as vc2-turbo), a UNet (as vc2-turbo-v2). Before the download a request is one error line naming the command;
+    one `vcraft download` fetches every checkpoint and file, and generation then finds them without the network."""
     from huggingface_hub import constants
     from omegaconf import OmegaConf
 
     from vcraft.config import PartSource, WeightsSource, load_config
 
-    depth = tiny("vc0_depth")
+    depth, turbo = tiny("vc0_depth"), tiny("vc2_512_turbo")
     files = {"vc0/model.ckpt": tiny("vc0_base") / "model.ckpt", "vc0/adapter.pth": depth / "adapter.pth",
-             "vc0/midas.safetensors": depth / "dpt_hybrid_tiny.safetensors"}
+             "vc0/midas.safetensors": depth / "dpt_hybrid_tiny.safetensors",
+             "vc2/model.ckpt": tiny("vc2_512") / "model.ckpt", "turbo/unet_lora.pt": turbo / "unet_lora.pt",
+             "turbo/unet_mg.pt": turbo / "unet_mg.pt"}
     hub.files.update({(REPO, name): path.read_bytes() for name, path in files.items()})
-    cfg = load_config(depth / "config.yaml")
-    cfg.name, cfg.weights = "tiny-vc0-depth", WeightsSource(repo=REPO, file="vc0/model.ckpt")
-    cfg.parts = {"adapter": PartSource(repo=REPO, file="vc0/adapter.pth"),
-                 "depth_estimator": PartSource(repo=REPO, file="vc0/midas.safetensors")}
-    (tmp_path / "presets" / "tiny-vc0-depth.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    generate = ["generate", "a red fox", "--model", "tiny-vc0-depth", "--control-video", depth / "control.mp4",
-                "--frames", "8", "--steps", "2", "--seed", "1"]
-    missing = vcraft(*generate, "-o", tmp_path / "early.mp4")
+    presets = {
+        "tiny-vc0-depth": (load_config(depth / "config.yaml"), "vc0/model.ckpt",
+                           {"adapter": "vc0/adapter.pth", "depth_estimator": "vc0/midas.safetensors"}),
+        "tiny-turbo": (load_config(turbo / "config.yaml", ["model.unet.guidance_embedding=256"]), "vc2/model.ckpt",
+                       {}),
+        "tiny-turbo-v2": (load_config(turbo / "config.yaml", ["model.unet.guidance_embedding=256",
+                                                              "model.unet.motion_embedding=256"]), "vc2/model.ckpt",
+                          {"unet": "turbo/unet_mg.pt"})}
+    for name, (cfg, weights, parts) in presets.items():
+        cfg.name, cfg.weights = name, WeightsSource(repo=REPO, file=weights)
+        cfg.parts = {part: PartSource(repo=REPO, file=file) for part, file in parts.items()}
+        cfg.lora = PartSource(repo=REPO, file="turbo/unet_lora.pt") if name == "tiny-turbo" else None
+        (tmp_path / "presets" / f"{name}.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    generate = {"tiny-vc0-depth": ["--control-video", depth / "control.mp4"], "tiny-turbo": [], "tiny-turbo-v2": []}
+    common = ["a red fox", "--frames", "8", "--height", "64", "--width", "64", "--steps", "2", "--seed", "1", "-q"]
+    missing = vcraft("generate", *common, "--model", "tiny-vc0-depth", *generate["tiny-vc0-depth"],
+                     "-o", tmp_path / "early.mp4")
     assert missing.returncode == 2 and "vcraft download tiny-vc0-depth" in one_error_line(missing)
     assert not (tmp_path / "early.mp4").exists()
 
-    result = vcraft_process("download", "tiny-vc0-depth")
+    result = vcraft_process("download", *presets)
     assert result.returncode == 0, result.stderr
     fetched = {path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
     assert all(any(path.endswith(name) for path in fetched) for name in files), fetched
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    made = vcraft(*generate, "-o", tmp_path / "fox.mp4")
-    assert made.returncode == 0, made.stderr
-    assert json.loads((tmp_path / "fox.json").read_text())["control_video"] == str((depth / "control.mp4").resolve())
-
-
-@pytest.mark.slow
-def test_the_few_step_presets_fetch_their_lora_or_unet_and_run_offline(hub, tmp_path, monkeypatch):
-    """Presets as vc2-turbo (a LoRA merged when loading) and vc2-turbo-v2 (a UNet of its own), on the tiny
-    VideoCrafter2: before the download the missing file is one error line naming the command; `vcraft download`
-    fetches the checkpoint and the file; generation then finds both offline and the two videos differ."""
-    from huggingface_hub import constants
-    from omegaconf import OmegaConf
-
-    from vcraft.config import PartSource, WeightsSource, load_config
-
-    turbo = tiny("vc2_512_turbo")
-    files = {"vc2/model.ckpt": tiny("vc2_512") / "model.ckpt", "turbo/unet_lora.pt": turbo / "unet_lora.pt",
-             "turbo/unet_mg.pt": turbo / "unet_mg.pt"}
-    hub.files.update({(REPO, name): path.read_bytes() for name, path in files.items()})
-    for name, motion in (("tiny-turbo", 0), ("tiny-turbo-v2", 256)):
-        cfg = load_config(turbo / "config.yaml", ["model.unet.guidance_embedding=256",
-                                                  f"model.unet.motion_embedding={motion}"])
-        cfg.name, cfg.weights = name, WeightsSource(repo=REPO, file="vc2/model.ckpt")
-        if motion:
-            cfg.parts = {"unet": PartSource(repo=REPO, file="turbo/unet_mg.pt")}
-        else:
-            cfg.lora = PartSource(repo=REPO, file="turbo/unet_lora.pt")
-        (tmp_path / "presets" / f"{name}.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    generate = ["generate", "a red fox", "--frames", "8", "--height", "64", "--width", "128", "--steps", "2", "--seed",
-                "1", "-q"]
-    missing = vcraft(*generate, "--model", "tiny-turbo-v2", "-o", tmp_path / "early.mp4")
-    assert missing.returncode == 2 and "vcraft download tiny-turbo-v2" in one_error_line(missing)
-    assert not (tmp_path / "early.mp4").exists()
-    result = vcraft_process("download", "tiny-turbo", "tiny-turbo-v2")
-    assert result.returncode == 0, result.stderr
-    fetched = {path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path}
-    assert all(any(path.endswith(name) for path in fetched) for name in files), fetched
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    videos = []
-    for name in ("tiny-turbo", "tiny-turbo-v2"):
-        made = vcraft(*generate, "--model", name, "-o", tmp_path / f"{name}.mp4")
+    videos = {}
+    for name, extra in generate.items():
+        made = vcraft("generate", *common, "--model", name, *extra, "-o", tmp_path / f"{name}.mp4")
         assert made.returncode == 0, made.stderr
-        assert json.loads((tmp_path / f"{name}.json").read_text())["sampler"] == "consistency"
-        videos.append(iio.imread(tmp_path / f"{name}.mp4"))
-    assert videos[0].shape == videos[1].shape and not np.array_equal(*videos)
+        videos[name] = iio.imread(tmp_path / f"{name}.mp4")
+    assert json.loads((tmp_path / "tiny-vc0-depth.json").read_text())["control_video"] == str(
+        (depth / "control.mp4").resolve())
+    assert json.loads((tmp_path / "tiny-turbo-v2.json").read_text())["sampler"] == "consistency"
+    assert not np.array_equal(videos["tiny-turbo"], videos["tiny-turbo-v2"])
