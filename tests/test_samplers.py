@@ -85,7 +85,7 @@ def test_every_sampler_makes_long_videos_both_ways_that_follow_the_prompt(render
     # dpmpp-2m-sde with `replace` is a known gap, left open: over 40 frames its last window kept the object but
     # not the motion (DDIM with eta 1 keeps both; docs/benchmarks.md, "Samplers").
     for extend in ("mask",) if sampler == "dpmpp-2m-sde" else ("mask", "replace"):
-        video = render("a red circle moving left", seed=2, frames=24, sampler=sampler, steps=12, extend=extend,
+        video = render("a red circle moving left", seed=2, frames=24, sampler=sampler, steps=8, extend=extend,
                        negative="a blue square", eta=1.0 if sampler == "dpmpp-2m-sde" else 0.0)
         assert video.shape == (24, 64, 64, 3)
         seen = [measure(video[i:i + 16].astype(np.float32) / 255) for i in (0, 8)]

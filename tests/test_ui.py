@@ -77,7 +77,7 @@ def test_the_generate_api_takes_prompts_along_the_video(server):
     from gradio_client import Client
 
     client = Client(server[0], verbose=False)
-    video, sidecar, _, _ = client.predict("a red circle moving left", "", 24, 12, 2.5, 0.0, 8, 3, "ddim",
+    video, sidecar, _, _ = client.predict("a red circle moving left", "", 24, 8, 2.5, 0.0, 8, 3, "ddim",
                                           then="16: a blue circle moving left", api_name="/generate")
     frames = read_video(video).astype(np.float32) / 255
     assert frames.shape[0] == 24  # two windows: the second one's 8 new frames take the second prompt
