@@ -196,23 +196,6 @@ def test_the_command_makes_the_originals_frames(tmp_path, fixture_noise, name, m
     assert made["sampler"] == "consistency" and made["motion_guidance"] == (float(motion) if motion else None)
 
 
-def test_a_video_makes_one_unet_pass_a_step():
-    from vcraft.pipeline.api import TextToVideo
-
-    cfg, models = model("v1")
-    pipe = TextToVideo(cfg, models, torch.device("cpu"), torch.float32)
-    batches = []
-    hook = models.unet.register_forward_pre_hook(lambda module, args, kwargs: batches.append(kwargs["x"].shape[0]),
-                                                 with_kwargs=True)
-    try:
-        for steps in (4, 8):
-            batches.clear()
-            pipe("a red fox running through snow", frames=8, height=64, width=128, steps=steps, guidance=7.5)
-            assert batches == [1] * steps  # one pass a step, no unconditional one
-    finally:
-        hook.remove()
-
-
 def test_the_full_size_layouts_fit_the_presets():
     """The v2 UNet file's keys and shapes, and the v1 LoRA's list (by order and shape), fit vc2-turbo-v2 and vc2-turbo;
     (scripts/bench_turbo.py loads them with random weights and runs them)."""
@@ -271,21 +254,25 @@ def _passes(pipe, **settings) -> tuple[list, list]:
     hook = pipe.unet.register_forward_pre_hook(lambda module, args, kwargs: passes.append(
         (kwargs["x"].shape[0], kwargs["x"].shape[2], "early_context" in kwargs)), with_kwargs=True)
     try:
-        return pipe("a red fox running through snow", height=64, width=64, steps=2, guidance=7.5, seed=5,
-                    **settings), passes
+        return pipe("a red fox running through snow", **{"height": 64, "width": 64, "steps": 2, "guidance": 7.5,
+                                                         "seed": 5, **settings}), passes
     finally:
         hook.remove()
 
 
-def test_long_videos_with_the_consistency_sampler():
-    """replace: window by window, each a run of its own (its given frames put back at every step's level); the first
-    window is the clip alone. freenoise: all frames in one run of a pass a step; a prompt schedule's motion injection
-    reaches the UNet at FreeNoise's steps, though no unconditional pass is made."""
+def test_one_unet_pass_a_step_in_clips_and_long_videos():
+    """A clip: one UNet pass a step, no unconditional one. replace: window by window, each a run of its own (its given
+    frames put back at every step's level); the first window is the clip alone. freenoise: all frames in one run of a
+    pass a step; a prompt schedule's motion injection reaches the UNet at FreeNoise's steps, though no unconditional
+    pass is made."""
     from vcraft.pipeline.api import TextToVideo
 
     cfg, models = model("v1")
     pipe = TextToVideo(cfg, models, torch.device("cpu"), torch.float32)
-    clip, _ = _passes(pipe, frames=16)
+    for steps in (4, 8):
+        assert _passes(pipe, frames=8, steps=steps)[1] == [(1, 8, False)] * steps
+    clip, passes = _passes(pipe, frames=16)
+    assert passes == [(1, 16, False)] * 2
     longer, passes = _passes(pipe, frames=24, extend="replace", overlap=4)
     assert longer.shape[0] == 24 and passes == [(1, 16, False)] * 4  # two windows of 2 steps
     assert np.array_equal(longer[:16], clip)

@@ -353,7 +353,7 @@ def test_a_few_step_model_gets_motion_guidance_and_no_negative_prompt(tmp_path, 
         "frames", "motion_guidance", "steps"]
     assert [c.visible for c in blocks if getattr(c, "label", None) == "Negative prompt"] == [False]
     assert [c.value for c in blocks if getattr(c, "label", None) == "Sampler"] == ["consistency"]
-    request = ("a red fox", "", 8, 4, 7.5, 0.0, 8, 1, "consistency")
+    request = ("a red fox", "", 8, 2, 7.5, 0.0, 8, 1, "consistency")
     *_, (moved, sidecar, _, _) = app.generate(*request, motion_guidance=0.05)
     *_, (plain, plain_sidecar, _, _) = app.generate(*request)
     made = json.loads(Path(sidecar).read_text())
