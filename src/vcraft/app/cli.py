@@ -179,7 +179,7 @@ def generate(
         raise VcraftError(f"checkpoint not found: {ckpt}")
     from vcraft.loaders.weights import find_merged_lora, find_parts
 
-    parts = {name: file for name, file in (("adapter", adapter), ("unet", unet)) if file is not None}
+    parts = _parts(adapter, unet)
     find_parts(cfg, parts)  # a missing part said before any work
     find_merged_lora(cfg)
     todo = [v for v in videos if not (options.skip_existing and v.path != STDOUT and v.path.exists())]
@@ -217,6 +217,11 @@ def generate(
     if failed:
         _log(f"{len(failed)} of {len(todo)} videos failed: " + ", ".join(str(v.index) for v in failed))
         raise typer.Exit(1)
+
+
+def _parts(adapter: Optional[Path], unet: Optional[Path]) -> dict[str, Path]:
+    """Components' own files given on the command line, by component name."""
+    return {name: file for name, file in (("adapter", adapter), ("unet", unet)) if file is not None}
 
 
 def _lora(spec: str):
@@ -362,6 +367,10 @@ def ui(
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="vcraft YAML or original VideoCrafter inference YAML."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A control adapter's file, for a config that "
+                                                                   "gives none (an original VideoControl YAML)."),
+    unet: Optional[Path] = typer.Option(None, "--unet", help="A whole UNet's state dict that replaces the model's "
+                                                             "(T2V-Turbo-v2's unet_mg.pt)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface)."),
     port: int = typer.Option(7860, help="Port to listen on."),
     output: Path = typer.Option(Path("outputs"), "--output", "-o", help="Folder for the videos (and only there)."),
@@ -385,8 +394,9 @@ def ui(
     offered = {name: dataclasses.replace(_lora(name)[0], trigger=cfg.loras[name].trigger)
                for name in _present_loras(cfg)}
     offered.update({Path(spec).stem if Path(spec).exists() else spec: _lora(spec)[0] for spec in lora})
-    serve(Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides)), host, port,
-          share, _log, offered)
+    parts = _parts(adapter, unet)
+    serve(Job(cfg, ckpt or find_checkpoint(cfg), options, config_file=config, overrides=list(overrides), parts=parts),
+          host, port, share, _log, offered)
 
 
 @app.command()
