@@ -8,7 +8,7 @@ LoRA) finds its component through the same table (`route`). Adding a component i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -128,6 +128,12 @@ COMPONENTS = (
     Component("depth_estimator", "depth estimator", "depth_stage_model.model.", _depth_estimator, _library_keys),
 )
 BY_NAME = {c.name: c for c in COMPONENTS}
+
+
+def without(state: Tensors, names: Iterable[str]) -> Tensors:
+    """`state` without the keys of the components `names` (those whose own files replace them)."""
+    prefixes = tuple(BY_NAME[name].prefix for name in names)
+    return {k: v for k, v in state.items() if not k.startswith(prefixes)}
 
 
 class Models:

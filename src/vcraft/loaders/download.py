@@ -110,14 +110,13 @@ def convert_checkpoint(cfg: Config, ckpt: Path, target: Path, log: Log) -> None:
     runs no pickled code (checkpoints.load_state_dict); writing is atomic (temporary name, then rename)."""
     from vcraft.config import load_preset
     from vcraft.loaders.checkpoints import load_state_dict, save_state_dict
-    from vcraft.loaders.components import BY_NAME
+    from vcraft.loaders.components import without
     from vcraft.loaders.loading import build_models, fit_checkpoint
 
     log(f"{cfg.name}: converting to fp16 safetensors in {target}")
     state = load_state_dict(ckpt)
     owner = load_preset(cfg.weights_of) if cfg.weights_of else cfg  # the model these weights are
-    replaced = tuple(BY_NAME[name].prefix for name in owner.parts)  # its own files give these components
-    kept = {k: v for k, v in state.items() if not k.startswith(replaced)}
+    kept = without(state, owner.parts)  # its own files give these components
     fit_checkpoint(build_models(owner.model), owner.model, kept, str(ckpt), separate=PART_COMPONENTS)
     target.parent.mkdir(parents=True, exist_ok=True)
     parts = ckpt.parts

@@ -13,7 +13,7 @@ import torch
 from vcraft.config import ModelConfig, load_preset, preset_names
 from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import assign, check_fits, check_schedule
-from vcraft.loaders.components import BY_NAME, BuildOptions, Models, Tensors, build, split
+from vcraft.loaders.components import BY_NAME, BuildOptions, Models, Tensors, build, split, without
 from vcraft.loaders.weights import PART_COMPONENTS
 from vcraft.sampling.schedule import make_schedule, scale_array
 
@@ -86,9 +86,7 @@ def load_models(cfg: ModelConfig, state: dict[str, torch.Tensor], source: str,
     replace what the checkpoint holds for them. Consumes `state` (it is left empty), so each tensor read in another
     dtype is freed as soon as it is converted."""
     models = build_models(cfg, encoder=encoder)
-    replaced = tuple(BY_NAME[name].prefix for name in parts)  # what the checkpoint holds of them is not used
-    fitted = fit_checkpoint(models, cfg, {k: v for k, v in state.items() if not k.startswith(replaced)}, source,
-                            parts)
+    fitted = fit_checkpoint(models, cfg, without(state, parts), source, parts)  # the checkpoint's copies unused
     fitted += [_part(models, cfg, name, tensors, part_source) for name, (tensors, part_source) in parts.items()]
     state.clear()
     for module, tensors in fitted:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from vcraft.config import Config, LoRASource, WeightsSource, preset_dir
+from vcraft.config import Config, LoRASource, PartSource, WeightsSource, preset_dir
 from vcraft.errors import VcraftError
 
 CHECKPOINT_NAMES = ("model.safetensors", "model.ckpt")
@@ -108,10 +108,18 @@ def find_checkpoint(cfg: Config) -> Path:
 PART_COMPONENTS = {"adapter": "adapter", "depth_estimator": "depth", "unet": None}
 
 
-def _own_folders(cfg: Config) -> list[Path]:
-    """Where a preset's own files (parts, its LoRA) may be: in $VCRAFT_CHECKPOINTS, then in the checkout."""
+def _own_file(cfg: Config, source: PartSource | None, names: tuple[str, ...]) -> Path | None:
+    """A preset's own file (a part, its LoRA): the `path` its source names (whether or not it exists), else the first of
+    `names` in `$VCRAFT_CHECKPOINTS/<preset>/` or beside the presets, else the source's file in the Hugging Face cache;
+    None where none holds it."""
+    if source is not None and source.path:
+        return Path(source.path)
     folders = [Path(os.environ["VCRAFT_CHECKPOINTS"]) / cfg.name] if os.environ.get("VCRAFT_CHECKPOINTS") else []
-    return [*folders, preset_dir().parent / "checkpoints" / cfg.name]
+    folders.append(preset_dir().parent / "checkpoints" / cfg.name)
+    found = next((f / n for f in folders for n in names if (f / n).is_file()), None)
+    if found is None and source is not None and source.repo:
+        found = hub_cached(source)
+    return found
 
 
 def _wanted(cfg: Config, given: dict[str, Path]) -> list[str]:
@@ -128,19 +136,13 @@ def find_parts(cfg: Config, given: dict[str, Path]) -> dict[str, Path]:
     YAML's adapter); an unlisted one (a checkpoint may hold it) is simply absent."""
     from vcraft.loaders.components import BY_NAME
 
-    wanted = _wanted(cfg, given)
-    folders = _own_folders(cfg)
     found = {}
-    for name in wanted:
+    for name in _wanted(cfg, given):
         source = cfg.parts.get(name)
         if name in given:
             path = given[name]
-        elif source is not None and source.path:
-            path = Path(source.path)
         else:
-            path = next((f / f"{name}.safetensors" for f in folders if (f / f"{name}.safetensors").is_file()), None)
-            if path is None and source is not None and source.repo:
-                path = hub_cached(source)
+            path = _own_file(cfg, source, (f"{name}.safetensors",))
             if path is None and source is not None:
                 how = f"fetch it once with: vcraft download {cfg.name}" if source.repo else \
                     f"give it with --{name} PATH" if name in ("adapter", "unet") else \
@@ -159,11 +161,7 @@ def find_merged_lora(cfg: Config) -> Path | None:
     source = cfg.lora
     if source is None:
         return None
-    folders = _own_folders(cfg)
-    names = ("lora.safetensors", "lora.pt")
-    path = Path(source.path) if source.path else \
-        next((f / n for f in folders for n in names if (f / n).is_file()), None) or \
-        (hub_cached(source) if source.repo else None)
+    path = _own_file(cfg, source, ("lora.safetensors", "lora.pt"))
     if path is None or not path.is_file():
         how = f"fetch it once with: vcraft download {cfg.name}" if source.repo else "set lora.path in the config"
         raise VcraftError(f"the LoRA that model '{cfg.name}' is made of is not on this machine; {how}")
