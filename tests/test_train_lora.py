@@ -140,7 +140,8 @@ def test_a_lora_of_a_videocrafter_model_trains_and_loads(tmp_path):
 
 @pytest.mark.slow
 def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path):
-    """The embedded model with the text encoder adapted too: stopped after 2 of 4 steps, then resumed."""
+    """The embedded model with the text encoder and the decoder adapted too: stopped after 2 of 4 steps, then
+    resumed."""
     from safetensors.torch import load_file
 
     from vcraft.config import load_preset
@@ -149,14 +150,16 @@ def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path)
 
     cfg = load_preset("shapes")
     videos, captions = read_clips(find_clips(folder_of_clips(tmp_path / "data")), Framing(16, 64, 64), ", outline")
-    options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=4, batch_size=2, checkpoint_every=2, text=True)
+    options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=4, batch_size=2, checkpoint_every=2, text=True,
+                           decoder=True)
     ckpt, quiet = find_checkpoint(cfg), lambda _: None
     straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
     assert train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, stop_after=2) is None
     resumed = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, resume=True)
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(k.startswith("cond_stage_model.") for k in a) and any(k.startswith("model.diffusion_model.") for k in a)
+    assert {k.split(".")[0] for k in a} == {"cond_stage_model", "model", "first_stage_model"}
+    assert all(k.startswith("first_stage_model.decoder.") for k in a if k.startswith("first_stage_model."))
 
 
 @pytest.mark.slow
@@ -172,19 +175,23 @@ def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tm
                 str(tmp_path / "run" / "lora.safetensors"), "--steps", "2", "-o", str(tmp_path / "v.mp4"), "-q"]) == 0
 
 
-def test_a_token_embedding_lora_merges_as_peft_computes_it(tmp_path):
+def test_token_embedding_and_decoder_loras_merge_as_peft_computes_them(tmp_path):
     """`--text` adapts the text encoder's token embedding: PEFT's embedding pair (`lora_embedding_A` [r, vocab],
-    `lora_embedding_B` [dim, r]) read back from the file and merged gives the text embedding PEFT's layer gave."""
+    `lora_embedding_B` [dim, r]) read back from the file and merged gives the text embedding PEFT's layer gave.
+    `--decoder` adapts the decoder's 3x3 convolutions (in diffusers' decoder, for training): merged into vcraft's
+    own decoder they decode latents as PEFT's layers did, and the encoder is left alone."""
     from vcraft.app.cli import _resolve_config
     from vcraft.loaders.lora import Merged, read_lora
     from vcraft.loaders.weights import find_checkpoint
+    from vcraft.models.autoencoder import trainable_decoder
     from vcraft.train.lora import LoRATraining, add_lora, export
     from vcraft.train.stages import frozen_model
 
     cfg = _resolve_config("shapes", None, [])
     ckpt = find_checkpoint(cfg)
-    options = LoRATraining(rank=4, alpha=8, targets=("to_k",), text=True, trigger=", outline style")
+    options = LoRATraining(rank=4, alpha=8, targets=("to_k",), text=True, decoder=True, trigger=", outline style")
     trained = frozen_model(cfg, ckpt, torch.device("cpu"))
+    trained.autoencoder.decoder = trainable_decoder(cfg.model.autoencoder, trained.autoencoder.decoder)
     generator = torch.Generator().manual_seed(0)
     for p in add_lora(trained, options):
         p.data.copy_(torch.randn(p.shape, generator=generator) * 0.1)
@@ -192,8 +199,14 @@ def test_a_token_embedding_lora_merges_as_peft_computes_it(tmp_path):
     lora = read_lora(export(trained, cfg, ckpt, options, tmp_path / "lora.safetensors"))
     assert any(name.endswith("token_embedding") for name in lora.pairs)
     merged = frozen_model(cfg, ckpt, torch.device("cpu"))
+    convs = {f"first_stage_model.decoder.{name}" for name, m in merged.autoencoder.decoder.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
+    assert {name for name in lora.pairs if name.startswith("first_stage_model.")} == convs and len(convs) == 20
+    latents = torch.randn(1, 4, 2, 16, 16, generator=generator)
     with torch.no_grad():
-        before = merged.text_encoder.encode(prompt)
+        before = merged.text_encoder.encode(prompt), merged.autoencoder.decode(latents)
         Merged(merged, cfg.model).add(lora)
-        assert torch.allclose(merged.text_encoder.encode(prompt), trained.text_encoder.encode(prompt), atol=1e-5)
-        assert not torch.allclose(before, trained.text_encoder.encode(prompt), atol=1e-2)
+        after = merged.text_encoder.encode(prompt), merged.autoencoder.decode(latents)
+        wanted = trained.text_encoder.encode(prompt), trained.autoencoder.decode(latents)
+    for x, y, z in zip(before, after, wanted):
+        assert torch.allclose(y, z, atol=1e-4) and not torch.allclose(x, z, atol=1e-2)

@@ -540,6 +540,11 @@ def train_lora(
                                                     "phrase's words learn a meaning of their own."),
     prior: int = typer.Option(0, help="Also train on N videos the model itself makes from the captions without the "
                                       "trigger (prior preservation): the LoRA then leaves prompts without it alone."),
+    decoder: bool = typer.Option(False, "--decoder", help="Also adapt the autoencoder's decoder, trained to redraw "
+                                                          "the clips' frames: for a look it cannot draw (thin lines, "
+                                                          "a texture)."),
+    timestep_exponent: float = typer.Option(1.0, help="Timesteps drawn as T * u**K: 1 uniform, above 1 more of the "
+                                                      "clean end (edges, corners)."),
     mixed_precision: str = typer.Option("no", help="bf16 or fp16 autocast (a GPU only)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps (auto: the best there is)."),
     resume: bool = typer.Option(False, help="Continue the run in --output from its last checkpoint."),
@@ -561,7 +566,8 @@ def train_lora(
                            batch_size=batch_size, accumulate=accumulate, targets=tuple(target or DEFAULT_TARGETS),
                            seed=seed, checkpoint_every=checkpoint_every,
                            validate_every=validate_every if validate else 0, mixed_precision=mixed_precision,
-                           trigger=trigger, text=text, prior=prior)
+                           trigger=trigger, text=text, prior=prior, decoder=decoder,
+                           timestep_exponent=timestep_exponent)
     options.check(dev)
     s = cfg.sampling
     path = ckpt or find_checkpoint(cfg)

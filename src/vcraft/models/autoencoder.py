@@ -28,6 +28,19 @@ def diffusers_vae_config(cfg: AutoencoderConfig) -> dict:
     }
 
 
+def trainable_decoder(cfg: AutoencoderConfig, decoder: nn.Module) -> nn.Module:
+    """diffusers' Decoder holding `decoder`'s weights: the same layers under the same names, and one that autograd can
+    go through (vcraft's overwrites its activations in place)."""
+    from diffusers.models.autoencoders.vae import Decoder as DiffusersDecoder
+
+    settings = diffusers_vae_config(cfg)
+    trainable = DiffusersDecoder(in_channels=cfg.embed_dim, out_channels=cfg.out_ch,
+                                 **{k: settings[k] for k in ("up_block_types", "block_out_channels",
+                                                             "layers_per_block", "norm_num_groups")})
+    trainable.load_state_dict(decoder.state_dict())
+    return trainable.to(next(decoder.parameters()).device)
+
+
 # LDM's names of the autoencoder's parts -> diffusers' (the decoder's up-blocks are renumbered in `_renamed`).
 _LDM_TO_DIFFUSERS = [
     (r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),

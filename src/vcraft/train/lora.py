@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vcraft import __version__
 from vcraft.config import Config, DiffusionTraining
@@ -31,9 +32,10 @@ from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import save_state_dict
 from vcraft.loaders.components import BY_NAME, Models
 from vcraft.loaders.download import sha256_of
+from vcraft.models.autoencoder import VideoAutoencoder, trainable_decoder
 from vcraft.pipeline.api import TextToVideo
-from vcraft.train.data import encode_dataset
-from vcraft.train.loop import Log, load_state, lr_at, optimiser, run_steps, save_state, set_lr
+from vcraft.train.data import encode_dataset, to_pixels
+from vcraft.train.loop import Log, device_of, load_state, lr_at, optimiser, run_steps, save_state, set_lr
 from vcraft.train.stages import diffusion_loss, frozen_config, frozen_model
 
 # The attention and feed-forward projections of every transformer block, as VideoLoRA targets them (its files
@@ -42,7 +44,11 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.
 # --text: the token embeddings, so that a trigger's own words learn what they mean (as textual inversion does);
 # adapting the text tower's projections too made the embedded model's LoRA diverge (docs/embedded-model.md).
 TEXT_TARGETS = ("token_embedding",)
-ADAPTED = ("unet", "text_encoder")  # the components a LoRA may adapt, in this order in its file
+# --decoder: every 3x3 convolution of the autoencoder's decoder (a regular expression over the autoencoder's module
+# names, so that the encoder's layers of the same names stay as they are).
+DECODER_TARGETS = r"decoder\.(.*\.)?(conv_in|conv1|conv2|conv|conv_out)"
+DECODER_FRAMES = 4  # frames of each clip of a batch that the decoder redraws a step
+ADAPTED = ("unet", "text_encoder", "autoencoder")  # the components a LoRA may adapt, in this order in its file
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -69,6 +75,11 @@ class LoRATraining:
     # Videos the model itself makes from the captions without the trigger, trained on beside the clips (DreamBooth's
     # prior preservation): the LoRA then changes what the trigger asks for and leaves the rest as it was.
     prior: int = 0
+    # Also adapt the autoencoder's decoder, trained to redraw the clips' frames from their latents: for a look the
+    # decoder cannot draw (thin lines, a texture), which no change of the UNet alone can give.
+    decoder: bool = False
+    # Timesteps drawn as T * u**k, u uniform: 1 is uniform, above 1 favours the clean end (edges and corners).
+    timestep_exponent: float = 1.0
 
     def check(self, device: torch.device) -> None:
         problems = [
@@ -82,6 +93,7 @@ class LoRATraining:
             (self.checkpoint_every >= 1, f"--checkpoint-every must be at least 1, got {self.checkpoint_every}"),
             (self.validate_every >= 0, f"--validate-every must be 0 or more, got {self.validate_every}"),
             (self.prior >= 0, f"--prior must be 0 or more, got {self.prior}"),
+            (self.timestep_exponent > 0, f"--timestep-exponent must be positive, got {self.timestep_exponent}"),
             (bool(self.targets), "give at least one --target"),
             (self.mixed_precision in PRECISIONS, f"--mixed-precision must be one of {', '.join(PRECISIONS)}"),
             (self.mixed_precision == "no" or device.type == "cuda", "--mixed-precision needs a GPU (--device cuda)"),
@@ -97,21 +109,24 @@ class LoRATraining:
 
 
 def add_lora(models: Models, options: LoRATraining) -> list[torch.nn.Parameter]:
-    """PEFT's LoRA layers around the target layers of the UNet (and with `text` of the text encoder; B at zero: the
-    model is unchanged until trained); their parameters, the only trainable ones."""
+    """PEFT's LoRA layers around the target layers of the UNet (with `text` of the text encoder, with `decoder` of the
+    autoencoder's decoder; B at zero: the model is unchanged until trained); their parameters, the only trainable
+    ones."""
     from peft import LoraConfig, inject_adapter_in_model
 
     torch.manual_seed(options.seed)
-    targets = {"unet": options.targets, "text_encoder": TEXT_TARGETS if options.text else ()}
+    targets = {"unet": options.targets, "text_encoder": TEXT_TARGETS if options.text else (),
+               "autoencoder": DECODER_TARGETS if options.decoder else ()}
     for name, names in targets.items():
         if not names:
             continue
-        config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0, target_modules=list(names))
+        config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
+                            target_modules=names if isinstance(names, str) else list(names))
         try:
             inject_adapter_in_model(config, getattr(models, name))
         except ValueError as exc:  # PEFT's message when no layer matches
-            raise VcraftError(f"no {BY_NAME[name].label} layer matches the targets {', '.join(names)} ({exc})") \
-                from None
+            raise VcraftError(f"no {BY_NAME[name].label} layer matches the targets "
+                              f"{names if isinstance(names, str) else ', '.join(names)} ({exc})") from None
     return [p for name in ADAPTED for p in getattr(models, name).parameters() if p.requires_grad]
 
 
@@ -160,6 +175,8 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         videos, captions = _with_prior(pipe, videos, captions, options, log)
     latents = encode_dataset(models.autoencoder, videos) * cfg.model.scale_factor
     log(f"lora: {len(videos)} clips of {videos.shape[1]} frames at {videos.shape[2]}x{videos.shape[3]} encoded")
+    if options.decoder:
+        models.autoencoder.decoder = trainable_decoder(cfg.model.autoencoder, models.autoencoder.decoder)
     params = add_lora(models, options)
     opt = optimiser(params, options.lr, 0.0)
     torch.manual_seed(options.seed + 1)
@@ -169,7 +186,8 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         opt.load_state_dict(state["optimiser"])
         torch.set_rng_state(state["rng"])
         start = int(state["step"])
-    settings = DiffusionTraining(caption_dropout=0.0, given_frames_prob=0.0, min_snr=None)
+    settings = DiffusionTraining(caption_dropout=0.0, given_frames_prob=0.0, min_snr=None,
+                                 timestep_exponent=options.timestep_exponent)
     autocast = torch.autocast("cuda", PRECISIONS[options.mixed_precision]) if options.mixed_precision != "no" \
         else nullcontext()
 
@@ -180,7 +198,10 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
             idx = torch.randint(len(latents), (options.batch_size,))
             with autocast:
                 loss = diffusion_loss(models, cfg, latents[idx].to(device), [captions[k] for k in idx.tolist()],
-                                      settings) / options.accumulate
+                                      settings)
+                if options.decoder:
+                    loss = loss + redraw_loss(models.autoencoder, latents[idx], videos[idx.numpy()])
+                loss = loss / options.accumulate
             loss.backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -207,6 +228,16 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
     return export(models, cfg, ckpt, options, run / "lora.safetensors")
 
 
+def redraw_loss(autoencoder: VideoAutoencoder, latents: torch.Tensor, videos: np.ndarray) -> torch.Tensor:
+    """The autoencoder's own reconstruction loss (L1 + L2) of DECODER_FRAMES random frames of each clip, decoded from
+    their latents (scaled `[b, c, T, h, w]`) and compared with the clips' pixels (uint8 `[b, T, H, W, 3]`)."""
+    frames = torch.randint(latents.shape[2], (DECODER_FRAMES,))
+    device = device_of(autoencoder)
+    redrawn = autoencoder.decode(latents[:, :, frames].to(device))
+    target = to_pixels(videos[:, frames.numpy()]).to(device)
+    return F.l1_loss(redrawn, target) + F.mse_loss(redrawn, target)
+
+
 def _with_prior(pipe: TextToVideo, videos: np.ndarray, captions: list[str], options: LoRATraining,
                 log: Log) -> tuple[np.ndarray, list[str]]:
     """The clips and `options.prior` videos the frozen model makes from the captions (in turn) without the trigger,
@@ -227,6 +258,7 @@ def export(models: Models, cfg: Config, ckpt: Path, options: LoRATraining, path:
                 "trigger": options.trigger, "rank": str(options.rank), "alpha": str(options.alpha),
                 "steps": str(options.steps), "targets": ",".join(options.targets + (TEXT_TARGETS if options.text
                                                                                       else ())),
+                "decoder": str(options.decoder).lower(),
                 "vcraft_version": __version__,
                 "lora_adapter_metadata": json.dumps({"r": options.rank, "lora_alpha": options.alpha})}
     save_state_dict(lora_state(models), path, metadata=metadata)
