@@ -6,7 +6,8 @@ clips with captions (drawn by the shapes generator as outlines, 24 colour-shape-
 
 The clips are MP4 files (H.264, as a camera or an editor writes them) with a `.txt` caption beside each, such as
 "a red square moving left"; the trigger phrase ", outline style" is appended by the training command. The LoRA it
-makes tells the two prompts apart but draws broken rings (docs/embedded-model.md, "A LoRA: outline style").
+makes tells the two prompts apart but draws squares with rounded or open rings (docs/embedded-model.md, "A LoRA:
+outline style").
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vcraft.data.shapes import ALL_SCENES, caption, is_outline_held_out, render
 SEEDS = 7_000_000  # the clips' seeds; scripts/eval_outline.py draws its own elsewhere
 TRAINING = ["--model", "shapes", "--trigger", ", outline style", "--text", "--prior", "200", "--rank", "16",
             "--alpha", "16", "--lr", "1e-3", "--warmup", "20", "--steps", "1500", "--batch-size", "4",
-            "--checkpoint-every", "250", "--decoder", "--timestep-exponent", "2",
+            "--checkpoint-every", "250", "--decoder",
             "--validate", "a red square moving left, outline style", "--validate", "a red square moving left",
             "--validate-every", "500",
             # The attention and feed-forward projections, and the ResBlocks' 3x3 convolutions: the shapes UNet has

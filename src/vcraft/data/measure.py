@@ -111,7 +111,7 @@ def silhouettes(masks: np.ndarray) -> np.ndarray:
 
 
 def hollowness(masks: np.ndarray, min_area: int = 30) -> float | None:
-    """The median share of the object's filled silhouette that is background: about 0 for a filled shape, about 0.4
+    """The median share of the object's filled silhouette that is background: about 0 for a filled shape, about 0.37
     for the outlines of `shapes.render(..., outline=True)`. A row's silhouette is every pixel between the object's
     first and last (the shapes are convex). Frames where the object touches an edge are skipped."""
     shares = [1 - len(ys) / silhouettes(mask[None])[0].sum() for mask, ys, _ in _whole(masks, min_area)]

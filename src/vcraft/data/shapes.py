@@ -71,9 +71,9 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 # The distance from the centre to the nearest edge, in units of the "radius" `_sdf` takes.
 INRADIUS = {"circle": 1.0, "square": 0.85, "triangle": 1.2 / np.sqrt(3)}
-# An outline's thickness over the inradius: about 2.5-3 pixels at the default sizes, a seventh of a circle's width.
-# Thicker (0.36) left only about 27% of the silhouette hollow after the autoencoder, which blurs the inner edge.
-RING = 0.3
+# An outline's thickness over the inradius: about 3 pixels at the default sizes, a sixth of a square's side. The
+# autoencoder keeps such rings whole; at 0.3 it blurred a quarter of them into the background (docs/embedded-model.md).
+RING = 0.35
 
 
 def _sdf(shape: str, px: np.ndarray, py: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -95,7 +95,7 @@ def _sdf(shape: str, px: np.ndarray, py: np.ndarray, r: np.ndarray) -> np.ndarra
 
 def render(scene: Scene, frames: int, size: int, rng: np.random.Generator, outline: bool = False) -> np.ndarray:
     """Float video `[frames, size, size, 3]` in [0, 1]; with `outline`, the shape drawn as a ring of its edge (the
-    "outline style" of the LoRA example), the same share of every shape's silhouette, about 40%, background."""
+    "outline style" of the LoRA example), the same share of every shape's silhouette, about 37%, background."""
     t = np.arange(frames, dtype=np.float64)[:, None, None]
     if scene.motion in ("growing", "shrinking"):
         small, large = rng.uniform(0.07, 0.10) * size, rng.uniform(0.22, 0.27) * size
