@@ -58,7 +58,7 @@ def test_the_command_makes_freenoises_frames(tmp_path, reference_noise, how, cas
 
 def test_a_schedule_from_the_command_line_a_prompt_file_and_a_sidecar_makes_the_same_video(tmp_path):
     out = vcraft("generate", "a red circle moving left", "--then", "16:a blue circle moving left", "--frames", "24",
-                 "--steps", "8", "--seed", "1", "-o", tmp_path / "a.mp4", "-q")
+                 "--steps", "4", "--seed", "1", "-o", tmp_path / "a.mp4", "-q")
     assert out.returncode == 0, out.stderr
     made = json.loads((tmp_path / "a.json").read_text())
     assert (made["prompts"], made["at"]) == (["a red circle moving left", "a blue circle moving left"], [0, 16])
@@ -68,7 +68,7 @@ def test_a_schedule_from_the_command_line_a_prompt_file_and_a_sidecar_makes_the_
     assert measure_colour(video[:16] / 255.0, masks[:16]) == "red"
     assert measure_colour(video[16:] / 255.0, masks[16:]) == "blue"
     row = {"prompts": ["a red circle moving left", "a blue circle moving left"], "at": [0, 16], "frames": 24,
-           "steps": 8, "name": "row"}
+           "steps": 4, "name": "row"}
     (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n")
     again = [vcraft("generate", "--from", tmp_path / "a.json", "-o", tmp_path / "b.mp4", "-q"),
              vcraft("generate", "-f", tmp_path / "p.jsonl", "--seed", "1", "-o", tmp_path, "-q")]

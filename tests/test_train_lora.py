@@ -140,7 +140,7 @@ def test_a_lora_of_a_videocrafter_model_trains_and_loads(tmp_path):
 
 @pytest.mark.slow
 def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path):
-    """The embedded model with the text encoder and the decoder adapted too: stopped after 2 of 4 steps, then
+    """The embedded model with the text encoder and the decoder adapted too: stopped after 1 of 2 steps, then
     resumed."""
     from safetensors.torch import load_file
 
@@ -150,11 +150,11 @@ def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path)
 
     cfg = load_preset("shapes")
     videos, captions = read_clips(find_clips(folder_of_clips(tmp_path / "data")), Framing(16, 64, 64), ", outline")
-    options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=4, batch_size=2, checkpoint_every=2, text=True,
+    options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=2, batch_size=2, checkpoint_every=1, text=True,
                            decoder=True)
     ckpt, quiet = find_checkpoint(cfg), lambda _: None
     straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
-    assert train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, stop_after=2) is None
+    assert train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, stop_after=1) is None
     resumed = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, resume=True)
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -165,11 +165,11 @@ def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path)
 @pytest.mark.slow
 def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tmp_path, capsys):
     data = folder_of_clips(tmp_path / "data")
-    common = ["train", "lora", str(data), "--model", "shapes", "--trigger", ", outline style", "--steps", "4",
-              "--batch-size", "2", "--checkpoint-every", "2", "--validate", "a red circle moving left, outline style",
-              "--validate-every", "4", "-o", str(tmp_path / "run"), "-q"]
+    common = ["train", "lora", str(data), "--model", "shapes", "--trigger", ", outline style", "--steps", "2",
+              "--batch-size", "2", "--checkpoint-every", "1", "--validate", "a red circle moving left, outline style",
+              "--validate-every", "2", "-o", str(tmp_path / "run"), "-q"]
     assert run(common) == 0
-    assert sorted(p.name for p in (tmp_path / "run" / "validation").iterdir()) == ["step-000004-0.mp4"]
+    assert sorted(p.name for p in (tmp_path / "run" / "validation").iterdir()) == ["step-000002-0.mp4"]
     assert run(common) == 2 and "pass --resume" in capsys.readouterr().err
     assert run(["generate", "a red circle moving left, outline style", "--lora",
                 str(tmp_path / "run" / "lora.safetensors"), "--steps", "2", "-o", str(tmp_path / "v.mp4"), "-q"]) == 0
