@@ -2,7 +2,8 @@
 
 PEFT adds the LoRA layers (`inject_adapter_in_model`: rank, alpha, target layers by name); the loss is the
 recipe's own (`stages.diffusion_loss`: the sampler's `unet_inputs`, the model's noise schedule), with no caption
-dropout and no given frames. The run folder holds:
+dropout and no given frames; with `decoder`, plus the autoencoder's reconstruction loss for the decoder's LoRA layers
+(`redraw_loss`). The run folder holds:
 
     run/lora.pt                the LoRA's weights, optimiser, RNG state and step, every `checkpoint_every` steps
     run/train.log              loss, learning rate and speed every 25 steps
@@ -10,7 +11,7 @@ dropout and no given frames. The run folder holds:
     run/lora.safetensors       the result
 
 The file is in the PEFT/diffusers layout (`<module path from the checkpoint's root>.lora_A.weight` / `.lora_B.weight`,
-rank and alpha in diffusers' `lora_adapter_metadata`): the one of vcraft's three LoRA formats that names the module
+rank and alpha in diffusers' `lora_adapter_metadata`): the one of vcraft's LoRA formats that names the module
 paths the official checkpoints use and carries its own scale; `--lora` reads it (loaders/lora.py).
 """
 
