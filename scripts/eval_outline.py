@@ -36,6 +36,14 @@ def score(video: np.ndarray, scene) -> dict:
             "motion": measure_motion(silhouettes(masks)) == scene.motion}  # a ring's area is not the shape's
 
 
+def summarise(rows: list[dict]) -> dict:
+    """The share of `score` rows right in each measure, their median hollowness and their count."""
+    summary = {key: float(np.mean([r[key] for r in rows])) for key in ("outline", "colour", "shape", "motion")}
+    summary["median_hollowness"] = float(np.median([r["hollowness"] or 0.0 for r in rows]))
+    summary["videos"] = len(rows)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lora", required=True, help="the LoRA: a file or an official name")
@@ -54,11 +62,7 @@ def main() -> None:
             for name, (pipe, trigger) in conditions.items():
                 results[name].append(score(pipe(text + trigger, seed=seed), scene))
         print(f"[{k + 1}/{len(scenes)}] {scene}", file=sys.stderr)
-    summary = {name: {key: float(np.mean([r[key] for r in rows])) for key in ("outline", "colour", "shape", "motion")}
-               for name, rows in results.items()}
-    for name, rows in results.items():
-        summary[name]["median_hollowness"] = float(np.median([r["hollowness"] or 0.0 for r in rows]))
-        summary[name]["videos"] = len(rows)
+    summary = {name: summarise(rows) for name, rows in results.items()}
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary, indent=2))
 

@@ -121,13 +121,14 @@ def add_lora(models: Models, options: LoRATraining) -> list[torch.nn.Parameter]:
     for name, names in targets.items():
         if not names:
             continue
+        regex = isinstance(names, str)  # PEFT takes a regular expression over module names, or a list of name ends
         config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
-                            target_modules=names if isinstance(names, str) else list(names))
+                            target_modules=names if regex else list(names))
         try:
             inject_adapter_in_model(config, getattr(models, name))
         except ValueError as exc:  # PEFT's message when no layer matches
             raise VcraftError(f"no {BY_NAME[name].label} layer matches the targets "
-                              f"{names if isinstance(names, str) else ', '.join(names)} ({exc})") from None
+                              f"{names if regex else ', '.join(names)} ({exc})") from None
     return [p for name in ADAPTED for p in getattr(models, name).parameters() if p.requires_grad]
 
 
@@ -197,11 +198,11 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         total = 0.0
         for _ in range(options.accumulate):
             idx = torch.randint(len(latents), (options.batch_size,))
+            batch = latents[idx].to(device)
             with autocast:
-                loss = diffusion_loss(models, cfg, latents[idx].to(device), [captions[k] for k in idx.tolist()],
-                                      settings)
+                loss = diffusion_loss(models, cfg, batch, [captions[k] for k in idx.tolist()], settings)
                 if options.decoder:
-                    loss = loss + redraw_loss(models.autoencoder, latents[idx], videos[idx.numpy()])
+                    loss = loss + redraw_loss(models.autoencoder, batch, videos[idx.numpy()])
                 loss = loss / options.accumulate
             loss.backward()
             total += loss.item()
