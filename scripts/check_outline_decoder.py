@@ -22,7 +22,7 @@ from vcraft.data.shapes import ALL_SCENES, is_outline_held_out, render
 from vcraft.pipeline.api import TextToVideo
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_outline import score  # noqa: E402  (the same scoring as the generated videos')
+from eval_outline import score, summarise  # noqa: E402  (the same scoring as the generated videos')
 
 SEEDS = 9_000_000  # neither the clips' (7,000,000 on) nor the evaluation's (8,000,000 on)
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="clips per combination")
     args = parser.parse_args()
     pipe = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32", encoder=True,
-                                       lora=[args.lora] if args.lora else None)
+                                       lora=[args.lora] if args.lora else [])
     outlines, filled = [], []
     for k, scene in enumerate(ALL_SCENES):
         for j in range(args.seeds):
@@ -48,11 +48,8 @@ def main() -> None:
             clip = np.round(render(scene, 16, 64, rng) * 255).astype(np.uint8)
             seen = measure(round_trip(pipe, clip) / 255.0)
             filled.append({name: seen[name] == getattr(scene, name) for name in ("colour", "shape", "motion")})
-    summary = {"outline clips": {key: float(np.mean([r[key] for r in outlines]))
-                                 for key in ("outline", "colour", "shape", "motion")},
-               "filled clips": {key: float(np.mean([r[key] for r in filled])) for key in ("colour", "shape", "motion")}}
-    summary["outline clips"]["median_hollowness"] = float(np.median([r["hollowness"] or 0.0 for r in outlines]))
-    summary["outline clips"]["videos"], summary["filled clips"]["videos"] = len(outlines), len(filled)
+    right = {key: float(np.mean([r[key] for r in filled])) for key in ("colour", "shape", "motion")}
+    summary = {"outline clips": summarise(outlines), "filled clips": {**right, "videos": len(filled)}}
     print(json.dumps(summary, indent=2))
 
 

@@ -72,7 +72,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 # The distance from the centre to the nearest edge, in units of the "radius" `_sdf` takes.
 INRADIUS = {"circle": 1.0, "square": 0.85, "triangle": 1.2 / np.sqrt(3)}
 # An outline's thickness over the inradius: about 3 pixels at the default sizes, a sixth of a square's side. The
-# autoencoder keeps such rings whole; at 0.3 it blurred a quarter of them into the background (docs/embedded-model.md).
+# autoencoder blurs thinner rings into the background more (0.3: a quarter lost their colour; docs/embedded-model.md).
 RING = 0.35
 
 
