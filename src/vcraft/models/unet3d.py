@@ -26,14 +26,19 @@ class GroupNorm32(nn.GroupNorm):
 
 
 class TemporalConv(nn.Conv3d):
-    """A (3, 1, 1) convolution of videos `[b, c, t, h, w]` along time, computed as the (3, 1) 2D convolution over
-    `[time, pixels]` that it is: the same arithmetic, several times faster on CPUs than the 3D kernel."""
+    """A (k, 1, 1) convolution of videos `[b, c, t, h, w]` along time, computed as the (k, 1) 2D convolution over
+    `[time, pixels]` that it is: the same arithmetic, several times faster on CPUs than the 3D kernel. It takes
+    nn.Conv3d's arguments, so that PEFT can build a LoRA pair of the same class around it."""
 
-    def __init__(self, channels: int):
-        super().__init__(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.kernel_size[1:] != (1, 1) or self.stride != (1, 1, 1) or self.padding[1:] != (0, 0):
+            raise ValueError(f"TemporalConv convolves along time only, got kernel {self.kernel_size}, stride "
+                             f"{self.stride}, padding {self.padding}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(x.flatten(3), self.weight.squeeze(-1), self.bias, padding=(1, 0))
+        out = F.conv2d(x.flatten(3), self.weight.squeeze(-1), self.bias, padding=(self.padding[0], 0),
+                       groups=self.groups)
         return out.unflatten(3, x.shape[3:])
 
 
@@ -47,7 +52,7 @@ class TemporalConvBlock(nn.Module):
             # The dropout shifts the conv to index 3, as in the checkpoints. VideoCrafter trains with 0.1
             # here; inference never drops, so the config's rate (0 for vcraft's own training) is used.
             layers = [nn.GroupNorm(groups, channels), nn.SiLU()] + ([nn.Dropout(dropout)] if drop else [])
-            return nn.Sequential(*layers, TemporalConv(channels))
+            return nn.Sequential(*layers, TemporalConv(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
 
         self.conv1 = stage(False)
         self.conv2 = stage(True)
