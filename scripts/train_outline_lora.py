@@ -24,7 +24,7 @@ from vcraft.data.shapes import ALL_SCENES, caption, is_outline_held_out, render
 
 SEEDS = 7_000_000  # the clips' seeds; scripts/eval_outline.py draws its own elsewhere
 TRAINING = ["--model", "shapes", "--trigger", ", outline style", "--text", "--prior", "200", "--rank", "16",
-            "--alpha", "16", "--lr", "1e-3", "--warmup", "20", "--steps", "1500", "--batch-size", "4",
+            "--alpha", "16", "--lr", "1e-3", "--warmup", "20", "--steps", "1000", "--batch-size", "8",
             "--checkpoint-every", "250", "--decoder",
             "--validate", "a red square moving left, outline style", "--validate", "a red square moving left",
             "--validate-every", "500",
