@@ -118,7 +118,7 @@ def test_a_lora_of_a_videocrafter_model_trains_and_loads(tmp_path):
     cfg, ckpt = load_config(root / "config.yaml"), root / "model.safetensors"
     videos, captions = read_clips(find_clips(folder_of_clips(tmp_path / "data", frames=8)), Framing(8, 64, 64),
                                   ", outline style")
-    options = LoRATraining(rank=4, alpha=4.0, lr=3e-3, steps=30, batch_size=2, checkpoint_every=10,
+    options = LoRATraining(rank=4, alpha=4.0, lr=3e-3, steps=30, batch_size=1, checkpoint_every=10,
                            trigger=", outline style")
     quiet = lambda _: None  # noqa: E731
     straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
@@ -129,7 +129,7 @@ def test_a_lora_of_a_videocrafter_model_trains_and_loads(tmp_path):
     assert json.loads(meta["lora_adapter_metadata"]) == {"r": 4, "lora_alpha": 4.0}
     before = fixed_loss(cfg, ckpt, videos, captions, None)
     after = fixed_loss(cfg, ckpt, videos, captions, straight)
-    assert after < 0.95 * before, (before, after)  # 1.323 -> 1.208 when written
+    assert after < 0.95 * before, (before, after)  # 1.323 -> 1.224 when written (1.201, 1.210 at seeds 1, 2)
     common = ["generate", "a red square moving left, outline style", "--config", str(root / "config.yaml"),
               "--ckpt", str(ckpt), "--frames", "8", "--steps", "3", "--seed", "1", "--format", "png", "-q"]
     assert run([*common, "-o", str(tmp_path / "plain")]) == 0
@@ -150,7 +150,7 @@ def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path)
 
     cfg = load_preset("shapes")
     videos, captions = read_clips(find_clips(folder_of_clips(tmp_path / "data")), Framing(16, 64, 64), ", outline")
-    options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=2, batch_size=2, checkpoint_every=1, text=True,
+    options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=2, batch_size=1, checkpoint_every=1, text=True,
                            decoder=True)
     ckpt, quiet = find_checkpoint(cfg), lambda _: None
     straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
@@ -166,7 +166,7 @@ def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path)
 def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tmp_path, capsys):
     data = folder_of_clips(tmp_path / "data")
     common = ["train", "lora", str(data), "--model", "shapes", "--trigger", ", outline style", "--steps", "2",
-              "--batch-size", "2", "--checkpoint-every", "1", "--validate", "a red circle moving left, outline style",
+              "--batch-size", "1", "--checkpoint-every", "1", "--validate", "a red circle moving left, outline style",
               "--validate-every", "2", "-o", str(tmp_path / "run"), "-q"]
     assert run(common) == 0
     assert sorted(p.name for p in (tmp_path / "run" / "validation").iterdir()) == ["step-000002-0.mp4"]
