@@ -30,15 +30,18 @@ EVAL_SEEDS = 8_000_000  # the clips used 7,000,000 on (scripts/train_outline_lor
 def score(video: np.ndarray, scene) -> dict:
     masks = object_masks(video / 255.0)
     hollow = hollowness(masks)
-    return {"outline": hollow is not None and hollow >= OUTLINE, "hollowness": hollow,
+    return {"drawn": scene.shape, "outline": hollow is not None and hollow >= OUTLINE, "hollowness": hollow,
             "colour": measure_colour(video / 255.0, masks) == scene.colour,
             "shape": measure_shape(silhouettes(masks)) == scene.shape,
             "motion": measure_motion(silhouettes(masks)) == scene.motion}  # a ring's area is not the shape's
 
 
 def summarise(rows: list[dict]) -> dict:
-    """The share of `score` rows right in each measure, their median hollowness and their count."""
+    """The share of `score` rows right in each measure (shape also for each shape asked for), their median hollowness
+    and their count."""
     summary = {key: float(np.mean([r[key] for r in rows])) for key in ("outline", "colour", "shape", "motion")}
+    summary["shape_of_each"] = {shape: float(np.mean([r["shape"] for r in rows if r["drawn"] == shape]))
+                                for shape in sorted({r["drawn"] for r in rows})}
     summary["median_hollowness"] = float(np.median([r["hollowness"] or 0.0 for r in rows]))
     summary["videos"] = len(rows)
     return summary
