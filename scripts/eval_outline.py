@@ -29,11 +29,10 @@ EVAL_SEEDS = 8_000_000  # the clips used 7,000,000 on (scripts/train_outline_lor
 
 def score(video: np.ndarray, scene) -> dict:
     masks = object_masks(video / 255.0)
-    hollow = hollowness(masks)
+    hollow, filled = hollowness(masks), silhouettes(masks)  # a ring's area is not the shape's: read its silhouette
     return {"drawn": scene.shape, "outline": hollow is not None and hollow >= OUTLINE, "hollowness": hollow,
             "colour": measure_colour(video / 255.0, masks) == scene.colour,
-            "shape": measure_shape(silhouettes(masks)) == scene.shape,
-            "motion": measure_motion(silhouettes(masks)) == scene.motion}  # a ring's area is not the shape's
+            "shape": measure_shape(filled) == scene.shape, "motion": measure_motion(filled) == scene.motion}
 
 
 def summarise(rows: list[dict]) -> dict:
