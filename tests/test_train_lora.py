@@ -171,6 +171,10 @@ def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tm
     assert run(common) == 0
     assert sorted(p.name for p in (tmp_path / "run" / "validation").iterdir()) == ["step-000002-0.mp4"]
     assert run(common) == 2 and "pass --resume" in capsys.readouterr().err
+    for target, said in (("to_qq", "--target to_qq names no layer of the UNet"),
+                         ("skip_connection", "--target skip_connection names Identity layers, which a LoRA cannot")):
+        assert run([*common[:-3], "--target", target, "-o", str(tmp_path / target), "-q"]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {said}") and not (tmp_path / target).exists()
     assert run(["generate", "a red circle moving left, outline style", "--lora",
                 str(tmp_path / "run" / "lora.safetensors"), "--steps", "2", "-o", str(tmp_path / "v.mp4"), "-q"]) == 0
 

@@ -52,6 +52,7 @@ DECODER_FRAMES = 4  # frames of each clip of a batch that the decoder redraws a 
 ADAPTED = ("unet", "text_encoder", "autoencoder")  # the components a LoRA may adapt, in this order in its file
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ADAPTABLE = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)  # PEFT's LoRA
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,20 @@ class LoRATraining:
         return lr_at(step, self.steps, self.lr, self.warmup)
 
 
+def check_targets(unet: torch.nn.Module, targets: tuple[str, ...]) -> None:
+    """Each target names at least one UNet layer (as PEFT matches them: the whole name or its end after a dot), and
+    only layers a LoRA can adapt."""
+    for target in targets:
+        found = [m for n, m in unet.named_modules() if n == target or n.endswith("." + target)]
+        if not found:
+            raise VcraftError(f"--target {target} names no layer of the UNet (give the end of a layer's name, "
+                              "such as to_q or in_layers.2)")
+        wrong = sorted({type(m).__name__ for m in found if not isinstance(m, ADAPTABLE)})
+        if wrong:
+            raise VcraftError(f"--target {target} names {', '.join(wrong)} layers, which a LoRA cannot adapt "
+                              "(linear, convolution and embedding layers only)")
+
+
 def add_lora(models: Models, options: LoRATraining) -> list[torch.nn.Parameter]:
     """PEFT's LoRA layers around the target layers of the UNet (with `text` of the text encoder, with `decoder` of the
     autoencoder's decoder; B at zero: the model is unchanged until trained); their parameters, the only trainable
@@ -124,11 +139,7 @@ def add_lora(models: Models, options: LoRATraining) -> list[torch.nn.Parameter]:
         regex = isinstance(names, str)  # PEFT takes a regular expression over module names, or a list of name ends
         config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
                             target_modules=names if regex else list(names))
-        try:
-            inject_adapter_in_model(config, getattr(models, name))
-        except ValueError as exc:  # PEFT's message when no layer matches
-            raise VcraftError(f"no {BY_NAME[name].label} layer matches the targets "
-                              f"{names if regex else ', '.join(names)} ({exc})") from None
+        inject_adapter_in_model(config, getattr(models, name))
     return [p for name in ADAPTED for p in getattr(models, name).parameters() if p.requires_grad]
 
 
@@ -169,8 +180,9 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
     checkpoint = run / "lora.pt"
     if checkpoint.is_file() and not resume:
         raise VcraftError(f"{run} holds a training run already: pass --resume to continue it, or choose another -o")
-    run.mkdir(parents=True, exist_ok=True)
     models = frozen_model(cfg, ckpt, device)
+    check_targets(models.unet, options.targets)  # before the prior videos, which take minutes
+    run.mkdir(parents=True, exist_ok=True)
     # The pipeline over the same modules: the LoRA layers added below are in it too.
     pipe = TextToVideo(replace(cfg, model=frozen_config(cfg)), models, device, torch.float32)
     if options.prior:
