@@ -111,10 +111,14 @@ class LoRATraining:
 
 
 def check_targets(unet: torch.nn.Module, targets: tuple[str, ...]) -> None:
-    """Each target names at least one UNet layer (as PEFT matches them: the whole name or its end after a dot), and
-    only layers a LoRA can adapt."""
+    """Each target names at least one UNet layer (by PEFT's own matching, as `add_lora` will), and only layers a LoRA
+    can adapt."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
     for target in targets:
-        found = [m for n, m in unet.named_modules() if n == target or n.endswith("." + target)]
+        config = LoraConfig(target_modules=[target])
+        found = [m for n, m in unet.named_modules() if check_target_module_exists(config, n)]
         if not found:
             raise VcraftError(f"--target {target} names no layer of the UNet (give the end of a layer's name, "
                               "such as to_q or in_layers.2)")
