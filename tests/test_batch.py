@@ -15,7 +15,8 @@ import pytest
 from test_cli import one_error_line, read_pngs, vcraft, vcraft_process
 
 # The default model, few steps and frames, on the CPU whatever the machine has: these tests are about the plumbing.
-FAST = ["--steps", "4", "--seed", "3", "--frames", "8", "--device", "cpu"]
+# 2 steps, at t = 501 and 1: the preset's guidance interval (t >= 600) guides neither, --guidance-min-t 0 both.
+FAST = ["--steps", "2", "--seed", "3", "--frames", "8", "--device", "cpu"]
 
 
 def run(*args, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -112,29 +113,37 @@ def test_from_sidecar_makes_the_same_video(tmp_path):
     assert json.loads((tmp_path / "two.json").read_text())["guidance"] == 3
 
 
-def test_a_sidecar_from_before_the_guidance_interval_is_guided_at_every_step(tmp_path):
+@pytest.fixture(scope="module")
+def yellow(tmp_path_factory) -> Path:
+    """The two videos the guidance-interval tests below compare with, made once: "a yellow circle moving right" at
+    FAST settings as PNG frames, guided at the preset's interval (`new`, with its sidecar) and at every step
+    (`every`, --guidance-min-t 0). The tests only read them."""
+    folder = tmp_path_factory.mktemp("yellow")
     args = ["a yellow circle moving right", *FAST, "--format", "png"]
-    assert run(*args, "-o", tmp_path / "new").returncode == 0
-    old = json.loads((tmp_path / "new.json").read_text())
+    assert run(*args, "-o", folder / "new").returncode == 0
+    assert run(*args, "--guidance-min-t", "0", "-o", folder / "every").returncode == 0
+    return folder
+
+
+def test_a_sidecar_from_before_the_guidance_interval_is_guided_at_every_step(tmp_path, yellow):
+    old = json.loads((yellow / "new.json").read_text())
     assert old.pop("guidance_min_t") == 600  # the preset's
     (tmp_path / "old.json").write_text(json.dumps(old))
     again = run("--from", tmp_path / "old.json", "-o", tmp_path / "again")
     assert again.returncode == 0, again.stderr
-    assert run(*args, "--guidance-min-t", "0", "-o", tmp_path / "every").returncode == 0
-    assert np.array_equal(read_pngs(tmp_path / "again"), read_pngs(tmp_path / "every"))
-    assert not np.array_equal(read_pngs(tmp_path / "again"), read_pngs(tmp_path / "new"))
+    assert np.array_equal(read_pngs(tmp_path / "again"), read_pngs(yellow / "every"))
+    assert not np.array_equal(read_pngs(tmp_path / "again"), read_pngs(yellow / "new"))
 
 
-def test_a_row_sets_its_own_guidance_interval(tmp_path):
-    """A prompt-file row's guidance_min_t is its video's: the same video as asking for it on the command line."""
+def test_a_row_sets_its_own_guidance_interval(tmp_path, yellow):
+    """A prompt-file row's guidance_min_t is its video's: the same video as asking for it on the command line
+    (`every`), not the preset's (`new`)."""
     args = [*FAST, "--format", "png"]
     (tmp_path / "p.jsonl").write_text('{"prompt": "a yellow circle moving right", "guidance_min_t": 0}\n')
     assert run("-f", tmp_path / "p.jsonl", *args, "-o", tmp_path / "row").returncode == 0
     assert json.loads((tmp_path / "row.json").read_text())["guidance_min_t"] == 0
-    assert run("a yellow circle moving right", *args, "--guidance-min-t", "0", "-o", tmp_path / "flag").returncode == 0
-    assert run("a yellow circle moving right", *args, "-o", tmp_path / "preset").returncode == 0
-    assert np.array_equal(read_pngs(tmp_path / "row"), read_pngs(tmp_path / "flag"))
-    assert not np.array_equal(read_pngs(tmp_path / "row"), read_pngs(tmp_path / "preset"))
+    assert np.array_equal(read_pngs(tmp_path / "row"), read_pngs(yellow / "every"))
+    assert not np.array_equal(read_pngs(tmp_path / "row"), read_pngs(yellow / "new"))
 
 
 def test_bad_input_exits_2_from_a_real_process(tmp_path):
@@ -148,7 +157,8 @@ def test_a_prompt_on_stdin_to_a_browser_mp4_on_stdout(tmp_path):
     """The real command in a process of its own, as a pipeline runs it: the prompt from stdin, the default
     model, the video's bytes on stdout: H.264 in yuv420p (what browsers play), 16 frames with one
     object on a dark background; nothing written to the working folder."""
-    command = [sys.executable, "-m", "vcraft", "generate", "-", "--seed", "1", "--steps", "10", "--device", "cpu",
+    # 4 steps: the object on its dark background is already there (16 frames, the model's default).
+    command = [sys.executable, "-m", "vcraft", "generate", "-", "--seed", "1", "--steps", "4", "--device", "cpu",
                "-o", "-", "-q"]
     data = subprocess.run(command, input=b"a yellow square moving up\n", capture_output=True, timeout=300,
                           cwd=tmp_path)

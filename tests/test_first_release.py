@@ -4,6 +4,7 @@ YAML."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -69,6 +70,7 @@ def test_vae_decode_and_q_sample():
            cases["q_sample.output"], "q_sample")
 
 
+@functools.cache  # one run a process for each case: test_ddim and test_end_to_end_frames read the same
 def _ddim(prefix: str) -> torch.Tensor:
     models, cases, meta = fixture()
     case = meta["cases"][prefix]

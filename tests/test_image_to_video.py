@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,31 +90,45 @@ def i2v_args(*extra) -> list:
     return [*small_video_args(VARIANT), "--format", "png", *extra]
 
 
-def test_the_command_line_makes_a_video_from_the_picture_and_records_it(tmp_path):
+@pytest.fixture(scope="module")
+def from_the_picture(tmp_path_factory) -> Path:
+    """The fixture's picture made into a video by the command (`--image`, seed 3), PNG frames in `a` and its sidecar
+    `a.json`: made once for the two tests below, which only read it."""
+    from test_cli import vcraft
+
+    folder = tmp_path_factory.mktemp("i2v")
+    result = vcraft("generate", "a red fox running through snow",
+                    *i2v_args("--image", reference_dir() / "tiny" / VARIANT / "input.png", "--seed", 3),
+                    "-o", folder / "a")
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_the_command_line_makes_a_video_from_the_picture_and_records_it(tmp_path, from_the_picture):
     from PIL import Image
     from test_cli import read_pngs, vcraft
 
     root = reference_dir() / "tiny" / VARIANT
     mirrored = tmp_path / "mirrored.png"
     Image.open(root / "input.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
-    made = {}
-    for name, picture in (("a", root / "input.png"), ("b", mirrored)):
-        result = vcraft("generate", "a red fox running through snow", *i2v_args("--image", picture, "--seed", 3),
-                        "-o", tmp_path / name)
-        assert result.returncode == 0, result.stderr
-        made[name] = read_pngs(tmp_path / name)
+    result = vcraft("generate", "a red fox running through snow", *i2v_args("--image", mirrored, "--seed", 3),
+                    "-o", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    made = {"a": read_pngs(from_the_picture / "a"), "b": read_pngs(tmp_path / "b")}
     assert made["a"].shape == (8, 64, 128, 3)
     assert np.abs(made["a"].astype(int) - made["b"].astype(int)).mean() > 1.0  # the picture steers the video
-    sidecar = json.loads((tmp_path / "a.json").read_text())
+    sidecar = json.loads((from_the_picture / "a.json").read_text())
     assert sidecar["image"] == str((root / "input.png").resolve())
     assert sidecar["image_sha256"] == hashlib.sha256((root / "input.png").read_bytes()).hexdigest()
 
-    again = vcraft("generate", "--from", tmp_path / "a.json", "-o", tmp_path / "again")
+    again = vcraft("generate", "--from", from_the_picture / "a.json", "-o", tmp_path / "again")
     assert again.returncode == 0, again.stderr
     assert np.array_equal(read_pngs(tmp_path / "again"), made["a"])
 
 
-def test_a_prompt_file_row_names_its_picture_relative_to_the_file(tmp_path):
+def test_a_prompt_file_row_names_its_picture_relative_to_the_file(tmp_path, from_the_picture):
+    """The row's picture, named relative to the prompt file (not to the working folder), gives the video of the
+    same picture given by --image (`from_the_picture`)."""
     from test_cli import read_pngs, vcraft
 
     root = reference_dir() / "tiny" / VARIANT
@@ -125,10 +140,7 @@ def test_a_prompt_file_row_names_its_picture_relative_to_the_file(tmp_path):
     elsewhere.mkdir()
     result = vcraft("generate", "-f", rows, *i2v_args("--seed", 3), "-o", tmp_path / "out", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
-    by_argument = vcraft("generate", "a red fox running through snow",
-                         *i2v_args("--image", root / "input.png", "--seed", 3), "-o", tmp_path / "arg")
-    assert by_argument.returncode == 0
-    assert np.array_equal(read_pngs(tmp_path / "out"), read_pngs(tmp_path / "arg"))
+    assert np.array_equal(read_pngs(tmp_path / "out"), read_pngs(from_the_picture / "a"))
 
 
 def test_a_long_video_follows_the_picture_in_every_window(tmp_path):

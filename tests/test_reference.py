@@ -3,6 +3,7 @@ text-to-video architectures and the image-to-video one (its image path: tests/te
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -145,6 +146,7 @@ def test_q_sample(variant):
     assert_close(out, cases["q_sample.output"], 1e-5, 1e-5, 1e-6, "q_sample")
 
 
+@functools.cache  # one run a process for each case: the every-step and end-to-end tests share it
 def _ddim(variant: str, guidance: float, eta: float, prefix: str):
     models, cases, meta = fixture(variant)
     case = meta["cases"][prefix]

@@ -76,7 +76,8 @@ def test_the_recipe_trains_an_adapter_resumes_it_bit_for_bit_and_the_file_loads(
     from vcraft.loaders.weights import find_checkpoint
     from vcraft.train.control import train_control
 
-    cfg = apply_overrides(load_preset("shapes"), ["train.control.pairs=12", "train.control.steps=4",
+    # 4 pairs (drawn and encoded once per run folder): the 4 steps of 2 draw from them 8 times.
+    cfg = apply_overrides(load_preset("shapes"), ["train.control.pairs=4", "train.control.steps=4",
                                                   "train.control.batch_size=2", "train.checkpoint_every=2"])
     ckpt, quiet = find_checkpoint(cfg), lambda _: None
     assert train_control(cfg, ckpt, tmp_path / "stopped", quiet, stop_after=2) is None

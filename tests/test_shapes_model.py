@@ -69,12 +69,14 @@ def test_the_video_follows_the_prompt(render, prompt, colour, motion):
 
 @pytest.mark.slow
 def test_a_generated_video_is_continued_keeping_its_colour_and_motion(render):
-    """16 generated frames continued to 48 (`--continue`, the model's mask conditioning): the given frames come
-    back unchanged, the new ones show the same object moving the same way, and the join is no jump."""
+    """16 generated frames continued to 32 (`--continue`, the model's mask conditioning): the given frames come
+    back unchanged, the new ones show the same object moving the same way, and the join is no jump. Two windows of
+    8 new frames: the first continues the given video, the second its own frames (windows continuing windows over
+    longer videos: test_a_long_video_keeps_its_object)."""
     prompt = "a red circle moving left"
     start = render(prompt, seed=0)  # also a video of test_the_video_follows_the_prompt
-    video = render(prompt, continues=start, frames=32, seed=1)
-    assert start.shape == (16, 64, 64, 3) and video.shape == (48, 64, 64, 3)
+    video = render(prompt, continues=start, frames=16, seed=1)
+    assert start.shape == (16, 64, 64, 3) and video.shape == (32, 64, 64, 3)
     assert np.array_equal(video[:16], start)
     new = video[16:].astype(np.float32) / 255
     assert measure(new) == measure(start.astype(np.float32) / 255) == {"colour": "red", "shape": "circle",

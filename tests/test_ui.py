@@ -63,7 +63,8 @@ def test_the_generate_api_makes_the_prompted_video(server):
 
     address, outputs = server
     client = Client(address, verbose=False)
-    video, sidecar, status, _ = client.predict("a red circle moving left", "", 16, 12, 2.5, 0.0, 8, 3, "ddim",
+    # 6 steps, as the requests below: the prompt's colour is there already.
+    video, sidecar, status, _ = client.predict("a red circle moving left", "", 16, 6, 2.5, 0.0, 8, 3, "ddim",
                                                api_name="/generate")
     frames = read_video(video)
     assert frames.shape == (16, 64, 64, 3)
@@ -77,7 +78,8 @@ def test_the_generate_api_takes_prompts_along_the_video(server):
     from gradio_client import Client
 
     client = Client(server[0], verbose=False)
-    video, sidecar, _, _ = client.predict("a red circle moving left", "", 24, 8, 2.5, 0.0, 8, 3, "ddim",
+    # 4 steps, as tests/test_schedules.py's schedule: both colours are there already.
+    video, sidecar, _, _ = client.predict("a red circle moving left", "", 24, 4, 2.5, 0.0, 8, 3, "ddim",
                                           then="16: a blue circle moving left", api_name="/generate")
     frames = read_video(video).astype(np.float32) / 255
     assert frames.shape[0] == 24  # two windows: the second one's 8 new frames take the second prompt
@@ -319,7 +321,7 @@ def test_a_model_with_a_control_adapter_gets_a_control_video_input(tmp_path, mon
               Job(cfg, base, RunOptions(output=tmp_path), parts=parts))
     assert [c.elem_id for c in build(app).blocks.values() if type(c).__name__ == "Video"] == ["control_video",
                                                                                                "video"]
-    request = ("a red fox", "", 8, 3, 15.0, 0.0, 8, 1, "ddim")
+    request = ("a red fox", "", 4, 3, 15.0, 0.0, 8, 1, "ddim")  # 4 frames: the depth model runs on each at 384x384
     *_, (followed, sidecar, _, _) = app.generate(*request, control_video=str(root / "control.mp4"))
     *_, (plain, plain_sidecar, _, _) = app.generate(*request)
     assert json.loads(Path(sidecar).read_text())["control_video"] == str((root / "control.mp4").resolve())
