@@ -13,6 +13,17 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """Files whose tests are mostly marked slow first (ties in path order). `--dist loadfile` (pyproject.toml) hands
+    whole files to the workers in this order, so the long ones start early and the short ones even out the end."""
+    counts: dict[Path, list[int]] = {}
+    for item in items:
+        slow_and_all = counts.setdefault(item.path, [0, 0])
+        slow_and_all[0] += item.get_closest_marker("slow") is not None
+        slow_and_all[1] += 1
+    items.sort(key=lambda item: -counts[item.path][0] / counts[item.path][1])  # stable: a file's tests stay in order
+
+
 @pytest.fixture(scope="session")
 def shapes_pipe():
     """The embedded model (with its autoencoder's encoder, for continuing videos), loaded once for the whole run."""
