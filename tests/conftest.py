@@ -13,7 +13,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_collection_modifyitems(items: list) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files whose tests are mostly marked slow first (ties in path order). `--dist loadfile` (pyproject.toml) hands
     whole files to the workers in this order, so the long ones start early and the short ones even out the end."""
     counts: dict[Path, list[int]] = {}
