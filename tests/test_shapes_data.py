@@ -45,3 +45,24 @@ def test_held_out_split():
         assert {getattr(s, name) for s in TRAIN_SCENES} == set(values)
     assert all(sample(seed)[2] in TRAIN_SCENES for seed in range(50))
     assert all(sample(seed, held_out=True)[2] in HELD_OUT_SCENES for seed in range(50))
+
+
+def test_clips_that_turn_go_one_way_before_their_turn_and_the_caption_s_way_after():
+    """What a prompt changing along a video is trained on: both directions training combinations, the turn where
+    the clip says, the path continuing from where the object got to (no jump at the turn)."""
+    from vcraft.data.shapes import Scene, sample_turn
+
+    turns = set()
+    for seed in range(40):
+        video, text, scene, before = sample_turn(seed)
+        assert 1 <= before <= 8 and scene in TRAIN_SCENES and scene.motion in ("left", "right", "up", "down")
+        assert scene.colour in text.lower() and scene.shape in text.lower()
+        after = measure(video[before - 1:])
+        assert after == {"colour": scene.colour, "shape": scene.shape, "motion": scene.motion}, (seed, text)
+        if before >= 3:
+            first = measure(video[:before])["motion"]
+            assert first != scene.motion and Scene(scene.colour, scene.shape, first) in TRAIN_SCENES, seed
+            turns.add((first, scene.motion))
+        steps = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))
+        assert steps[before - 1] <= 1.5 * np.median(steps), (seed, steps)  # the turn is an ordinary step
+    assert len(turns) >= 8  # most of the 12 ways of turning are drawn

@@ -31,7 +31,7 @@ def tiny_config(*extra: str):
 
 @pytest.mark.slow
 def test_stop_and_resume_is_bit_exact(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_config("train.turns=3", "train.diffusion.turn_prob=0.5")  # turning clips too, encoded once
     straight = train(cfg, tmp_path / "straight", log=lambda _: None)
     assert straight is not None and straight.is_file()
 
@@ -41,6 +41,7 @@ def test_stop_and_resume_is_bit_exact(tmp_path):
     resumed = train(cfg, resumed_run, log=lambda _: None)
     assert resumed is not None
 
+    assert (resumed_run / "turns.safetensors").is_file()
     a = torch.load(tmp_path / "straight" / "diffusion.pt", weights_only=True)
     b = torch.load(resumed_run / "diffusion.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
@@ -142,6 +143,9 @@ def test_the_shapes_recipe_is_its_three_phases():
      r"phases\[0\] sets 'colour', which a phase cannot set; it can set: batch_size"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, steps: 3}]"], "sets 'steps'"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, lr: fast}]"], "could not be converted"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 4}, {until: 9, turn_prob: 0.3}]"],
+     r"phases\[1\].turn_prob needs train.turns above 0"),
+    (["train.diffusion.turn_prob=1.5"], "train.diffusion.turn_prob must be between 0 and 1, not 1.5"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, timestep_exponent: 0}]"],
      "timestep_exponent must be above 0"),
 ])
@@ -306,3 +310,27 @@ def test_shift_given_rolls_the_whole_clip_of_continuation_examples(shift):
     for clip, (y, x) in zip(given, places):
         assert torch.equal(clip, latents[0, :, 0].roll((y - 5, x - 7), dims=(-2, -1)))
     assert (len(set(places)) > 1) if shift else (set(places) == {(5, 7)}), places
+
+
+def test_turning_clips_are_given_exactly_their_frames_before_the_turn():
+    """A batch with turning clips mixed in: those clips given their frames before the turn, with their captions; the
+    others drawn as usual (here none given)."""
+    from vcraft.train.data import TurnClips, with_turns
+
+    cfg = tiny_config("train.diffusion.given_frames_prob=0", "train.diffusion.caption_dropout=0")
+    models = initial_models(cfg)
+    seen, texts = [], []
+    unet, encode = models.unet, models.text_encoder.encode
+    models.unet = lambda x, **args: seen.append(x) or unet(x, **args)
+    models.text_encoder.encode = lambda captions: texts.extend(captions) or encode(captions)
+    turns = TurnClips(torch.ones(3, 4, 8, 16, 16), ["turn 0", "turn 1", "turn 2"], torch.tensor([2, 5, 7]))
+    torch.manual_seed(0)
+    latents, captions, given = with_turns(torch.zeros(8, 4, 8, 16, 16), ["plain"] * 8, turns, 0.5)
+    picked = given > 0
+    assert 0 < picked.sum() < 8
+    assert torch.equal(latents.flatten(1).amax(1) == 1, picked)
+    assert [c.startswith("turn") for c in captions] == picked.tolist()
+    torch.manual_seed(1)
+    diffusion_loss(models, cfg, latents, captions, given_exactly=given)
+    frames_given = seen[0][:, 8, :, 0, 0].sum(1)  # the mask channel
+    assert torch.equal(frames_given.long(), given) and texts == captions

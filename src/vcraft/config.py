@@ -240,6 +240,9 @@ class DiffusionTraining:
     # Roll every clip that gets given frames by a random whole number of latent pixels (the shapes world wraps
     # around, so it stays a clip of its caption), so that continuations from anywhere in the frame are seen.
     shift_given: bool = False
+    # Share of each batch taken from the clips that turn (train.turns), each given exactly its frames before the turn
+    # and captioned with the new direction: what a prompt changing along a video asks of the next window.
+    turn_prob: float = 0.0
     # Parts of the stage with settings of their own (resolved_phases), so that a recipe in parts is one command.
     phases: list[dict[str, Any]] = field(default_factory=list)
 
@@ -278,6 +281,7 @@ class ControlTraining:
 class TrainConfig:
     seed: int = 0
     videos: int = 12000  # synthetic clips, drawn once and reused every epoch
+    turns: int = 0  # clips whose object changes direction (data.shapes.sample_turn), for phases with a turn_prob
     checkpoint_every: int = 250
     autoencoder: AutoencoderTraining = field(default_factory=AutoencoderTraining)
     text: TextTraining = field(default_factory=TextTraining)
@@ -356,7 +360,7 @@ def _validated(data: Any, origin: str) -> Config:
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
         raise VcraftError(f"invalid config {origin}: {msg}") from None
-    problem = _model_problem(cfg.model) or _train_problem(cfg.train)  # type: ignore[union-attr]
+    problem = _model_problem(cfg.model) or _train_problem(cfg.train, cfg.model)  # type: ignore[union-attr]
     if problem:
         raise VcraftError(f"invalid config {origin}: {problem}")
     return cfg  # type: ignore[return-value]
@@ -412,12 +416,13 @@ def _model_problem(m: ModelConfig) -> str | None:
     return None
 
 
-def _train_problem(t: TrainConfig | None) -> str | None:
+def _train_problem(t: TrainConfig | None, model: ModelConfig) -> str | None:
     if t is None:
         return None
     d = t.diffusion
-    if not d.timestep_exponent > 0:
-        return "train.diffusion.timestep_exponent must be above 0"
+    problem = _diffusion_settings_problem("train.diffusion", d, t, model)
+    if problem:
+        return problem
     base = OmegaConf.structured(replace(d, phases=[]))
     known = set(base.keys()) - {"steps", "phases"}
     previous = 0
@@ -434,12 +439,24 @@ def _train_problem(t: TrainConfig | None) -> str | None:
             settings = _phase_settings(base, phase)
         except OmegaConfBaseException as exc:
             return f"{name}: {str(exc).splitlines()[0]}"
-        if not settings.timestep_exponent > 0:
-            return f"{name}.timestep_exponent must be above 0"
+        problem = _diffusion_settings_problem(name, settings, t, model)
+        if problem:
+            return problem
         previous = until
     if d.phases and previous != d.steps:
         return (f"train.diffusion.phases end at step {previous} but train.diffusion.steps is {d.steps}: make them "
                 f"equal, or set train.diffusion.phases=[] for one phase of {d.steps} steps")
+    return None
+
+
+def _diffusion_settings_problem(name: str, d: DiffusionTraining, t: TrainConfig, model: ModelConfig) -> str | None:
+    if not d.timestep_exponent > 0:
+        return f"{name}.timestep_exponent must be above 0"
+    if not 0 <= d.turn_prob <= 1:
+        return f"{name}.turn_prob must be between 0 and 1, not {d.turn_prob}"
+    if d.turn_prob and not (t.turns > 0 and model.frame_conditioning):
+        return (f"{name}.turn_prob needs train.turns above 0 and model.frame_conditioning (the clips that turn are "
+                "given their frames before the turn)")
     return None
 
 

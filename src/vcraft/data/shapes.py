@@ -93,9 +93,15 @@ def _sdf(shape: str, px: np.ndarray, py: np.ndarray, r: np.ndarray) -> np.ndarra
     return -np.hypot(x, y) * np.sign(y)
 
 
-def render(scene: Scene, frames: int, size: int, rng: np.random.Generator, outline: bool = False) -> np.ndarray:
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def render(scene: Scene, frames: int, size: int, rng: np.random.Generator, outline: bool = False,
+           turn: tuple[int, str] | None = None) -> np.ndarray:
     """Float video `[frames, size, size, 3]` in [0, 1]; with `outline`, the shape drawn as a ring of its edge (the
-    "outline style" of the LoRA example), the same share of every shape's silhouette, about 37%, background."""
+    "outline style" of the LoRA example), the same share of every shape's silhouette, about 37%, background. With
+    `turn = (k, direction)`, a moving object goes `scene.motion` until frame k - 1 and `direction` from there on,
+    turning at the frame's centre (the clips a prompt that changes along a video is trained on)."""
     t = np.arange(frames, dtype=np.float64)[:, None, None]
     if scene.motion in ("growing", "shrinking"):
         small, large = rng.uniform(0.07, 0.10) * size, rng.uniform(0.22, 0.27) * size
@@ -106,13 +112,14 @@ def render(scene: Scene, frames: int, size: int, rng: np.random.Generator, outli
     else:
         radius = np.full_like(t, rng.uniform(0.13, 0.17) * size)
         speed = rng.uniform(0.03, 0.036) * size
-        dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[scene.motion]
         # The path's midpoint is near the frame's centre, and speed and size vary little. At the noisiest steps
         # a model can only predict a caption's mean clip, and the motion in that mean is what starts a sample
         # moving; a small model also draws several objects where the mean is a wide smear. Paths anywhere gave a
         # mean that hardly moves, and models trained on them made no motion (docs/notes.md).
         mid = rng.uniform(0.46, 0.54, size=2) * size
-        along = (t - (frames - 1) / 2) * speed
+        pivot, then = ((frames - 1) / 2, scene.motion) if turn is None else (turn[0] - 1, turn[1])
+        along = (t - pivot) * speed
+        dx, dy = (np.where(t <= pivot, DIRECTIONS[scene.motion][i], DIRECTIONS[then][i]) for i in (0, 1))
         cx, cy = mid[0] + dx * along, mid[1] + dy * along
     return draw(scene.shape, np.array(COLOURS[scene.colour]), cx, cy, radius, rng.uniform(0.0, 0.1), size,
                 RING * INRADIUS[scene.shape] * radius if outline else None)
@@ -140,3 +147,18 @@ def sample(seed: int, frames: int = 16, size: int = 64, held_out: bool = False) 
     scenes = HELD_OUT_SCENES if held_out else TRAIN_SCENES
     scene = scenes[rng.integers(len(scenes))]
     return render(scene, frames, size, rng), caption(scene, rng), scene
+
+
+def sample_turn(seed: int, frames: int = 16, size: int = 64, most_before: int = 8
+                ) -> tuple[np.ndarray, str, Scene, int]:
+    """A (video, caption, scene, k) quadruple: an object of a training combination moving one way for its first k
+    frames (1 to `most_before`), then another way, the caption and scene those of the new direction (also a training
+    combination)."""
+    rng = np.random.default_rng(seed)
+    moving = [s for s in TRAIN_SCENES if s.motion in DIRECTIONS]
+    before = moving[rng.integers(len(moving))]
+    afters = [Scene(before.colour, before.shape, m) for m in DIRECTIONS if m != before.motion]
+    afters = [s for s in afters if s in TRAIN_SCENES]
+    after = afters[rng.integers(len(afters))]
+    k = int(rng.integers(1, most_before + 1))
+    return render(before, frames, size, rng, turn=(k, after.motion)), caption(after, rng), after, k

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from vcraft.config import Config, TrainConfig
-from vcraft.data.shapes import TRAIN_SCENES, Scene, caption
+from vcraft.data.shapes import TRAIN_SCENES, Scene, caption, sample_turn
 from vcraft.data.shapes import sample as sample_clip
 from vcraft.errors import VcraftError
 from vcraft.models.autoencoder import VideoAutoencoder
@@ -37,6 +39,43 @@ def make_dataset(cfg: Config) -> tuple[np.ndarray, list[str], list[Scene]]:
         captions.append(text)
         scenes.append(scene)
     return videos, captions, scenes
+
+
+@dataclass
+class TurnClips:
+    """Clips whose object changes direction: latents (scaled), the new direction's captions, and how many first frames
+    each is given (those before the turn)."""
+
+    latents: torch.Tensor
+    captions: list[str]
+    given: torch.Tensor
+
+
+def make_turns(cfg: Config) -> tuple[np.ndarray, list[str], torch.Tensor]:
+    """`train.turns` clips that turn as uint8 `[n, T, H, W, 3]`, their captions and their frames before the turn
+    (at most `train.diffusion.max_given_frames`); clip k is drawn from seed `train.seed * 10**6 + 500000 + k`."""
+    s, tc = cfg.sampling, train_config(cfg)
+    videos = np.empty((tc.turns, s.frames, s.height, s.width, 3), dtype=np.uint8)
+    captions, given = [], []
+    for k in range(tc.turns):
+        clip, text, _, before = sample_turn(tc.seed * 10**6 + 500000 + k, s.frames, s.height,
+                                            min(tc.diffusion.max_given_frames, s.frames - 1))
+        videos[k] = np.round(clip * 255)
+        captions.append(text)
+        given.append(before)
+    return videos, captions, torch.tensor(given)
+
+
+def with_turns(latents: torch.Tensor, captions: list[str], turns: TurnClips, share: float
+               ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """A batch with a random `share` of its clips replaced by turning clips, and the frames each is given (0: the
+    loss draws it as for any clip)."""
+    b = len(latents)
+    picked = torch.rand(b) < share
+    j = torch.randint(len(turns.latents), (b,))
+    latents = torch.where(picked[:, None, None, None, None], turns.latents[j], latents)
+    captions = [turns.captions[k] if p else text for text, p, k in zip(captions, picked.tolist(), j.tolist())]
+    return latents, captions, turns.given[j] * picked
 
 
 def reversed_clips(latents: torch.Tensor, scenes: list[Scene], seed: int

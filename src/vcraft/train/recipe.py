@@ -15,7 +15,7 @@ from vcraft.loaders.checkpoints import save_state_dict
 from vcraft.loaders.components import BY_NAME, Models
 from vcraft.loaders.loading import build_models
 from vcraft.models.unet3d import zero_init_residuals
-from vcraft.train.data import encode_dataset, make_dataset, reversed_clips, train_config
+from vcraft.train.data import TurnClips, encode_dataset, make_dataset, make_turns, reversed_clips, train_config
 from vcraft.train.loop import Log, load_state
 from vcraft.train.stages import checkpoint_layout, pretrain_text_encoder, train_autoencoder, train_diffusion
 
@@ -68,10 +68,28 @@ def train(cfg: Config, run: Path, log: Log = print, stop_after: int | None = Non
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     if not (run / "diffusion.pt").is_file():  # else the text encoder is in the diffusion checkpoint
         pretrain_text_encoder(models, captions, scenes, cfg, run, log)
-    ema, done = train_diffusion(models, raw * scale, captions, cfg, run, log, stop_after)
+    turns = turn_clips(models, cfg, run, log) if tc.turns else None
+    ema, done = train_diffusion(models, raw * scale, captions, cfg, run, log, stop_after, turns)
     if not done:
         return None
     return export(models, ema, cfg, run / "model.safetensors")
+
+
+def turn_clips(models: Models, cfg: Config, run: Path, log: Log) -> TurnClips:
+    """The clips that turn (drawn again each time, in seconds; encoded once into the run folder
+    as `turns.safetensors`), scaled."""
+    from safetensors.torch import load_file
+
+    path = run / "turns.safetensors"
+    videos, captions, given = make_turns(cfg)
+    if path.is_file():
+        raw = load_file(path)["latents"]
+    else:
+        t0 = time.perf_counter()
+        raw = encode_dataset(models.autoencoder, videos)
+        save_state_dict({"latents": raw}, path)
+        log(f"encoded {len(videos)} clips that turn in {time.perf_counter() - t0:.0f} s")
+    return TurnClips(raw * models.autoencoder.scale_factor, captions, given)
 
 
 def export(models: Models, ema: dict[str, torch.Tensor], cfg: Config, path: Path, dtype: str = "fp16") -> Path:

@@ -19,7 +19,7 @@ from vcraft.models.autoencoder import diffusers_vae_config
 from vcraft.sampling.conditioning import Conditioning
 from vcraft.sampling.denoisers import unet_inputs
 from vcraft.sampling.schedule import frame_noise, q_sample, v_target
-from vcraft.train.data import to_pixels, train_config
+from vcraft.train.data import TurnClips, to_pixels, train_config, with_turns
 from vcraft.train.loop import Log, device_of, lr_at, optimiser, resume, run_steps, save_state, set_lr
 
 Phases = list[tuple[int, DiffusionTraining]]
@@ -123,11 +123,14 @@ def draw_timesteps(total: int, n: int, exponent: float = 1.0) -> torch.Tensor:
 
 def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, captions: list[str],
                    settings: DiffusionTraining | None = None,
-                   control: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+                   control: Optional[list[torch.Tensor]] = None,
+                   given_exactly: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One batch's loss: caption dropout, random timesteps, given first frames for some clips,
     optional min-SNR weighting, error counted on the frames the model has to make. The UNet's inputs are built
     from a `Conditioning` as sampling builds them (denoisers.unet_inputs). `settings`: those of the current phase
-    (default: the config's train.diffusion); `control`: a control adapter's features of the clips."""
+    (default: the config's train.diffusion); `control`: a control adapter's features of the clips;
+    `given_exactly`: per clip, a number of first frames given instead of the drawn one where above 0 (clips that
+    turn)."""
     dc = settings if settings is not None else train_config(cfg).diffusion
     b, _, frames = latents.shape[:3]
     dev = latents.device
@@ -144,6 +147,8 @@ def diffusion_loss(models: Models, cfg: Config, latents: torch.Tensor, captions:
     if cfg.model.frame_conditioning:
         most = min(dc.max_given_frames, frames - 1)  # at least one frame is left to make
         given = torch.randint(1, most + 1, (b,)) * (torch.rand(b) < dc.given_frames_prob)
+        if given_exactly is not None:
+            given = torch.where(given_exactly > 0, given_exactly, given)
         if dc.shift_given:
             shifts = torch.randint(latents.shape[-1], (b, 2)) * (given > 0)[:, None]
             latents, noise, x_t = (_roll(v, shifts) for v in (latents, noise, x_t))
@@ -191,9 +196,10 @@ def _phase_lines(dc: DiffusionTraining) -> list[tuple[int, str]]:
 
 
 def train_diffusion(models: Models, latents: torch.Tensor, captions: list[str], cfg: Config, run: Path,
-                    log: Log, stop_after: int | None = None) -> tuple[dict, bool]:
-    """AdamW with warm-up and cosine decay per phase, EMA of the weights. Returns the EMA state of the UNet and
-    text encoder (keys with their checkpoint prefixes) and whether the stage is done."""
+                    log: Log, stop_after: int | None = None, turns: TurnClips | None = None) -> tuple[dict, bool]:
+    """AdamW with warm-up and cosine decay per phase, EMA of the weights; `turns`: the clips that phases with a
+    `turn_prob` mix in. Returns the EMA state of the UNet and text encoder (keys with their checkpoint prefixes) and
+    whether the stage is done."""
     tc = train_config(cfg)
     dc = tc.diffusion
     phases = dc.resolved_phases()
@@ -214,7 +220,10 @@ def train_diffusion(models: Models, latents: torch.Tensor, captions: list[str], 
         for group in opt.param_groups:
             group["weight_decay"] = settings.weight_decay
         idx = torch.randint(len(latents), (settings.batch_size,))
-        loss = diffusion_loss(models, cfg, latents[idx].to(dev), [captions[i] for i in idx.tolist()], settings)
+        batch, texts, exactly = latents[idx], [captions[i] for i in idx.tolist()], None
+        if settings.turn_prob:
+            batch, texts, exactly = with_turns(batch, texts, turns, settings.turn_prob)
+        loss = diffusion_loss(models, cfg, batch.to(dev), texts, settings, given_exactly=exactly)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
