@@ -3,7 +3,7 @@ each 16-frame stretch show what its prompt asks for, and is the switch a jump la
 neighbouring frames elsewhere (as scripts/check_long_video.py measures joins)?
 
     python scripts/check_schedule.py                       # mask, replace and freenoise, 3 seeds each
-    python scripts/check_schedule.py --extend mask --seeds 6
+    python scripts/check_schedule.py --extend mask --seeds 6 --ckpt runs/shapes/model.safetensors
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 import time
 
 import numpy as np
+from eval_shapes import load, model_arguments  # the same choice of model as the evaluation
 
 from vcraft.data.measure import measure_colour, measure_motion, object_masks
-from vcraft.pipeline.api import TextToVideo
 
 # (first prompt, second prompt, what changes, its value in the first half and in the second)
 SCHEDULES = [("a red circle moving left", "a red circle moving up", "motion", "left", "up"),
@@ -38,8 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extend", nargs="+", default=["mask", "replace", "freenoise"])
     parser.add_argument("--seeds", type=int, default=3)
+    model_arguments(parser)
     args = parser.parse_args()
-    pipe = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32")
+    pipe = load(args)
     started = time.perf_counter()
     for extend in args.extend:
         rows = []
