@@ -43,10 +43,12 @@ def load(args: argparse.Namespace, encoder: bool = False) -> TextToVideo:
         return TextToVideo.from_config(cfg, args.ckpt, device=args.device, dtype="fp32", encoder=encoder)
     from vcraft.loaders.loading import load_models
     from vcraft.train import checkpoint_of_run
+    from vcraft.train.stages import frozen_config
 
     cfg = load_config(args.run / "config.yaml")
     device = resolve_device(args.device)
-    models = load_models(cfg.model, checkpoint_of_run(args.run), str(args.run), device, encoder=encoder)
+    # A run's checkpoint holds the model without the control adapter, which the preset's config names.
+    models = load_models(frozen_config(cfg), checkpoint_of_run(args.run), str(args.run), device, encoder=encoder)
     return TextToVideo(cfg, models, device, torch.float32)
 
 
