@@ -63,9 +63,9 @@ def _recording_settings(monkeypatch) -> list[tuple[float, bool, int]]:
     seen = []
     loss = vcraft.train.stages.diffusion_loss
 
-    def recording(models, cfg, latents, captions, settings=None):
+    def recording(models, cfg, latents, captions, settings=None, **rest):
         seen.append((settings.given_frames_prob, settings.shift_given, len(latents)))
-        return loss(models, cfg, latents, captions, settings)
+        return loss(models, cfg, latents, captions, settings, **rest)
 
     monkeypatch.setattr(vcraft.train.stages, "diffusion_loss", recording)
     return seen
