@@ -1,4 +1,4 @@
-"""The training data: shapes clips drawn from seeds, their time-reversed copies, pixels and latents."""
+"""The training data: shapes clips drawn from seeds, their time-reversed copies, clips that turn, pixels and latents."""
 
 from __future__ import annotations
 
