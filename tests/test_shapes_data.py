@@ -48,8 +48,8 @@ def test_held_out_split():
 
 
 def test_clips_that_turn_go_one_way_before_their_turn_and_the_caption_s_way_after():
-    """What a prompt changing along a video is trained on: both directions training combinations, the turn where
-    the clip says, the path continuing from where the object got to (no jump at the turn)."""
+    """What a prompt changing along a video is trained on: both directions training combinations, a right-angle turn
+    where the clip says, the path continuing from where the object got to (no jump at the turn)."""
     from vcraft.data.shapes import Scene, sample_turn
 
     turns = set()
@@ -61,8 +61,9 @@ def test_clips_that_turn_go_one_way_before_their_turn_and_the_caption_s_way_afte
         assert after == {"colour": scene.colour, "shape": scene.shape, "motion": scene.motion}, (seed, text)
         if before >= 3:
             first = measure(video[:before])["motion"]
-            assert first != scene.motion and Scene(scene.colour, scene.shape, first) in TRAIN_SCENES, seed
+            assert Scene(scene.colour, scene.shape, first) in TRAIN_SCENES, seed
+            assert (first in ("left", "right")) != (scene.motion in ("left", "right")), seed  # a right angle
             turns.add((first, scene.motion))
         steps = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))
         assert steps[before - 1] <= 1.5 * np.median(steps), (seed, steps)  # the turn is an ordinary step
-    assert len(turns) >= 8  # most of the 12 ways of turning are drawn
+    assert len(turns) >= 6  # most of the 8 right-angle turns are drawn

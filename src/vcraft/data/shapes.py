@@ -152,12 +152,14 @@ def sample(seed: int, frames: int = 16, size: int = 64, held_out: bool = False) 
 def sample_turn(seed: int, frames: int = 16, size: int = 64, most_before: int = 8
                 ) -> tuple[np.ndarray, str, Scene, int]:
     """A (video, caption, scene, k) quadruple: an object of a training combination moving one way for its first k
-    frames (1 to `most_before`), then another way, the caption and scene those of the new direction (also a training
-    combination)."""
+    frames (1 to `most_before`), then at a right angle, the caption and scene those of the new direction (also a
+    training combination)."""
     rng = np.random.default_rng(seed)
     moving = [s for s in TRAIN_SCENES if s.motion in DIRECTIONS]
     before = moving[rng.integers(len(moving))]
-    afters = [Scene(before.colour, before.shape, m) for m in DIRECTIONS if m != before.motion]
+    # right angles only: with reversals among the turns, the model reversed where a prompt asked it to turn
+    (bx, by) = DIRECTIONS[before.motion]
+    afters = [Scene(before.colour, before.shape, m) for m, (x, y) in DIRECTIONS.items() if x * bx + y * by == 0]
     afters = [s for s in afters if s in TRAIN_SCENES]
     after = afters[rng.integers(len(afters))]
     k = int(rng.integers(1, most_before + 1))
