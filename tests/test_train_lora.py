@@ -140,24 +140,25 @@ def test_a_lora_of_a_videocrafter_model_trains_and_loads(tmp_path):
 
 @pytest.mark.slow
 def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path):
-    """The embedded model with the text encoder and the decoder adapted too: stopped after 1 of 2 steps, then
-    resumed."""
+    """The embedded model with the text encoder and the decoder adapted too, and a prior video: stopped after 1 of
+    2 steps, then resumed, reading the prior video the first call made."""
     from safetensors.torch import load_file
 
-    from vcraft.config import load_preset
+    from vcraft.config import apply_overrides, load_preset
     from vcraft.loaders.weights import find_checkpoint
     from vcraft.train.lora import LoRATraining, train_lora
 
-    cfg = load_preset("shapes")
+    cfg = apply_overrides(load_preset("shapes"), ["sampling.steps=2"])  # the prior video's: only its reuse is read
     # Clips of 8 frames (the model's clip is 16): what is tested is the resume, whatever the clips' length.
     clips = find_clips(folder_of_clips(tmp_path / "data", frames=8))
     videos, captions = read_clips(clips, Framing(8, 64, 64), ", outline")
     options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=2, batch_size=1, checkpoint_every=1, text=True,
-                           decoder=True)
-    ckpt, quiet = find_checkpoint(cfg), lambda _: None
+                           decoder=True, prior=1)
+    ckpt, quiet, said = find_checkpoint(cfg), lambda _: None, []
     straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
     assert train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, stop_after=1) is None
-    resumed = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, resume=True)
+    resumed = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", said.append, resume=True)
+    assert "lora: 1 prior videos read from prior.safetensors" in said
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert {k.split(".")[0] for k in a} == {"cond_stage_model", "model", "first_stage_model"}

@@ -190,7 +190,7 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
     # The pipeline over the same modules: the LoRA layers added below are in it too.
     pipe = TextToVideo(replace(cfg, model=frozen_config(cfg)), models, device, torch.float32)
     if options.prior:
-        videos, captions = _with_prior(pipe, videos, captions, options, log)
+        videos, captions = _with_prior(pipe, videos, captions, options, run, log)
     latents = encode_dataset(models.autoencoder, videos) * cfg.model.scale_factor
     log(f"lora: {len(videos)} clips of {videos.shape[1]} frames at {videos.shape[2]}x{videos.shape[3]} encoded")
     if options.decoder:
@@ -256,16 +256,26 @@ def redraw_loss(autoencoder: VideoAutoencoder, latents: torch.Tensor, videos: np
     return F.l1_loss(redrawn, target) + F.mse_loss(redrawn, target)
 
 
-def _with_prior(pipe: TextToVideo, videos: np.ndarray, captions: list[str], options: LoRATraining,
+def _with_prior(pipe: TextToVideo, videos: np.ndarray, captions: list[str], options: LoRATraining, run: Path,
                 log: Log) -> tuple[np.ndarray, list[str]]:
     """The clips and `options.prior` videos the frozen model makes from the captions (in turn) without the trigger,
-    at the clips' size and length, each from its own seed."""
+    at the clips' size and length, each from its own seed. Made once: kept in the run folder for `--resume`."""
+    from safetensors import safe_open
+
     plain = [c[:len(c) - len(options.trigger)] if options.trigger and c.endswith(options.trigger) else c
              for c in captions]
     prompts = [plain[k % len(plain)] for k in range(options.prior)]
     n, frames, height, width = videos.shape[:4]
+    path = run / "prior.safetensors"
+    made_by = json.dumps({"prompts": prompts, "seed": options.seed, "size": [frames, height, width]})
+    if path.is_file():
+        with safe_open(str(path), "pt") as stored:
+            if stored.metadata().get("made_by") == made_by:
+                log(f"lora: {options.prior} prior videos read from {path.name}")
+                return np.concatenate([videos, stored.get_tensor("videos").numpy()]), captions + prompts
     made = np.stack([pipe(p, seed=options.seed * 10**6 + k, frames=frames, height=height, width=width)
                      for k, p in enumerate(prompts)])
+    save_state_dict({"videos": torch.from_numpy(made)}, path, metadata={"made_by": made_by})
     log(f"lora: {options.prior} prior videos made by the model itself")
     return np.concatenate([videos, made]), captions + prompts
 
