@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from vcraft import __version__
 from vcraft.config import Config, DiffusionTraining
 from vcraft.errors import VcraftError
-from vcraft.loaders.checkpoints import save_state_dict
+from vcraft.loaders.checkpoints import save_state_dict, stored_metadata
 from vcraft.loaders.components import BY_NAME, Models
 from vcraft.loaders.download import sha256_of
 from vcraft.models.autoencoder import VideoAutoencoder, trainable_decoder
@@ -260,23 +260,22 @@ def _with_prior(pipe: TextToVideo, videos: np.ndarray, captions: list[str], opti
                 log: Log) -> tuple[np.ndarray, list[str]]:
     """The clips and `options.prior` videos the frozen model makes from the captions (in turn) without the trigger,
     at the clips' size and length, each from its own seed. Made once: kept in the run folder for `--resume`."""
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     plain = [c[:len(c) - len(options.trigger)] if options.trigger and c.endswith(options.trigger) else c
              for c in captions]
     prompts = [plain[k % len(plain)] for k in range(options.prior)]
-    n, frames, height, width = videos.shape[:4]
+    _, frames, height, width = videos.shape[:4]
     path = run / "prior.safetensors"
     made_by = json.dumps({"prompts": prompts, "seed": options.seed, "size": [frames, height, width]})
-    if path.is_file():
-        with safe_open(str(path), "pt") as stored:
-            if stored.metadata().get("made_by") == made_by:
-                log(f"lora: {options.prior} prior videos read from {path.name}")
-                return np.concatenate([videos, stored.get_tensor("videos").numpy()]), captions + prompts
-    made = np.stack([pipe(p, seed=options.seed * 10**6 + k, frames=frames, height=height, width=width)
-                     for k, p in enumerate(prompts)])
-    save_state_dict({"videos": torch.from_numpy(made)}, path, metadata={"made_by": made_by})
-    log(f"lora: {options.prior} prior videos made by the model itself")
+    if path.is_file() and stored_metadata(path).get("made_by") == made_by:
+        made = load_file(path)["videos"].numpy()
+        log(f"lora: {options.prior} prior videos read from {path.name}")
+    else:
+        made = np.stack([pipe(p, seed=options.seed * 10**6 + k, frames=frames, height=height, width=width)
+                         for k, p in enumerate(prompts)])
+        save_state_dict({"videos": torch.from_numpy(made)}, path, metadata={"made_by": made_by})
+        log(f"lora: {options.prior} prior videos made by the model itself")
     return np.concatenate([videos, made]), captions + prompts
 
 
