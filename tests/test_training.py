@@ -16,7 +16,7 @@ from vcraft.sampling.schedule import frame_noise, q_sample
 from vcraft.train import diffusion_loss, draw_timesteps, initial_models, train
 
 TINY = [
-    "train.videos=6", "train.checkpoint_every=2",
+    "train.videos=6", "train.turns=0", "train.checkpoint_every=2", "train.diffusion.blend_step=null",
     "train.autoencoder.steps=4", "train.autoencoder.batch_size=4", "train.text.steps=3", "train.text.batch_size=4",
     "train.diffusion.steps=4", "train.diffusion.phases=[]", "train.diffusion.batch_size=2", "train.diffusion.warmup=1",
     "model.unet.channel_mult=[1,2]", "model.unet.attention_resolutions=[2]", "model.unet.model_channels=16",
@@ -119,41 +119,88 @@ def test_phases_train_with_their_settings_and_resume_across_a_boundary(tmp_path,
     _same_weights(straight, by_hand)
 
 
-def test_the_shapes_recipe_is_its_three_phases():
+@pytest.mark.slow
+def test_the_exported_weights_blend_in_the_ema_of_blend_step_across_a_resume(tmp_path):
+    """`blend_step: 2, blend_share: 0.25`: the export is 0.75 x the final EMA + 0.25 x the EMA after step 2, the
+    same when stopped before that step and again after it; a run already past it without its weights is refused."""
+    from safetensors.torch import load_file
+
+    from vcraft.train.stages import checkpoint_layout
+
+    cfg = tiny_config(*PHASES, "train.diffusion.blend_step=2", "train.diffusion.blend_share=0.25")
+    straight = tmp_path / "straight"
+    assert train(cfg, straight, log=lambda _: None) is not None
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(straight / "latents.safetensors", resumed)
+    assert train(cfg, resumed, log=lambda _: None, stop_after=2) is None
+    at_2 = torch.load(resumed / "diffusion.pt", weights_only=True)
+    assert at_2["step"] == 2 and not at_2["kept"]
+    assert train(cfg, resumed, log=lambda _: None, stop_after=2) is None
+    kept = torch.load(resumed / "diffusion.pt", weights_only=True)["kept"]
+    assert kept.keys() == at_2["ema"].keys() and all(torch.equal(v, at_2["ema"][k]) for k, v in kept.items())
+    assert train(cfg, resumed, log=lambda _: None) is not None
+    _same_weights(straight, resumed)
+
+    final = torch.load(resumed / "diffusion.pt", weights_only=True)["ema"]
+    expected = checkpoint_layout({k: torch.lerp(at_2["ema"][k], v, 0.75) for k, v in final.items()})
+    exported = load_file(resumed / "model.safetensors")
+    assert all(torch.equal(exported[k], v.to(exported[k].dtype)) for k, v in expected.items())
+    assert not all(torch.equal(exported[k], v.to(exported[k].dtype)) for k, v in checkpoint_layout(final).items())
+
+    late = tmp_path / "late"
+    late.mkdir()
+    shutil.copy(straight / "latents.safetensors", late)
+    assert train(tiny_config(*PHASES), late, log=lambda _: None, stop_after=3) is None
+    with pytest.raises(VcraftError, match="past step 2 without the weights of that step"):
+        train(cfg, late, log=lambda _: None)
+
+
+def test_the_shapes_recipe_is_its_five_phases():
     """The shipped recipe: the first training, then continuation with the cosine of 3,000 steps from step 2,400
-    on, then a restart on the cosine of 5,400 steps from step 3,000 on, with timesteps towards the clean end."""
+    on, then a restart on the cosine of 5,400 steps from step 3,000 on, with timesteps towards the clean end;
+    then two restarts with clips that turn, the weights of step 5,400 blended into the exported ones."""
     from vcraft.train import diffusion_lr, lr_at, phase_of
 
-    d = load_preset("shapes").train.diffusion
+    tc = load_preset("shapes").train
+    d = tc.diffusion
     phases = d.resolved_phases()
-    assert [until for until, _ in phases] == [2400, 3000, 5400] and d.steps == 5400
-    for step, until, shift, exponent in [(0, 2400, False, 1), (2399, 2400, False, 1), (2400, 3000, True, 1),
-                                         (2999, 3000, True, 1), (3000, 5400, True, 2), (5399, 5400, True, 2)]:
+    assert [until for until, _ in phases] == [2400, 3000, 5400, 6400, 8400] and d.steps == 8400
+    assert tc.turns == 2000 and (d.blend_step, d.blend_share) == (5400, 0.3)
+    for step, until, shift, exponent, turns, lr in [
+            (0, 2400, False, 1, 0, d.lr), (2399, 2400, False, 1, 0, d.lr), (2400, 3000, True, 1, 0, d.lr),
+            (2999, 3000, True, 1, 0, d.lr), (3000, 5400, True, 2, 0, d.lr), (5399, 5400, True, 2, 0, d.lr),
+            (5400, 6400, True, 2, 0.3, 3e-3), (6400, 8400, True, 2, 0.5, 2.2e-3), (8399, 8400, True, 2, 0.5, 2.2e-3)]:
         _, settings = phase_of(step, phases)
-        assert (settings.shift_given, settings.timestep_exponent) == (shift, exponent)
-        assert settings.given_frames_prob == (0.5 if shift else 0.25) and settings.lr == d.lr
-        assert diffusion_lr(step, phases) == lr_at(step, until, d.lr, d.warmup)
+        assert (settings.shift_given, settings.timestep_exponent, settings.turn_prob) == (shift, exponent, turns)
+        assert settings.given_frames_prob == (0.5 if shift else 0.25) and settings.lr == lr
+        assert diffusion_lr(step, phases) == lr_at(step, until, lr, d.warmup)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["train.diffusion.steps=3000"], "phases end at step 5400 but train.diffusion.steps is 3000"),
+    (["train.diffusion.steps=3000"], "phases end at step 8400 but train.diffusion.steps is 3000"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 5}, {until: 5}]"],
      r"phases\[1\].until must be a whole number of steps above 5"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, colour: red}]"],
      r"phases\[0\] sets 'colour', which a phase cannot set; it can set: batch_size"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, steps: 3}]"], "sets 'steps'"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, lr: fast}]"], "could not be converted"),
-    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 4}, {until: 9, turn_prob: 0.3}]"],
+    (["train.turns=0", "train.diffusion.steps=9", "train.diffusion.phases=[{until: 4}, {until: 9, turn_prob: 0.3}]"],
      r"phases\[1\].turn_prob needs train.turns above 0"),
     (["train.diffusion.turn_prob=1.5"], "train.diffusion.turn_prob must be between 0 and 1, not 1.5"),
     (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, timestep_exponent: 0}]"],
      "timestep_exponent must be above 0"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[{until: 9, blend_step: 3}]"], "sets 'blend_step'"),
+    (["train.diffusion.steps=9", "train.diffusion.phases=[]"],
+     "blend_step must be a step from 0 to 8, or null, not 5400"),
+    (["train.diffusion.blend_share=1"], "blend_share must be between 0 and 1, not 1"),
 ])
 def test_phases_are_validated_with_the_config(overrides, message):
     with pytest.raises(VcraftError, match=message) as raised:
         apply_overrides(load_preset("shapes"), overrides)
     assert "\n" not in str(raised.value)
-    assert apply_overrides(load_preset("shapes"), ["train.diffusion.steps=7", "train.diffusion.phases=[]"])
+    assert apply_overrides(load_preset("shapes"), ["train.diffusion.steps=7", "train.diffusion.phases=[]",
+                                                   "train.diffusion.blend_step=6"])
 
 
 def test_training_a_config_without_a_train_section_is_refused(tmp_path):

@@ -245,6 +245,10 @@ class DiffusionTraining:
     turn_prob: float = 0.0
     # Parts of the stage with settings of their own (resolved_phases), so that a recipe in parts is one command.
     phases: list[dict[str, Any]] = field(default_factory=list)
+    # Exported: (1 - blend_share) x the final EMA + blend_share x the EMA at step blend_step (None: the final EMA).
+    # Weight-space ensembling, as WiSE-FT does after fine-tuning: later phases' skills, earlier weights' robustness.
+    blend_step: Optional[int] = None
+    blend_share: float = 0.3
 
     def resolved_phases(self) -> list[tuple[int, DiffusionTraining]]:
         """`(until, settings)` of every phase in order. A phase `{until: N, field: value, ...}` trains the steps
@@ -424,7 +428,7 @@ def _train_problem(t: TrainConfig | None, model: ModelConfig) -> str | None:
     if problem:
         return problem
     base = OmegaConf.structured(replace(d, phases=[]))
-    known = set(base.keys()) - {"steps", "phases"}
+    known = set(base.keys()) - {"steps", "phases", "blend_step", "blend_share"}
     previous = 0
     for i, phase in enumerate(d.phases):
         name = f"train.diffusion.phases[{i}]"
@@ -446,6 +450,10 @@ def _train_problem(t: TrainConfig | None, model: ModelConfig) -> str | None:
     if d.phases and previous != d.steps:
         return (f"train.diffusion.phases end at step {previous} but train.diffusion.steps is {d.steps}: make them "
                 f"equal, or set train.diffusion.phases=[] for one phase of {d.steps} steps")
+    if d.blend_step is not None and not 0 <= d.blend_step < d.steps:
+        return f"train.diffusion.blend_step must be a step from 0 to {d.steps - 1}, or null, not {d.blend_step}"
+    if not 0 < d.blend_share < 1:
+        return f"train.diffusion.blend_share must be between 0 and 1, not {d.blend_share}"
     return None
 
 

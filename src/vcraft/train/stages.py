@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from vcraft.config import Config, DiffusionTraining, ModelConfig
 from vcraft.data.shapes import COLOURS, COLOURS_INDEX, MOTIONS, SHAPES, Scene
+from vcraft.errors import VcraftError
 from vcraft.loaders.checkpoints import load_state_dict
 from vcraft.loaders.components import Models, official_layout
 from vcraft.loaders.loading import load_models
@@ -198,8 +199,8 @@ def _phase_lines(dc: DiffusionTraining) -> list[tuple[int, str]]:
 def train_diffusion(models: Models, latents: torch.Tensor, captions: list[str], cfg: Config, run: Path,
                     log: Log, stop_after: int | None = None, turns: TurnClips | None = None) -> tuple[dict, bool]:
     """AdamW with warm-up and cosine decay per phase, EMA of the weights; `turns`: the clips that phases with a
-    `turn_prob` mix in. Returns the EMA state of the UNet and text encoder (keys with their checkpoint prefixes) and
-    whether the stage is done."""
+    `turn_prob` mix in. Returns the EMA state of the UNet and text encoder (keys with their checkpoint prefixes;
+    once done, blended with the EMA of `blend_step` where that is set) and whether the stage is done."""
     tc = train_config(cfg)
     dc = tc.diffusion
     phases = dc.resolved_phases()
@@ -213,8 +214,14 @@ def train_diffusion(models: Models, latents: torch.Tensor, captions: list[str], 
     start, state = resume(path, nets, opt, tc.seed + 2)
     dev = device_of(nets)
     ema = {k: v.detach().clone().to(dev) for k, v in (state.get("ema") or nets.state_dict()).items()}
+    kept = {k: v.to(dev) for k, v in (state.get("kept") or {}).items()}  # the EMA at blend_step, once passed
+    if dc.blend_step is not None and start > dc.blend_step and not kept:
+        raise VcraftError(f"{path} is past step {dc.blend_step} without the weights of that step, which "
+                          "train.diffusion.blend_step blends in: train in a new run folder, or set it to null")
 
     def step(i: int) -> tuple[float, float]:
+        if i == dc.blend_step:
+            kept.update({k: v.clone() for k, v in ema.items()})
         _, settings = phase_of(i, phases)
         lr = set_lr(opt, diffusion_lr(i, phases))
         for group in opt.param_groups:
@@ -237,7 +244,7 @@ def train_diffusion(models: Models, latents: torch.Tensor, captions: list[str], 
         return loss.item(), lr
 
     def save(done: int) -> None:
-        save_state({"model": nets.state_dict(), "ema": ema, "optimiser": opt.state_dict(),
+        save_state({"model": nets.state_dict(), "ema": ema, "kept": kept, "optimiser": opt.state_dict(),
                     "rng": torch.get_rng_state(), "step": done}, path)
 
     nets.train()
@@ -245,6 +252,8 @@ def train_diffusion(models: Models, latents: torch.Tensor, captions: list[str], 
     complete = run_steps("diffusion", run, start, total, stop_after, tc.checkpoint_every, step, save, log,
                          _phase_lines(dc))
     nets.eval()
+    if complete and kept:
+        ema = {k: torch.lerp(kept[k], v, 1 - dc.blend_share) if v.is_floating_point() else v for k, v in ema.items()}
     return checkpoint_layout(ema), complete
 
 
