@@ -121,8 +121,8 @@ def test_phases_train_with_their_settings_and_resume_across_a_boundary(tmp_path,
 
 @pytest.mark.slow
 def test_the_exported_weights_blend_in_the_ema_of_blend_step_across_a_resume(tmp_path):
-    """`blend_step: 2, blend_share: 0.25`: the export is 0.75 x the final EMA + 0.25 x the EMA after step 2, the
-    same when stopped before that step and again after it; a run already past it without its weights is refused."""
+    """`blend_step: 2, blend_share: 0.25`: the export is 0.75 x the final EMA + 0.25 x the EMA of step 2 (after two
+    steps), the same when stopped before that step and again after it; a run past it without its weights is refused."""
     from safetensors.torch import load_file
 
     from vcraft.train.stages import checkpoint_layout
