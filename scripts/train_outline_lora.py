@@ -34,13 +34,13 @@ TRAINING = ["--model", "shapes", "--trigger", ", outline style", "--text", "--pr
                                "out_layers.3") for arg in ("--target", name)]]
 
 
-def make_clips(folder: Path, count: int) -> None:
+def make_clips(folder: Path, count: int, scale: float) -> None:
     scenes = [scene for scene in ALL_SCENES if not is_outline_held_out(scene)]
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(count):
         rng = np.random.default_rng(SEEDS + k)
         scene = scenes[rng.integers(len(scenes))]
-        video = np.round(render(scene, 16, 64, rng, outline=True) * 255).astype(np.uint8)
+        video = np.round(render(scene, 16, 64, rng, outline=True, scale=scale) * 255).astype(np.uint8)
         iio.imwrite(folder / f"clip{k:03d}.mp4", video, fps=8, codec="libx264", macro_block_size=1,
                     output_params=["-crf", "12"])
         (folder / f"clip{k:03d}.txt").write_text(caption(scene, rng).rstrip(".") + "\n")
@@ -50,10 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/outline"))
     parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--scale", type=float, default=1.0, help="objects this many times their usual size")
     args = parser.parse_args()
     clips = args.output.parent / f"{args.output.name}-clips"
     if not clips.is_dir():
-        make_clips(clips, args.clips)
+        make_clips(clips, args.clips, args.scale)
     subprocess.run([sys.executable, "-m", "vcraft", "train", "lora", str(clips), *TRAINING, "-o", str(args.output),
                     *(["--resume"] if (args.output / "lora.pt").is_file() else [])], check=True)
 

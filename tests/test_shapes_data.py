@@ -67,3 +67,31 @@ def test_clips_that_turn_go_one_way_before_their_turn_and_the_caption_s_way_afte
         steps = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))
         assert steps[before - 1] <= 1.5 * np.median(steps), (seed, steps)  # the turn is an ordinary step
     assert len(turns) >= 6  # most of the 8 right-angle turns are drawn
+
+
+def test_a_scaled_outline_is_the_same_object_larger_on_the_same_path():
+    """`render(..., scale=)` (the outline LoRA's clips at other sizes): the same draws, the object's area scale**2
+    times as large, still an outline of the same share, its centre where it was, and read back as the same scene."""
+    from vcraft.data.measure import (
+        centres,
+        hollowness,
+        measure_colour,
+        measure_motion,
+        measure_shape,
+        object_masks,
+        silhouettes,
+    )
+    from vcraft.data.shapes import Scene, render
+
+    for scene in (Scene("red", "square", "left"), Scene("cyan", "triangle", "up"), Scene("blue", "circle", "right")):
+        small, large = (render(scene, 16, 64, np.random.default_rng(5), outline=True, scale=s) for s in (1.0, 1.4))
+        masks = [object_masks(v) for v in (small, large)]
+        ratio = silhouettes(masks[1]).sum() / silhouettes(masks[0]).sum()
+        assert 1.4 ** 2 * 0.9 < ratio < 1.4 ** 2 * 1.1, (scene, ratio)
+        assert abs(hollowness(masks[1]) - hollowness(masks[0])) < 0.05, scene
+        middle = slice(4, 12)  # frames where neither object wraps around the edge
+        # within 1.5 px: each ring's mask is cut on the pixel grid, which moves a mask's centre by up to about 1 px
+        assert np.abs(centres(masks[1])[middle] - centres(masks[0])[middle]).max() < 1.5, scene
+        filled = silhouettes(masks[1])  # an outline's shape and motion are read from its silhouette
+        seen = (measure_colour(large, masks[1]), measure_shape(filled), measure_motion(filled))
+        assert seen == (scene.colour, scene.shape, scene.motion), scene

@@ -97,11 +97,12 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
 def render(scene: Scene, frames: int, size: int, rng: np.random.Generator, outline: bool = False,
-           turn: tuple[int, str] | None = None) -> np.ndarray:
+           turn: tuple[int, str] | None = None, scale: float = 1.0) -> np.ndarray:
     """Float video `[frames, size, size, 3]` in [0, 1]; with `outline`, the shape drawn as a ring of its edge (the
     "outline style" of the LoRA example), the same share of every shape's silhouette, about 37%, background. With
     `turn = (k, direction)`, a moving object goes `scene.motion` until frame k - 1 and `direction` from there on,
-    turning at the frame's centre (the clips a prompt that changes along a video is trained on)."""
+    turning at the frame's centre (the clips a prompt that changes along a video is trained on). `scale`: the
+    object that many times its usual size (its outline too), on the same path."""
     t = np.arange(frames, dtype=np.float64)[:, None, None]
     if scene.motion in ("growing", "shrinking"):
         small, large = rng.uniform(0.07, 0.10) * size, rng.uniform(0.22, 0.27) * size
@@ -121,6 +122,7 @@ def render(scene: Scene, frames: int, size: int, rng: np.random.Generator, outli
         along = (t - pivot) * speed
         dx, dy = (np.where(t <= pivot, DIRECTIONS[scene.motion][i], DIRECTIONS[then][i]) for i in (0, 1))
         cx, cy = mid[0] + dx * along, mid[1] + dy * along
+    radius = radius * scale
     return draw(scene.shape, np.array(COLOURS[scene.colour]), cx, cy, radius, rng.uniform(0.0, 0.1), size,
                 RING * INRADIUS[scene.shape] * radius if outline else None)
 
