@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/, for eval_shapes and eval_outline
 from eval_outline import TRIGGER, score  # noqa: E402  the outline LoRA's trigger and scoring
 from eval_shapes import load, model_arguments  # noqa: E402  the same choice of model as the evaluation
 
