@@ -86,12 +86,12 @@ def test_a_scaled_outline_is_the_same_object_larger_on_the_same_path():
     for scene in (Scene("red", "square", "left"), Scene("cyan", "triangle", "up"), Scene("blue", "circle", "right")):
         small, large = (render(scene, 16, 64, np.random.default_rng(5), outline=True, scale=s) for s in (1.0, 1.4))
         masks = [object_masks(v) for v in (small, large)]
-        ratio = silhouettes(masks[1]).sum() / silhouettes(masks[0]).sum()
+        filled = [silhouettes(m) for m in masks]  # an outline's size, shape and motion are read from its silhouette
+        ratio = filled[1].sum() / filled[0].sum()
         assert 1.4 ** 2 * 0.9 < ratio < 1.4 ** 2 * 1.1, (scene, ratio)
         assert abs(hollowness(masks[1]) - hollowness(masks[0])) < 0.05, scene
         middle = slice(4, 12)  # frames where neither object wraps around the edge
         # within 1.5 px: each ring's mask is cut on the pixel grid, which moves a mask's centre by up to about 1 px
         assert np.abs(centres(masks[1])[middle] - centres(masks[0])[middle]).max() < 1.5, scene
-        filled = silhouettes(masks[1])  # an outline's shape and motion are read from its silhouette
-        seen = (measure_colour(large, masks[1]), measure_shape(filled), measure_motion(filled))
+        seen = (measure_colour(large, masks[1]), measure_shape(filled[1]), measure_motion(filled[1]))
         assert seen == (scene.colour, scene.shape, scene.motion), scene
