@@ -9,7 +9,8 @@ generation; the lower t, the more of the clip's layout survives the noise for th
 
 With `--outline --lora FILE`, the clips are the outline LoRA's: true outlines of the combinations its clips never
 showed (scripts/train_outline_lora.py), captioned with the trigger and scored as scripts/eval_outline.py scores
-(`--shape square`: of one shape only; `--filled`: the same clips drawn filled, without the trigger, for comparison).
+(`--shape square`: of one shape only; `--filled`: the same clips drawn filled, without the trigger, for comparison;
+`--seen`: of the combinations its clips showed instead).
 Near t = 0 this asks whether the LoRA keeps an outline it is given.
 """
 
@@ -42,12 +43,12 @@ def truncated(schedule: Schedule, t: int) -> Schedule:
                    betas=schedule.betas[:t + 1])
 
 
-def outline_clips(seed: int, count: int, frames: int, size: int, shape: str | None, filled: bool
+def outline_clips(seed: int, count: int, frames: int, size: int, shape: str | None, filled: bool, seen: bool = False
                   ) -> list[tuple[np.ndarray, str, Scene]]:
-    """`count` (clip, caption, scene) triples of true outlines of the outline LoRA's held-out combinations, the
-    captions with its trigger (`filled`: the same objects filled, without it); clip k from seed + k, the
-    combinations in turn."""
-    scenes = [s for s in ALL_SCENES if is_outline_held_out(s) and shape in (None, s.shape)]
+    """`count` (clip, caption, scene) triples of true outlines of the outline LoRA's held-out combinations (`seen`: of
+    those its clips showed), the captions with its trigger (`filled`: the same objects filled, without it); clip k
+    from seed + k, the combinations in turn."""
+    scenes = [s for s in ALL_SCENES if is_outline_held_out(s) != seen and shape in (None, s.shape)]
     out = []
     for k in range(count):
         rng, scene = np.random.default_rng(seed + k), scenes[k % len(scenes)]
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--outline", action="store_true", help="the outline LoRA's held-out clips, as outlines")
     parser.add_argument("--shape", choices=["circle", "square", "triangle"], help="with --outline: this shape only")
     parser.add_argument("--filled", action="store_true", help="with --outline: its clips filled, without the trigger")
+    parser.add_argument("--seen", action="store_true", help="with --outline: the combinations its clips showed")
     args = parser.parse_args()
 
     pipe = load(args, encoder=True)
@@ -80,7 +82,7 @@ def main() -> None:
     s = pipe.config.sampling
     guidance = s.guidance if args.guidance is None else args.guidance
     if args.outline:
-        triples = outline_clips(args.seed, args.clips, s.frames, s.height, args.shape, args.filled)
+        triples = outline_clips(args.seed, args.clips, s.frames, s.height, args.shape, args.filled, args.seen)
     else:
         triples = [sample(args.seed + k, s.frames, s.height, args.held_out) for k in range(args.clips)]
     clips, captions, scenes = zip(*triples)
@@ -92,7 +94,10 @@ def main() -> None:
     denoiser = pipe.denoiser(Conditioning(cond, uncond, torch.full((args.clips,), s.fps)), guidance,
                              args.guidance_min_t)
 
-    kind = ("filled" if args.filled else "outline") if args.outline else "held-out" if args.held_out else "seen"
+    if args.outline:
+        kind = ("seen-combination " if args.seen else "") + ("filled" if args.filled else "outline")
+    else:
+        kind = "held-out" if args.held_out else "seen"
     columns = ("outline", *ATTRIBUTES) if args.outline else ATTRIBUTES
     print(f"{args.clips} {kind} clips, {args.steps} steps from t, guidance {guidance} from t = "
           f"{args.guidance_min_t}; clips right out of {args.clips}")
