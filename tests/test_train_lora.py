@@ -140,8 +140,9 @@ def test_a_lora_of_a_videocrafter_model_trains_and_loads(tmp_path):
 
 @pytest.mark.slow
 def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path):
-    """The embedded model with the text encoder and the decoder adapted too, and a prior video: stopped after 1 of
-    2 steps, then resumed, reading the prior video the first call made."""
+    """The embedded model with the text encoder and the decoder adapted too, a prior video and a moving average:
+    stopped after 1 of 2 steps, then resumed, reading the prior video the first call made. The file holds the
+    average, which the second step moved halfway to its weights."""
     from safetensors.torch import load_file
 
     from vcraft.config import apply_overrides, load_preset
@@ -153,14 +154,18 @@ def test_a_stopped_run_resumed_writes_the_file_of_an_uninterrupted_one(tmp_path)
     clips = find_clips(folder_of_clips(tmp_path / "data", frames=8))
     videos, captions = read_clips(clips, Framing(8, 64, 64), ", outline")
     options = LoRATraining(rank=4, alpha=4.0, lr=1e-3, steps=2, batch_size=1, checkpoint_every=1, text=True,
-                           decoder=True, prior=1)
+                           decoder=True, prior=1, ema=0.5)
     ckpt, quiet, said = find_checkpoint(cfg), lambda _: None, []
     straight = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "straight", quiet)
     assert train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", quiet, stop_after=1) is None
+    first = torch.load(tmp_path / "stopped" / "lora.pt", weights_only=True)
     resumed = train_lora(cfg, ckpt, videos, captions, options, tmp_path / "stopped", said.append, resume=True)
     assert "lora: 1 prior videos read from prior.safetensors" in said
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last = torch.load(tmp_path / "straight" / "lora.pt", weights_only=True)
+    assert all(torch.equal(a[k], torch.lerp(first["ema"][k], last["model"][k], 0.5)) for k in a)
+    assert not all(torch.equal(a[k], last["model"][k]) for k in a)
     assert {k.split(".")[0] for k in a} == {"cond_stage_model", "model", "first_stage_model"}
     assert all(k.startswith("first_stage_model.decoder.") for k in a if k.startswith("first_stage_model."))
 

@@ -5,7 +5,8 @@ recipe's own (`stages.diffusion_loss`: the sampler's `unet_inputs`, the model's 
 dropout and no given frames; with `decoder`, plus the autoencoder's reconstruction loss for the decoder's LoRA layers
 (`redraw_loss`). The run folder holds:
 
-    run/lora.pt                the LoRA's weights, optimiser, RNG state and step, every `checkpoint_every` steps
+    run/lora.pt                the LoRA's weights (and with `ema` their moving average), optimiser, RNG state and
+                               step, every `checkpoint_every` steps
     run/train.log              loss, learning rate and speed every 25 steps
     run/validation/            the validation prompts' videos, every `validate_every` steps (rendered by the caller)
     run/lora.safetensors       the result
@@ -18,10 +19,10 @@ paths the official checkpoints use and carries its own scale; `--lora` reads it 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -82,6 +83,8 @@ class LoRATraining:
     decoder: bool = False
     # Timesteps drawn as T * u**k, u uniform: 1 is uniform, above 1 favours the clean end (edges and corners).
     timestep_exponent: float = 1.0
+    # Decay of an exponential moving average of the LoRA's weights, which the file then holds (0: the last weights).
+    ema: float = 0.0
 
     def check(self, device: torch.device) -> None:
         problems = [
@@ -96,6 +99,7 @@ class LoRATraining:
             (self.validate_every >= 0, f"--validate-every must be 0 or more, got {self.validate_every}"),
             (self.prior >= 0, f"--prior must be 0 or more, got {self.prior}"),
             (self.timestep_exponent > 0, f"--timestep-exponent must be positive, got {self.timestep_exponent}"),
+            (0 <= self.ema < 1, f"--ema must be at least 0 and below 1, got {self.ema}"),
             (bool(self.targets), "give at least one --target"),
             (self.mixed_precision in PRECISIONS, f"--mixed-precision must be one of {', '.join(PRECISIONS)}"),
             (self.mixed_precision == "no" or device.type == "cuda", "--mixed-precision needs a GPU (--device cuda)"),
@@ -199,6 +203,9 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
     opt = optimiser(params, options.lr, 0.0)
     torch.manual_seed(options.seed + 1)
     start, state = 0, load_state(checkpoint) if resume else None
+    if options.ema and state is not None and state.get("ema"):
+        _load_lora_state(models, state["ema"])
+    average = [p.detach().clone() for p in params] if options.ema else []  # the moving average, from the start
     if state is not None:
         _load_lora_state(models, state["model"])
         opt.load_state_dict(state["optimiser"])
@@ -225,15 +232,21 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for mean, p in zip(average, params):
+                mean.lerp_(p, 1 - options.ema)
         return total, lr
 
     def save(done: int) -> None:
-        save_state({"model": lora_state(models), "optimiser": opt.state_dict(), "rng": torch.get_rng_state(),
-                    "step": done}, checkpoint)
+        with _holding(params, average):
+            ema = lora_state(models) if average else {}
+        save_state({"model": lora_state(models), "ema": ema, "optimiser": opt.state_dict(),
+                    "rng": torch.get_rng_state(), "step": done}, checkpoint)
         if on_checkpoint is not None and options.validate_every and done % options.validate_every == 0:
             for name in ADAPTED:
                 getattr(models, name).eval()
-            on_checkpoint(pipe, done)
+            with _holding(params, average):
+                on_checkpoint(pipe, done)
             for name in ADAPTED:
                 getattr(models, name).train()
 
@@ -243,7 +256,24 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
                                                                                   options.validate_every))
     if not run_steps("lora", run, start, options.steps, stop_after, every, step, save, log):
         return None
-    return export(models, cfg, ckpt, options, run / "lora.safetensors")
+    with _holding(params, average):
+        return export(models, cfg, ckpt, options, run / "lora.safetensors")
+
+
+@contextmanager
+def _holding(params: list[torch.nn.Parameter], values: list[torch.Tensor]) -> Iterator[None]:
+    """The parameters hold `values` (the weights' moving average) inside the block, their own outside it; no
+    change when `values` is empty."""
+    own = [p.detach().clone() for p in params] if values else []
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, own):
+                p.copy_(v)
 
 
 def redraw_loss(autoencoder: VideoAutoencoder, latents: torch.Tensor, videos: np.ndarray) -> torch.Tensor:
@@ -285,7 +315,7 @@ def export(models: Models, cfg: Config, ckpt: Path, options: LoRATraining, path:
                 "trigger": options.trigger, "rank": str(options.rank), "alpha": str(options.alpha),
                 "steps": str(options.steps), "targets": ",".join(options.targets + (TEXT_TARGETS if options.text
                                                                                       else ())),
-                "decoder": str(options.decoder).lower(),
+                "decoder": str(options.decoder).lower(), "ema": str(options.ema),
                 "vcraft_version": __version__,
                 "lora_adapter_metadata": json.dumps({"r": options.rank, "lora_alpha": options.alpha})}
     save_state_dict(lora_state(models), path, metadata=metadata)
