@@ -184,6 +184,10 @@ def test_the_command_trains_the_embedded_model_and_refuses_to_overwrite_a_run(tm
                          ("skip_connection", "--target skip_connection names Identity layers, which a LoRA cannot")):
         assert run([*common[:-3], "--target", target, "-o", str(tmp_path / target), "-q"]) == 2
         assert capsys.readouterr().err.startswith(f"error: {said}") and not (tmp_path / target).exists()
+    for flag, value, said in (("--ema", "1", "--ema must be at least 0 and below 1, got 1.0"),
+                              ("--min-snr", "0", "--min-snr must be positive, got 0.0")):
+        assert run([*common[:-3], flag, value, "-o", str(tmp_path / "bad"), "-q"]) == 2
+        assert capsys.readouterr().err == f"error: {said}\n" and not (tmp_path / "bad").exists()
     assert run(["generate", "a red circle moving left, outline style", "--lora",
                 str(tmp_path / "run" / "lora.safetensors"), "--steps", "2", "-o", str(tmp_path / "v.mp4"), "-q"]) == 0
 

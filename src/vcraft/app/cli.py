@@ -545,6 +545,8 @@ def train_lora(
                                                           "a texture)."),
     timestep_exponent: float = typer.Option(1.0, help="Timesteps drawn as T * u**K: 1 uniform, above 1 more of the "
                                                       "clean end (edges, corners)."),
+    min_snr: Optional[float] = typer.Option(None, help="Min-SNR-gamma loss weighting: the clean end's steps weigh "
+                                                       "at most GAMMA (such as 5); default: plain MSE."),
     ema: float = typer.Option(0.0, help="Keep a moving average of the LoRA's weights with this decay (such as "
                                         "0.995) and write it instead of the last weights; 0: off."),
     mixed_precision: str = typer.Option("no", help="bf16 or fp16 autocast (a GPU only)."),
@@ -569,7 +571,7 @@ def train_lora(
                            seed=seed, checkpoint_every=checkpoint_every,
                            validate_every=validate_every if validate else 0, mixed_precision=mixed_precision,
                            trigger=trigger, text=text, prior=prior, decoder=decoder,
-                           timestep_exponent=timestep_exponent, ema=ema)
+                           timestep_exponent=timestep_exponent, min_snr=min_snr, ema=ema)
     options.check(dev)
     s = cfg.sampling
     path = ckpt or find_checkpoint(cfg)

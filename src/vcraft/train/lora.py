@@ -83,6 +83,8 @@ class LoRATraining:
     decoder: bool = False
     # Timesteps drawn as T * u**k, u uniform: 1 is uniform, above 1 favours the clean end (edges and corners).
     timestep_exponent: float = 1.0
+    # Min-SNR-gamma loss weighting (the recipe's `min_snr`): the clean end's steps weigh at most gamma; None: plain MSE.
+    min_snr: Optional[float] = None
     # Decay of an exponential moving average of the LoRA's weights, which the file then holds (0: the last weights).
     ema: float = 0.0
 
@@ -99,6 +101,7 @@ class LoRATraining:
             (self.validate_every >= 0, f"--validate-every must be 0 or more, got {self.validate_every}"),
             (self.prior >= 0, f"--prior must be 0 or more, got {self.prior}"),
             (self.timestep_exponent > 0, f"--timestep-exponent must be positive, got {self.timestep_exponent}"),
+            (self.min_snr is None or self.min_snr > 0, f"--min-snr must be positive, got {self.min_snr}"),
             (0 <= self.ema < 1, f"--ema must be at least 0 and below 1, got {self.ema}"),
             (bool(self.targets), "give at least one --target"),
             (self.mixed_precision in PRECISIONS, f"--mixed-precision must be one of {', '.join(PRECISIONS)}"),
@@ -211,7 +214,7 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         opt.load_state_dict(state["optimiser"])
         torch.set_rng_state(state["rng"])
         start = int(state["step"])
-    settings = DiffusionTraining(caption_dropout=0.0, given_frames_prob=0.0, min_snr=None,
+    settings = DiffusionTraining(caption_dropout=0.0, given_frames_prob=0.0, min_snr=options.min_snr,
                                  timestep_exponent=options.timestep_exponent)
     autocast = torch.autocast("cuda", PRECISIONS[options.mixed_precision]) if options.mixed_precision != "no" \
         else nullcontext()
