@@ -83,7 +83,7 @@ class LoRATraining:
     decoder: bool = False
     # Timesteps drawn as T * u**k, u uniform: 1 is uniform, above 1 favours the clean end (edges and corners).
     timestep_exponent: float = 1.0
-    # Min-SNR-gamma loss weighting (the recipe's `min_snr`): the clean end's steps weigh at most gamma; None: plain MSE.
+    # Min-SNR-gamma (the recipe's `min_snr`): an error in the clean latents weighs min(SNR, gamma); None: plain MSE.
     min_snr: Optional[float] = None
     # Decay of an exponential moving average of the LoRA's weights, which the file then holds (0: the last weights).
     ema: float = 0.0
