@@ -241,17 +241,16 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
         return total, lr
 
     def save(done: int) -> None:
-        with _holding(params, average):
-            ema = lora_state(models) if average else {}
-        save_state({"model": lora_state(models), "ema": ema, "optimiser": opt.state_dict(),
-                    "rng": torch.get_rng_state(), "step": done}, checkpoint)
-        if on_checkpoint is not None and options.validate_every and done % options.validate_every == 0:
-            for name in ADAPTED:
-                getattr(models, name).eval()
-            with _holding(params, average):
+        own = lora_state(models)
+        with _holding(params, average):  # the average, which validation renders and the file will hold
+            save_state({"model": own, "ema": lora_state(models) if average else {}, "optimiser": opt.state_dict(),
+                        "rng": torch.get_rng_state(), "step": done}, checkpoint)
+            if on_checkpoint is not None and options.validate_every and done % options.validate_every == 0:
+                for name in ADAPTED:
+                    getattr(models, name).eval()
                 on_checkpoint(pipe, done)
-            for name in ADAPTED:
-                getattr(models, name).train()
+                for name in ADAPTED:
+                    getattr(models, name).train()
 
     for name in ADAPTED:
         getattr(models, name).train()
