@@ -545,8 +545,8 @@ def train_lora(
                                                           "a texture)."),
     timestep_exponent: float = typer.Option(1.0, help="Timesteps drawn as T * u**K: 1 uniform, above 1 more of the "
                                                       "clean end (edges, corners)."),
-    min_snr: Optional[float] = typer.Option(None, help="Min-SNR-gamma loss weighting: the clean end's steps weigh "
-                                                       "at most GAMMA (such as 5); default: plain MSE."),
+    min_snr: Optional[float] = typer.Option(None, help="Min-SNR-gamma loss weighting: an error in the clean latents "
+                                                       "weighs min(SNR, GAMMA) (such as 5); default: plain MSE."),
     ema: float = typer.Option(0.0, help="Keep a moving average of the LoRA's weights with this decay (such as "
                                         "0.995) and write it instead of the last weights; 0: off."),
     mixed_precision: str = typer.Option("no", help="bf16 or fp16 autocast (a GPU only)."),
