@@ -31,6 +31,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Text-to-video generation with VideoCrafter-compatible models.")
 _verbose = threading.Event()  # set by --verbose, read by `run` when something fails
 
+# The options that choose the model, declared once for the commands that take them.
+MODEL = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET}).")
+CONFIG = typer.Option(None, "--config", "-c", help="vcraft YAML or original VideoCrafter inference YAML.")
+CKPT = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors).")
+ADAPTER = typer.Option(None, "--adapter", help="A control adapter's file, for a config that gives none (an original "
+                                               "VideoControl YAML).")
+UNET = typer.Option(None, "--unet", help="A whole UNet's state dict that replaces the model's (T2V-Turbo-v2's "
+                                         "unet_mg.pt).")
+OVERRIDES = typer.Option([], "--set", help="Override a config value: key=value.")
+
 
 @app.callback()
 def _options(verbose: bool = typer.Option(False, "--verbose", help="Tracebacks with errors.")) -> None:
@@ -102,15 +112,12 @@ def generate(
     prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", "-f",
                                                 help="A .txt, .jsonl or .csv file of prompts (and settings)."),
     from_json: Optional[Path] = typer.Option(None, "--from", help="Make again the video of this JSON sidecar."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET})."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="vcraft YAML or original VideoCrafter inference YAML."),
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A control adapter's file, for a config that "
-                                                                   "gives none (an original VideoControl YAML)."),
-    unet: Optional[Path] = typer.Option(None, "--unet", help="A whole UNet's state dict that replaces the model's "
-                                                             "(T2V-Turbo-v2's unet_mg.pt)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    model: Optional[str] = MODEL,
+    config: Optional[Path] = CONFIG,
+    ckpt: Optional[Path] = CKPT,
+    adapter: Optional[Path] = ADAPTER,
+    unet: Optional[Path] = UNET,
+    overrides: list[str] = OVERRIDES,
     lora: list[str] = typer.Option([], "--lora", help="A LoRA merged into the model: FILE or an official LoRA's "
                                                       "NAME, then :SCALE (1.0 by default); repeatable."),
     then: list[str] = typer.Option([], "--then", help="A next prompt along the video, as PROMPT (the video split "
@@ -363,19 +370,16 @@ def _bar(quiet: bool, label: str, windows: int = 1, unit: str = "step"):
 @app.command()
 @_with_flags(_run_flags("device", "dtype"))
 def ui(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET})."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="vcraft YAML or original VideoCrafter inference YAML."),
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (.ckpt or .safetensors)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A control adapter's file, for a config that "
-                                                                   "gives none (an original VideoControl YAML)."),
-    unet: Optional[Path] = typer.Option(None, "--unet", help="A whole UNet's state dict that replaces the model's "
-                                                             "(T2V-Turbo-v2's unet_mg.pt)."),
+    model: Optional[str] = MODEL,
+    config: Optional[Path] = CONFIG,
+    ckpt: Optional[Path] = CKPT,
+    adapter: Optional[Path] = ADAPTER,
+    unet: Optional[Path] = UNET,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface)."),
     port: int = typer.Option(7860, help="Port to listen on."),
     output: Path = typer.Option(Path("outputs"), "--output", "-o", help="Folder for the videos (and only there)."),
     share: bool = typer.Option(False, "--share", help="Also a public link through Gradio's share servers."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    overrides: list[str] = OVERRIDES,
     lora: list[str] = typer.Option([], "--lora", help="A LoRA the page offers: FILE or an official LoRA's NAME "
                                                       "(this model's present ones are offered anyway); repeatable."),
     **flags,
@@ -471,7 +475,7 @@ def train(
     config: Path = typer.Argument(..., help="A vcraft YAML with a train section, e.g. configs/shapes.yaml."),
     output: Path = typer.Option(Path("runs/shapes"), "--output", "-o",
                                 help="Run folder: checkpoints, log, and the trained model."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    overrides: list[str] = OVERRIDES,
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or mps (auto: the best there is)."),
     control: bool = typer.Option(False, "--control", help="Train only the config's control adapter, on the trained "
                                                           "model (--ckpt, default: the preset's weights), frozen."),
@@ -511,10 +515,10 @@ def train_lora(
                                                          "path and caption."),
     output: Path = typer.Option(..., "--output", "-o", help="Run folder: checkpoints, log, validation videos, and "
                                                            "lora.safetensors."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Preset name (default {DEFAULT_PRESET})."),
+    model: Optional[str] = MODEL,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="vcraft YAML or original VideoCrafter YAML."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Checkpoint (default: the preset's weights)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key=value."),
+    overrides: list[str] = OVERRIDES,
     trigger: str = typer.Option("", help="Appended to every caption as written, e.g. ', outline style'."),
     frames: Optional[int] = typer.Option(None, help="Frames a clip (default: the model's)."),
     height: Optional[int] = typer.Option(None, help="Height clips are scaled and cropped to (default: the model's)."),
