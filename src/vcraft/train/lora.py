@@ -179,6 +179,12 @@ def _load_lora_state(models: Models, state: dict[str, torch.Tensor]) -> None:
             set_peft_model_state_dict(getattr(models, name), own)
 
 
+def _training(models: Models, on: bool) -> None:
+    """The adaptable components in training mode (`on`) or in eval mode, as validation renders."""
+    for name in ADAPTED:
+        getattr(models, name).train(on)
+
+
 def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str], options: LoRATraining, run: Path,
                log: Log, device: torch.device = torch.device("cpu"), resume: bool = False,
                on_checkpoint: Optional[Callable[[TextToVideo, int], None]] = None,
@@ -246,14 +252,11 @@ def train_lora(cfg: Config, ckpt: Path, videos: np.ndarray, captions: list[str],
             save_state({"model": own, "ema": lora_state(models) if average else {}, "optimiser": opt.state_dict(),
                         "rng": torch.get_rng_state(), "step": done}, checkpoint)
             if on_checkpoint is not None and options.validate_every and done % options.validate_every == 0:
-                for name in ADAPTED:
-                    getattr(models, name).eval()
+                _training(models, False)
                 on_checkpoint(pipe, done)
-                for name in ADAPTED:
-                    getattr(models, name).train()
+                _training(models, True)
 
-    for name in ADAPTED:
-        getattr(models, name).train()
+    _training(models, True)
     every = options.checkpoint_every if not options.validate_every else int(np.gcd(options.checkpoint_every,
                                                                                   options.validate_every))
     if not run_steps("lora", run, start, options.steps, stop_after, every, step, save, log):
