@@ -18,7 +18,15 @@ import time
 
 import numpy as np
 
-from vcraft.data.measure import hollowness, measure_colour, measure_motion, measure_shape, object_masks, silhouettes
+from vcraft.data.measure import (
+    closed_share,
+    hollowness,
+    measure_colour,
+    measure_motion,
+    measure_shape,
+    object_masks,
+    silhouettes,
+)
 from vcraft.data.shapes import ALL_SCENES, caption, is_outline_held_out
 from vcraft.pipeline.api import TextToVideo
 
@@ -31,17 +39,20 @@ def score(video: np.ndarray, scene) -> dict:
     masks = object_masks(video / 255.0)
     hollow, filled = hollowness(masks), silhouettes(masks)  # a ring's area is not the shape's: read its silhouette
     return {"drawn": scene.shape, "outline": hollow is not None and hollow >= OUTLINE, "hollowness": hollow,
+            "closed": closed_share(masks) or 0.0,
             "colour": measure_colour(video / 255.0, masks) == scene.colour,
             "shape": measure_shape(filled) == scene.shape, "motion": measure_motion(filled) == scene.motion}
 
 
 def summarise(rows: list[dict]) -> dict:
-    """The share of `score` rows right in each measure (shape also for each shape asked for), their median hollowness
+    """The share of `score` rows right in each measure (shape also for each shape asked for), their median hollowness,
+    the share of their frames whose ring is closed (not a measure the issue sets: where open rings misread a shape)
     and their count."""
     summary = {key: float(np.mean([r[key] for r in rows])) for key in ("outline", "colour", "shape", "motion")}
     summary["shape_of_each"] = {shape: float(np.mean([r["shape"] for r in rows if r["drawn"] == shape]))
                                 for shape in sorted({r["drawn"] for r in rows})}
     summary["median_hollowness"] = float(np.median([r["hollowness"] or 0.0 for r in rows]))
+    summary["closed_frames"] = float(np.mean([r["closed"] for r in rows]))
     summary["videos"] = len(rows)
     return summary
 

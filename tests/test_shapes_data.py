@@ -95,3 +95,20 @@ def test_a_scaled_outline_is_the_same_object_larger_on_the_same_path():
         assert np.abs(centres(masks[1])[middle] - centres(masks[0])[middle]).max() < 1.5, scene
         seen = (measure_colour(large, masks[1]), measure_shape(filled[1]), measure_motion(filled[1]))
         assert seen == (scene.colour, scene.shape, scene.motion), scene
+
+
+def test_a_ring_is_closed_until_a_slit_opens_one_side():
+    """`measure.closed_share`: every frame of a drawn outline encloses its hole; a filled shape has none, and a slit
+    three pixels high through the ring's right side opens it."""
+    from vcraft.data.measure import closed_share, object_masks
+    from vcraft.data.shapes import Scene, render
+
+    for scene in (Scene("red", "square", "left"), Scene("cyan", "triangle", "up"), Scene("blue", "circle", "down")):
+        ring, filled = (object_masks(render(scene, 16, 64, np.random.default_rng(3), outline=o)) for o in (True, False))
+        assert closed_share(ring) == 1.0 and closed_share(filled) == 0.0, scene
+        slit = ring.copy()
+        for frame in slit:
+            ys, xs = np.nonzero(frame)
+            y, x = int(ys.mean()), int(xs.mean())
+            frame[y - 1:y + 2, x:] = False
+        assert closed_share(slit) == 0.0, scene

@@ -116,3 +116,28 @@ def hollowness(masks: np.ndarray, min_area: int = 30) -> float | None:
     first and last (the shapes are convex). Frames where the object touches an edge are skipped."""
     shares = [1 - len(ys) / silhouettes(mask[None])[0].sum() for mask, ys, _ in _whole(masks, min_area)]
     return float(np.median(shares)) if shares else None
+
+
+def _enclosed(mask: np.ndarray) -> int:
+    """Background pixels that no 4-connected path of background joins to the frame's edge: a ring's hole."""
+    background = ~mask
+    reached = np.zeros_like(background)
+    reached[[0, -1], :], reached[:, [0, -1]] = background[[0, -1], :], background[:, [0, -1]]
+    while True:
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= background
+        if np.array_equal(grown, reached):
+            return int((background & ~reached).sum())
+        reached = grown
+
+
+def closed_share(masks: np.ndarray, min_area: int = 30, min_hole: int = 4) -> float | None:
+    """The share of frames whose object is a closed ring (it encloses at least `min_hole` background pixels): 1 for
+    the outlines of `shapes.render(..., outline=True)`, 0 for a filled shape or a ring open at one side. Frames where
+    the object touches an edge are skipped."""
+    shares = [_enclosed(mask) >= min_hole for mask, _, _ in _whole(masks, min_area)]
+    return float(np.mean(shares)) if shares else None
