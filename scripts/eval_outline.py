@@ -6,7 +6,8 @@ clips never showed (data.shapes.is_outline_held_out) and seeds they never used:
 
 Three conditions: the LoRA with the trigger phrase (the object should be an outline: at least a quarter of its filled
 silhouette is background), the LoRA without it (filled shapes), and the trigger without the LoRA (the base model never
-learned it: filled shapes). Each video's colour, shape (read from its silhouette) and motion are scored too.
+learned it: filled shapes). Each video's colour, shape (read from its silhouette) and motion are scored too, and the
+share of its frames whose ring is closed.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def score(video: np.ndarray, scene) -> dict:
 
 def summarise(rows: list[dict]) -> dict:
     """The share of `score` rows right in each measure (shape also for each shape asked for), their median hollowness,
-    the share of their frames whose ring is closed (not a measure the issue sets: where open rings misread a shape)
-    and their count."""
+    the share of their frames whose ring is closed (not a measure the issue sets: a ring open at a side fills less of
+    its box than its shape does) and their count."""
     summary = {key: float(np.mean([r[key] for r in rows])) for key in ("outline", "colour", "shape", "motion")}
     summary["shape_of_each"] = {shape: float(np.mean([r["shape"] for r in rows if r["drawn"] == shape]))
                                 for shape in sorted({r["drawn"] for r in rows})}
