@@ -3,6 +3,10 @@ clips never showed (data.shapes.is_outline_held_out) and seeds they never used:
 
     python scripts/eval_outline.py --lora runs/outline/lora.safetensors            # 2 seeds each
     python scripts/eval_outline.py --lora runs/outline/lora.safetensors --seeds 1
+    python scripts/eval_outline.py --lora runs/outline/lora.safetensors --shape square --scale 0.8 --set steps=25
+
+`--shape`, `--scale` (the LoRA's) and `--set` (a sampling setting of `vcraft generate`, by its Python name) are for
+probing what the scores depend on; the issue's measures are the script's defaults.
 
 Three conditions: the LoRA with the trigger phrase (the object should be an outline: at least a quarter of its filled
 silhouette is background), the LoRA without it (filled shapes), and the trigger without the LoRA (the base model never
@@ -28,7 +32,7 @@ from vcraft.data.measure import (
     object_masks,
     silhouettes,
 )
-from vcraft.data.shapes import ALL_SCENES, caption, is_outline_held_out
+from vcraft.data.shapes import ALL_SCENES, SHAPES, caption, is_outline_held_out
 from vcraft.pipeline.api import TextToVideo
 
 TRIGGER = ", outline style"
@@ -58,24 +62,42 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
+def setting(text: str) -> tuple[str, object]:
+    """`steps=25` -> ("steps", 25): a sampling setting by its `Settings` name, a number where it reads as one."""
+    name, _, value = text.partition("=")
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lora", required=True, help="the LoRA: a file or an official name")
     parser.add_argument("--seeds", type=int, default=2, help="videos per combination and condition")
+    parser.add_argument("--shape", choices=SHAPES, help="only the combinations of this shape")
+    parser.add_argument("--scale", type=float, default=1.0, help="the LoRA's scale")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="a sampling setting instead of the preset's, e.g. steps=25 or guidance_min_t=0")
     args = parser.parse_args()
     base = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32")
-    styled = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32", lora=[args.lora])
-    scenes = [scene for scene in ALL_SCENES if is_outline_held_out(scene)]
+    styled = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32", lora=[(args.lora, args.scale)])
+    sampling = dict(args.set)
+    # numbered among all the held-out combinations, so that a video's seed does not depend on --shape
+    scenes = [(k, scene) for k, scene in enumerate(s for s in ALL_SCENES if is_outline_held_out(s))
+              if args.shape in (None, scene.shape)]
     conditions = {"lora + trigger": (styled, TRIGGER), "lora, no trigger": (styled, ""),
                   "trigger, no lora": (base, TRIGGER)}
     results, started = {name: [] for name in conditions}, time.perf_counter()
-    for k, scene in enumerate(scenes):
+    for done, (k, scene) in enumerate(scenes, 1):
         for j in range(args.seeds):
             seed = EVAL_SEEDS + 100 * k + j
             text = caption(scene, np.random.default_rng(seed)).rstrip(".")
             for name, (pipe, trigger) in conditions.items():
-                results[name].append(score(pipe(text + trigger, seed=seed), scene))
-        print(f"[{k + 1}/{len(scenes)}] {scene}", file=sys.stderr)
+                results[name].append(score(pipe(text + trigger, seed=seed, **sampling), scene))
+        print(f"[{done}/{len(scenes)}] {scene}", file=sys.stderr)
     summary = {name: summarise(rows) for name, rows in results.items()}
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary, indent=2))
