@@ -33,6 +33,7 @@ from vcraft.data.measure import (
     silhouettes,
 )
 from vcraft.data.shapes import ALL_SCENES, SHAPES, caption, is_outline_held_out
+from vcraft.errors import VcraftError
 from vcraft.pipeline.api import TextToVideo
 
 TRIGGER = ", outline style"
@@ -85,6 +86,10 @@ def main() -> None:
     base = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32")
     styled = TextToVideo.from_pretrained("shapes", device="cpu", dtype="fp32", lora=[(args.lora, args.scale)])
     sampling = dict(args.set)
+    try:
+        styled.settings("a red square", seed=0, **sampling)  # a bad --set is one line, before the first video
+    except VcraftError as error:
+        parser.error(str(error))
     # numbered among all the held-out combinations, so that a video's seed does not depend on --shape
     scenes = [(k, scene) for k, scene in enumerate(s for s in ALL_SCENES if is_outline_held_out(s))
               if args.shape in (None, scene.shape)]
