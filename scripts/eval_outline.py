@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from vcraft.app.prompts import setting_value
 from vcraft.data.measure import (
     closed_share,
     hollowness,
@@ -64,14 +65,9 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def setting(text: str) -> tuple[str, object]:
-    """`steps=25` -> ("steps", 25): a sampling setting by its `Settings` name, a number where it reads as one."""
+    """`steps=25` -> ("steps", 25): a sampling setting by its `Settings` name, read as a prompt file's cell is."""
     name, _, value = text.partition("=")
-    for kind in (int, float):
-        try:
-            return name, kind(value)
-        except ValueError:
-            pass
-    return name, value
+    return name, setting_value(name, value, "--set")
 
 
 def main() -> None:

@@ -30,14 +30,16 @@ class PromptRow:
     where: str = "argument"  # for messages: "prompts.jsonl:3", "stdin:2", "argument"
 
 
-def _value(key: str, raw: Any, where: str) -> Any:
+def setting_value(key: str, raw: Any, where: str) -> Any:
+    """A setting's value as a prompt file gives it: text (a CSV cell, a `NAME=VALUE` argument) that reads as JSON is
+    read so for a setting that is not text."""
     # The output's name (not a setting), or an input file's path: made relative to the prompt file's folder by
     # read_prompt_file, read when the run is planned.
     if key in ("name", *INPUT_FILES):
         if not isinstance(raw, str):
             raise VcraftError(f"{where}: '{key}' must be text, got {raw!r}")
         return raw
-    if isinstance(raw, str) and TYPES[key] is not str:  # CSV cells are text
+    if isinstance(raw, str) and TYPES.get(key) is not str:  # CSV cells are text
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
@@ -53,7 +55,7 @@ def _row(values: dict[str, Any], where: str) -> PromptRow:
     prompt = values.get("prompt") or (prompts[0] if isinstance(prompts, list) and prompts else None)
     if not isinstance(prompt, str) or not prompt.strip():
         raise VcraftError(f"{where}: no prompt; every row needs a non-empty 'prompt' (or 'prompts')")
-    settings = {k: _value(k, v, where) for k, v in values.items()
+    settings = {k: setting_value(k, v, where) for k, v in values.items()
                 if k != "prompt" and v is not None and v != ""}  # an empty CSV cell means "the default"
     return PromptRow(prompt.strip(), settings, where)
 
